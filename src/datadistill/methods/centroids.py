@@ -1,0 +1,23 @@
+"""Centroids: per class, the real image nearest (L2, backbone features) to the class mean; for IPC > 1,
+the real images nearest to the centres of a k-means with k = IPC."""
+
+from __future__ import annotations
+
+from ..synset import SyntheticSet
+from .base import Method, RunContext, register
+
+
+@register
+class Centroids(Method):
+    name = "centroids"
+    needs_stats = True
+
+    def select(self, ctx: RunContext) -> SyntheticSet:
+        bank, ipc = ctx.stats, ctx.config.ipc
+        if ipc == 1:
+            targets = bank.means
+        else:
+            targets = bank.kmeans(ipc, seed=ctx.config.seed)[0].flatten(0, 1)
+        labels = ctx.class_labels()
+        indices = bank.nearest(targets, labels, metric="l2")
+        return ctx.synset(ctx.real_images(indices), labels, train_indices=indices.tolist())

@@ -1,0 +1,23 @@
+"""Random real images: IPC images per class drawn uniformly (the floor every method must beat)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..synset import SyntheticSet
+from .base import Method, RunContext, register
+
+
+@register
+class RandomReal(Method):
+    name = "random"
+
+    def select(self, ctx: RunContext) -> SyntheticSet:
+        g = torch.Generator().manual_seed(ctx.config.seed)
+        targets = ctx.data.train.targets
+        picks = []
+        for c in range(ctx.data.num_classes):
+            members = torch.nonzero(targets == c).flatten()
+            picks.append(members[torch.randperm(len(members), generator=g)[: ctx.config.ipc]])
+        indices = torch.cat(picks)
+        return ctx.synset(ctx.real_images(indices), targets[indices], train_indices=indices.tolist())

@@ -1,0 +1,1 @@
+"""Models: frozen backbones (and, later, evaluation and generative networks)."""

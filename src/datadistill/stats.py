@@ -1,0 +1,175 @@
+"""One streaming pass over a real split through a frozen backbone: per-image features, class means and
+counts (k-means modes on request), cached on disk by a fingerprint of (data, backbone, transform).
+
+Features are written to a float16 ``.npy`` memory map batch by batch, so peak memory does not grow with the
+dataset; everything downstream (centroids, neighbours, k-means, full-data probes) reads that map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import RealData, iter_batches
+from .errors import DataError
+from .io import atomic_dir, write_json
+from .models.backbones import Backbone
+from .progress import log, progress
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DATADISTILL_CACHE", Path.home() / ".cache" / "datadistill"))
+
+
+def resize_for(crop: int) -> int:
+    """The resize before a center crop, in LGM's 256 -> 224 proportion."""
+    return round(crop * 256 / 224)
+
+
+@dataclass
+class FeatureBank:
+    """Features of one split (N x F, float16 memory map), its labels and class statistics."""
+
+    directory: Path
+    labels: torch.Tensor
+    means: torch.Tensor
+    counts: torch.Tensor
+    key: str
+
+    @property
+    def features(self) -> np.ndarray:
+        return np.load(self.directory / "features.npy", mmap_mode="r")
+
+    def tensor(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.features
+        rows = feats if indices is None else feats[indices.numpy()]
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32))
+
+    def nearest(self, queries: torch.Tensor, classes: torch.Tensor, metric: str = "l2",
+                exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Index of the same-class image nearest to each query (L2 or cosine), excluding ``exclude``."""
+        out = torch.empty(len(queries), dtype=torch.long)
+        for c in classes.unique().tolist():
+            members = torch.nonzero(self.labels == c).flatten()
+            if exclude is not None:
+                members = members[~torch.isin(members, exclude)]
+            feats = self.tensor(members)
+            q = queries[classes == c].float()
+            if metric == "cos":
+                score = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(feats, dim=1).T
+                best = score.argmax(dim=1)
+            else:
+                best = torch.cdist(q, feats).argmin(dim=1)
+            out[classes == c] = members[best]
+        return out
+
+    def kmeans(self, k: int, seed: int = 0, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class k-means (cached): centres C x k x F and masses C x k (cluster sizes / class size)."""
+        path = self.directory / f"kmeans_k{k}_s{seed}.safetensors"
+        from safetensors.torch import load_file, save_file
+
+        if path.exists():
+            t = load_file(str(path))
+            return t["centers"], t["masses"]
+        centers, masses = [], []
+        for c in range(len(self.counts)):
+            feats = self.tensor(torch.nonzero(self.labels == c).flatten())
+            ctr, mass = kmeans(feats, k, seed=seed + c, iters=iters)
+            centers.append(ctr)
+            masses.append(mass)
+        result = torch.stack(centers), torch.stack(masses)
+        save_file({"centers": result[0].contiguous(), "masses": result[1].contiguous()}, str(path))
+        return result
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Lloyd k-means with k-means++ seeding. Returns centres (k x F) and masses (k, summing to 1)."""
+    if len(x) < k:
+        raise DataError(f"k-means with k={k} needs at least {k} points, got {len(x)}")
+    g = torch.Generator().manual_seed(seed)
+    centers = x[torch.randint(len(x), (1,), generator=g)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centers).min(dim=1).values.pow(2)
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
+        centers = torch.cat([centers, x[torch.multinomial(probs, 1, generator=g)]])
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(dim=1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).float()
+        new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        if torch.allclose(new, centers):
+            break
+        centers = new
+    assign = torch.cdist(x, centers).argmin(dim=1)
+    return centers, torch.bincount(assign, minlength=k).float() / len(x)
+
+
+def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int) -> str:
+    ident = {"data": data.fingerprint(), "split": split, "backbone": backbone.identity(), "resize": resize,
+             "crop": crop, "version": 1}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def feature_bank(
+    data: RealData,
+    backbone: Backbone,
+    split: str = "train",
+    crop: int | None = None,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> FeatureBank:
+    """Features of ``split`` through ``backbone`` at ``crop`` px (center crop, no augmentation), cached."""
+    crop = crop or backbone.input_size
+    resize = resize_for(crop)
+    dataset = getattr(data, split)
+    if dataset is None:
+        raise DataError(f"dataset '{data.name}' has no {split} split")
+    key = _key(data, split, backbone, resize, crop)
+    directory = cache_root() / "features" / key
+    if (directory / "stats.json").exists():
+        return _load_bank(directory, key)
+    n, c = len(dataset), data.num_classes
+    sums = torch.zeros(c, backbone.feat_dim, dtype=torch.float64)
+    with atomic_dir(directory) as tmp:
+        feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+                                          shape=(n, backbone.feat_dim))
+        batches = iter_batches(dataset, batch_size, resize, crop, num_workers=num_workers)
+        with torch.inference_mode():
+            for batch in progress(batches, f"features {data.name}/{split} @ {backbone.name}",
+                                  total=(n + batch_size - 1) // batch_size):
+                f = backbone(batch.images.to(device)).cpu()
+                if not torch.isfinite(f).all():
+                    raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
+                feats[batch.indices.numpy()] = f.numpy().astype(np.float16)
+                sums.index_add_(0, batch.labels, f.double())
+        feats.flush()
+        del feats
+        counts = torch.bincount(dataset.targets, minlength=c)
+        means = (sums / counts.clamp(min=1)[:, None]).float()
+        from safetensors.torch import save_file
+
+        save_file({"means": means, "counts": counts, "labels": dataset.targets.clone()}, str(tmp / "stats.safetensors"))
+        write_json(tmp / "stats.json", {"key": key, "dataset": data.name, "split": split, "num_images": n,
+                                        "backbone": backbone.identity(), "resize": resize, "crop": crop})
+    log.info("cached %s features of %s/%s in %s", backbone.name, data.name, split, directory)
+    return _load_bank(directory, key)
+
+
+def _load_bank(directory: Path, key: str) -> FeatureBank:
+    from safetensors.torch import load_file
+
+    try:
+        t = load_file(str(directory / "stats.safetensors"))
+        np.load(directory / "features.npy", mmap_mode="r")
+    except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, not trusted
+        shutil.rmtree(directory, ignore_errors=True)
+        raise DataError(f"the feature cache {directory} was damaged and has been removed; run again") from None
+    return FeatureBank(directory, t["labels"], t["means"], t["counts"], key)

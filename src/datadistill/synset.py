@@ -1,0 +1,235 @@
+"""The synthetic set and the image parameterisations optimised by pixel-space methods."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DataError
+from .io import atomic_dir, write_json
+
+# DAS/LGM colour decorrelation (METHODS.md 1.4): normalised by the largest column norm.
+_COLOR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_DECORRELATION = _COLOR / _COLOR.norm(dim=0).max()
+
+
+@dataclass
+class SyntheticSet:
+    """Images in [0,1] (N x 3 x H x W, float32), hard labels, class names and free-form metadata."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = self.images.detach().float().cpu().clamp(0, 1)
+        self.labels = self.labels.detach().long().cpu()
+        if self.images.ndim != 4 or self.images.shape[1] != 3 or len(self.images) != len(self.labels):
+            raise DataError(f"a synthetic set needs N x 3 x H x W images and N labels, got "
+                            f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def ipc(self) -> int:
+        return int(torch.bincount(self.labels, minlength=len(self.classes)).max()) if len(self) else 0
+
+    def grid(self) -> np.ndarray:
+        """A uint8 H x W x 3 grid: one row per class, IPC columns."""
+        c, h, w = len(self.classes), self.images.shape[2], self.images.shape[3]
+        cols, pad = max(1, self.ipc), 2
+        canvas = np.full((c * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+        slot = [0] * c
+        for img, y in zip(self.images, self.labels.tolist(), strict=True):
+            r, k = y, slot[y]
+            slot[y] += 1
+            arr = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = arr
+        return canvas
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``synset.safetensors``, ``grid.png`` and ``manifest.json`` atomically into ``directory``."""
+        from PIL import Image
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            save_file({"images": self.images.contiguous(), "labels": self.labels.contiguous()},
+                      str(tmp / "synset.safetensors"))
+            Image.fromarray(self.grid()).save(tmp / "grid.png")
+            manifest = {"format": "datadistill.synset/1", "num_images": len(self), "ipc": self.ipc,
+                        "image_size": list(self.images.shape[2:]), "classes": self.classes,
+                        "labels": self.labels.tolist(), "meta": self.meta}
+            write_json(tmp / "manifest.json", manifest)
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path, classes: list[str] | None = None) -> SyntheticSet:
+        """Load a saved set, a ``.safetensors`` file, or a folder of PNGs (class sub-folders or ``c{label}_*.png``)."""
+        path = Path(path)
+        if path.is_dir() and (path / "synset" / "manifest.json").exists():
+            path = path / "synset"
+        if path.is_dir() and (path / "manifest.json").exists():
+            from safetensors.torch import load_file
+
+            manifest = json.loads((path / "manifest.json").read_text())
+            tensors = load_file(str(path / "synset.safetensors"))
+            return cls(tensors["images"], tensors["labels"], manifest["classes"], manifest.get("meta", {}))
+        if path.is_dir():
+            return cls._from_png_folder(path, classes)
+        raise DataError(f"no synthetic set at {path} (expected a run directory, a synset folder or a folder of PNGs)")
+
+    @classmethod
+    def _from_png_folder(cls, folder: Path, classes: list[str] | None) -> SyntheticSet:
+        from .data.datasets import load_image, resize_center_crop
+
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        items: list[tuple[Path, int]] = []
+        if subdirs:
+            names = classes or [p.name for p in subdirs]
+            for p in subdirs:
+                if p.name not in names:
+                    raise DataError(f"folder {p} is not one of the classes {names}")
+                items += [(f, names.index(p.name)) for f in sorted(p.glob("*.png"))]
+        else:
+            for f in sorted(folder.glob("*.png")):
+                m = re.match(r"c(\d+)_", f.name)
+                if not m:
+                    raise DataError(f"cannot tell the class of {f}: use class sub-folders or name it c<label>_*.png")
+                items.append((f, int(m.group(1))))
+            names = classes or [str(i) for i in range(max(y for _, y in items) + 1)] if items else []
+        if not items:
+            raise DataError(f"no PNG images in {folder}")
+        images = [load_image(f) for f, _ in items]
+        size = min(min(im.shape[-2:]) for im in images)
+        batch = torch.stack([resize_center_crop(im[None], size, size)[0] for im in images])
+        labels = torch.tensor([y for _, y in items])
+        if int(labels.max()) >= len(names):
+            raise DataError(f"label {int(labels.max())} is outside the {len(names)} classes")
+        return cls(batch, labels, list(names), {"source": str(folder)})
+
+
+class ImageParam(nn.Module):
+    """A learnable parameterisation of N images. ``render()`` returns N x 3 x R x R in [0, 1]."""
+
+    def render(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def maybe_grow(self, step: int) -> bool:
+        """Grow at ``step`` if the schedule says so; True means the optimizer must be re-created."""
+        return False
+
+    def checkpoint_state(self) -> dict:
+        return {"state": {k: v.detach().clone() for k, v in self.state_dict().items()}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["state"])
+
+
+def _to_image(x: torch.Tensor, decorrelate: bool) -> torch.Tensor:
+    if decorrelate:
+        x = torch.einsum("ij,bjhw->bihw", COLOR_DECORRELATION.to(x), x)
+    return torch.sigmoid(2 * x)
+
+
+def _from_image(images: torch.Tensor, decorrelate: bool, eps: float = 0.02) -> torch.Tensor:
+    """Inverse of ``_to_image``: the pre-activation that renders ``images`` (clamped away from 0 and 1)."""
+    x = torch.logit(images.clamp(eps, 1 - eps)) / 2
+    if decorrelate:
+        x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(COLOR_DECORRELATION).to(x), x)
+    return x
+
+
+class PixelParam(ImageParam):
+    """One tensor per image at full resolution, through colour decorrelation and sigmoid(2x)."""
+
+    def __init__(self, num: int, resolution: int, decorrelate: bool = True, generator: torch.Generator | None = None,
+                 init_images: torch.Tensor | None = None):
+        super().__init__()
+        self.decorrelate = decorrelate
+        start = (_from_image(init_images, decorrelate) if init_images is not None
+                 else torch.randn(num, 3, resolution, resolution, generator=generator))
+        self.pixels = nn.Parameter(start)
+
+    def render(self) -> torch.Tensor:
+        return _to_image(self.pixels, self.decorrelate)
+
+
+class PyramidParam(ImageParam):
+    """Laplacian-free pyramid of levels 1x1, 2x2, ... up to R, summed after bilinear upsampling (METHODS.md 1.4).
+
+    A level is added every ``grow_every`` steps (at steps grow_every+1, 2*grow_every+1, ...); old levels are
+    scaled by L/(L+1) and the new one starts as N(0,1)/(L+1), so the rendered image barely moves.
+    """
+
+    def __init__(self, num: int, resolution: int, grow_every: int = 200, start: int = 1, decorrelate: bool = True,
+                 generator: torch.Generator | None = None, init_images: torch.Tensor | None = None):
+        super().__init__()
+        self.num, self.resolution, self.grow_every, self.decorrelate = num, resolution, grow_every, decorrelate
+        self.generator = generator
+        if init_images is None:
+            self.levels = nn.ParameterList([nn.Parameter(torch.randn(num, 3, start, start, generator=generator))])
+            return
+        # Initialised from images: the whole pyramid exists from the start (no growth); coarse levels start at
+        # zero and the finest holds the image, so coarse structure can still move as a whole.
+        sizes = [1]
+        while sizes[-1] < resolution:
+            sizes.append(min(2 * sizes[-1], resolution))
+        levels = [torch.zeros(num, 3, r, r) for r in sizes[:-1]] + [_from_image(init_images, decorrelate)]
+        self.levels = nn.ParameterList([nn.Parameter(t) for t in levels])
+
+    @property
+    def sizes(self) -> list[int]:
+        return [p.shape[-1] for p in self.levels]
+
+    def render(self) -> torch.Tensor:
+        r = self.resolution
+        total = sum(nn.functional.interpolate(p, size=(r, r), mode="bilinear", antialias=False) if p.shape[-1] != r
+                    else p for p in self.levels)
+        return _to_image(total, self.decorrelate)
+
+    def maybe_grow(self, step: int) -> bool:
+        finest = self.sizes[-1]
+        if step <= 1 or (step - 1) % self.grow_every != 0 or finest >= self.resolution:
+            return False
+        n_old = len(self.levels)
+        new_size = min(2 * finest, self.resolution)
+        device = self.levels[0].device
+        with torch.no_grad():
+            for p in self.levels:
+                p.mul_(n_old / (n_old + 1))
+        fresh = torch.randn(self.num, 3, new_size, new_size, generator=self.generator) / (n_old + 1)
+        self.levels.append(nn.Parameter(fresh.to(device)))
+        return True
+
+    def checkpoint_state(self) -> dict:
+        return {"levels": [p.detach().clone() for p in self.levels]}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        device = self.levels[0].device
+        self.levels = nn.ParameterList([nn.Parameter(t.to(device)) for t in state["levels"]])
+
+
+def make_param(kind: str, num: int, resolution: int, generator: torch.Generator, grow_every: int = 200,
+               decorrelate: bool = True, init_images: torch.Tensor | None = None) -> ImageParam:
+    """``init_images`` (N x 3 x R x R in [0,1]) starts from given images instead of noise."""
+    if kind == "pyramid":
+        return PyramidParam(num, resolution, grow_every=grow_every, decorrelate=decorrelate, generator=generator,
+                            init_images=init_images)
+    if kind == "pixel":
+        return PixelParam(num, resolution, decorrelate=decorrelate, generator=generator, init_images=init_images)
+    raise DataError(f"unknown parameterisation '{kind}' (pyramid, pixel)")
+
+
+def full_pyramid_steps(resolution: int, grow_every: int) -> int:
+    """The step at which a pyramid started at 1x1 is complete."""
+    return int(math.ceil(math.log2(resolution))) * grow_every + 1
