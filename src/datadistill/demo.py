@@ -15,9 +15,10 @@ from .report import accuracy_table, phases_table
 
 # Chosen on the validation split of mnist-5k (BENCHMARKS.md), never on test. The paper's schedule (5000 steps
 # from noise at 224 px) does not fit minutes on two CPU cores: the demo crops 64 px and starts SFM from the
-# Centroids images (--init centroids), then moves them along the statistical flow for 300 steps.
+# Centroids images (--init centroids), then moves them along the statistical flow for 300 steps with 4 views
+# per step (val accuracy: 1 view 62.2, 4 views 67.3, Centroids 62.5).
 DEMO = {"backbone": "efficientnet_lite0", "ipc": 1, "crop": 64, "steps": 300, "lr": 0.01, "init": "centroids",
-        "augs": 1}
+        "augs": 4}
 DEMO_PROBE = {"epochs": 1000, "views": 100}
 
 

@@ -1,0 +1,87 @@
+import torch
+import torch.nn.functional as F
+
+from datadistill.augment import StandardAugment, aug_basic
+from datadistill.synset import COLOR_DECORRELATION, PixelParam, PyramidParam, SyntheticSet
+
+
+def test_augment_is_seeded_and_differentiable():
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    aug = StandardAugment(out_size=16)
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    c = aug(x, torch.Generator().manual_seed(1))
+    assert a.shape == (4, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_identity_crop_is_a_resize_and_flip_flips():
+    x = torch.rand(2, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    plain = StandardAugment(16, flip_p=0.0, scale=(1, 1), ratio=(1, 1), noise_p=0.0)(x, g)
+    assert torch.allclose(plain, x, atol=1e-5)
+    flipped = StandardAugment(16, flip_p=1.0, scale=(1, 1), ratio=(1, 1), noise_p=0.0)(x, g)
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+    small = StandardAugment(8, flip_p=0.0, scale=(1, 1), ratio=(1, 1), noise_p=0.0)(x, g)
+    assert torch.allclose(small, F.interpolate(x, size=8, mode="bilinear", align_corners=False), atol=1e-5)
+
+
+def test_aug_basic_has_no_noise():
+    x = torch.rand(8, 3, 16, 16)
+    y = aug_basic(16)(x, torch.Generator().manual_seed(0))
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_pyramid_growth_schedule_and_continuity():
+    g = torch.Generator().manual_seed(0)
+    p = PyramidParam(2, 16, grow_every=10, generator=g)
+    grew = [s for s in range(1, 80) if p.maybe_grow(s)]
+    assert grew == [11, 21, 31, 41] and p.sizes == [1, 2, 4, 8, 16]
+    assert not p.maybe_grow(51)  # complete: capped at the resolution
+    q = PyramidParam(2, 16, grow_every=10, generator=torch.Generator().manual_seed(0))
+    for s in range(1, 31):
+        q.maybe_grow(s)
+    before = q.render().detach()
+    assert q.maybe_grow(31)
+    after = q.render().detach()
+    assert after.shape == (2, 3, 16, 16) and float(after.min()) >= 0 and float(after.max()) <= 1
+    assert (after - before).abs().mean() < 0.1
+
+
+def test_pyramid_checkpoint_round_trip():
+    p = PyramidParam(2, 8, grow_every=1, generator=torch.Generator().manual_seed(0))
+    for s in range(1, 4):
+        p.maybe_grow(s)
+    q = PyramidParam(2, 8, grow_every=1, generator=torch.Generator().manual_seed(5))
+    q.load_checkpoint_state(p.checkpoint_state())
+    assert torch.equal(p.render(), q.render())
+
+
+def test_image_init_renders_the_image():
+    images = torch.rand(3, 3, 8, 8) * 0.9 + 0.05
+    for param in (PixelParam(3, 8, init_images=images), PyramidParam(3, 8, init_images=images)):
+        assert torch.allclose(param.render(), images, atol=1e-4)
+
+
+def test_colour_decorrelation_is_normalised():
+    assert torch.isclose(COLOR_DECORRELATION.norm(dim=0).max(), torch.tensor(1.0))
+
+
+def test_synset_round_trip_and_png_folder(tmp_path):
+    from PIL import Image
+
+    s = SyntheticSet(torch.rand(6, 3, 10, 10), torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], {"method": "x"})
+    s.save(tmp_path / "syn")
+    t = SyntheticSet.load(tmp_path / "syn")
+    assert torch.allclose(s.images, t.images, atol=1e-6) and torch.equal(s.labels, t.labels)
+    assert t.classes == ["a", "b", "c"] and t.meta["method"] == "x"
+    grid = Image.open(tmp_path / "syn" / "grid.png")
+    assert grid.size == (2 + 2 * 12, 2 + 3 * 12)
+    folder = tmp_path / "pngs"
+    for i, (img, y) in enumerate(zip(t.images, t.labels.tolist(), strict=True)):
+        (folder / t.classes[y]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(folder / t.classes[y] / f"{i}.png")
+    u = SyntheticSet.load(folder)
+    assert u.classes == ["a", "b", "c"] and torch.equal(u.labels, t.labels)
+    assert torch.allclose(u.images, t.images, atol=1 / 255)

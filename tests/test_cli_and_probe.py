@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import datadistill as dd
+from datadistill.cli import main
+from datadistill.config import ProbeConfig
+from datadistill.errors import DataError
+from datadistill.evaluate.linear_probe import train_head
+from datadistill.evaluate.results import EvalResult
+from datadistill.synset import SyntheticSet
+
+
+def _cli(capsys, *argv):
+    code = main(["-q", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["distill", "sfm", "--data", "nope", "--out", "{tmp}/o"], "unknown dataset"),
+    (["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{tmp}/o"], "unknown backbone"),
+    (["distill", "random", "--data", "digits", "--ipc", "1000", "--crop", "32", "--out", "{tmp}/o"], "larger than"),
+    (["distill", "random", "--data", "digits", "--out", "{tmp}/file/o"], "not writable"),
+    (["distill", "sfm", "--data", "mnist", "--root", "{tmp}", "--out", "{tmp}/o"], "download"),
+])
+def test_bad_input_gives_one_clear_line(capsys, tmp_path, argv, message):
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, _, err = _cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert err.startswith("datadistill: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "synset").exists()
+
+
+def test_corrupt_image_in_imagefolder(capsys, tiny_folder, tmp_path):
+    (tiny_folder / "train" / "ant" / "broken.png").write_bytes(b"\x89PNG garbage")
+    code, _, err = _cli(capsys, "distill", "centroids", "--data", f"imagefolder:{tiny_folder}", "--crop", "32",
+                        "--val-fraction", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "broken.png" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "synset").exists()
+
+
+def test_nan_loss_through_cli(capsys, tmp_path, monkeypatch):
+    from datadistill.methods.sfm import SFM
+
+    monkeypatch.setattr(SFM, "loss", lambda self, ctx, images: images.sum() * float("nan"))
+    code, _, err = _cli(capsys, "distill", "sfm", "--data", "digits", "--crop", "32", "--steps", "3",
+                        "--out", str(tmp_path / "o"))
+    assert code == 2 and "nan" in err.lower() and "Traceback" not in err
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "datadistill", "-q", "distill", "sfm", "--data", "nope", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown dataset" in proc.stderr
+
+
+def test_distill_eval_list_stats_commands(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, _ = _cli(capsys, "distill", "sfm", "--data", "digits", "--crop", "32", "--steps", "4",
+                        "--grow-every", "2", "--out", str(run))
+    assert code == 0 and "synset" in out
+    code, out, _ = _cli(capsys, "eval", str(run), "--seeds", "2", "--epochs", "20", "--views", "4")
+    assert code == 0 and "test" in out
+    ev = json.loads((run / "metrics.json").read_text())["eval"]["linear-probe@efficientnet_lite0"]
+    assert len(ev["test_acc"]) == 2 and "Evaluation" in (run / "report.md").read_text()
+    code, out, _ = _cli(capsys, "list")
+    assert code == 0 and "efficientnet_lite0" in out and "digits" in out and "sfm" in out
+    code, out, _ = _cli(capsys, "stats", "--data", "digits", "--crop", "32", "--kmeans", "2")
+    assert code == 0 and "10 classes" in out
+
+
+def test_train_head_separates_separable_features():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(5)
+    feats = torch.nn.functional.one_hot(labels, 4).float() * 5 + 0.1 * torch.randn(20, 4, generator=g)
+    cfg = ProbeConfig(epochs=200, views=1, base_lr=0.5)
+    head = train_head(feats[None], labels, 4, cfg, g)
+    assert (head(feats).argmax(1) == labels).all()
+
+
+def test_eval_result_statistics():
+    r = EvalResult("linear-probe", "b", [0.5, 0.7, 0.6], [0.4, 0.5, 0.6], [1, 2, 3])
+    assert r.mean == pytest.approx(np.mean([0.5, 0.7, 0.6])) and r.std == pytest.approx(np.std([0.5, 0.7, 0.6]))
+
+
+def test_probe_is_deterministic_and_checks_classes(digits, lite0):
+    s = dd.distill("random", "digits", dataset=digits, model=lite0, crop=32)
+    kw = dict(data=digits, backbone=lite0, seeds=2, epochs=30, views=3, crop=32)
+    a, b = dd.evaluate(s, **kw), dd.evaluate(s, **kw)
+    assert len(a.test_acc) == 2 and a.test_acc == b.test_acc and 0.1 < a.mean <= 1
+    wrong = SyntheticSet(s.images, s.labels, [f"x{i}" for i in range(10)])
+    with pytest.raises(DataError, match="classes"):
+        dd.evaluate(wrong, **kw)
