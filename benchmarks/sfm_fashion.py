@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--init", default="centroids")
-    p.add_argument("--augs", type=int, default=1)
+    p.add_argument("--augs", type=int, default=4)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--views", type=int, default=100)
@@ -70,7 +70,8 @@ def main() -> None:
         t = time.perf_counter()
         sfm = dd.distill("sfm", args.data, dataset=data, model=bb, crop=args.crop, steps=args.steps, lr=args.lr,
                          init=args.init, augs=args.augs, out=f"{run}/sfm")
-        metrics = json.load(open(f"{run}/sfm/metrics.json"))["distill"]["phases"]
+        with open(f"{run}/sfm/metrics.json") as f:
+            metrics = json.load(f)["distill"]["phases"]
     out["sfm"] = {"steps": args.steps, "seconds_per_step": metrics["distill"]["seconds_per_step"],
                   "distill_seconds": metrics["distill"]["seconds"], "peak_rss_mb": metrics["distill"]["peak_rss_mb"],
                   "total_seconds": round(time.perf_counter() - t, 2)}

@@ -81,7 +81,8 @@ def test_synset_round_trip_and_png_folder(tmp_path):
     folder = tmp_path / "pngs"
     for i, (img, y) in enumerate(zip(t.images, t.labels.tolist(), strict=True)):
         (folder / t.classes[y]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(folder / t.classes[y] / f"{i}.png")
+        pixels = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(pixels).save(folder / t.classes[y] / f"{i}.png")
     u = SyntheticSet.load(folder)
     assert u.classes == ["a", "b", "c"] and torch.equal(u.labels, t.labels)
     assert torch.allclose(u.images, t.images, atol=1 / 255)

@@ -59,7 +59,8 @@ def test_empty_class_folder(tiny_folder):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
 def test_image_modes_decode_to_rgb(tmp_path, mode):
-    arr = (np.arange(64).reshape(8, 8) * (1000 if mode == "I;16" else 3)).astype(np.uint16 if mode == "I;16" else np.uint8)
+    wide = mode == "I;16"
+    arr = (np.arange(64).reshape(8, 8) * (1000 if wide else 3)).astype(np.uint16 if wide else np.uint8)
     img = Image.fromarray(arr) if mode in ("L", "I;16") else Image.fromarray(arr).convert(mode)
     img.save(tmp_path / "x.png")
     x = load_image(tmp_path / "x.png")

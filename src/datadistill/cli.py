@@ -94,9 +94,9 @@ def _cmd_demo(args) -> int:
 def _cmd_distill(args) -> int:
     from .api import distill
 
-    options = {k: getattr(args, k) for k in ("root", "weights", "crop", "device", "steps", "lr", "augs", "param", "init",
-                                             "grow_every", "decorrelate", "resolution", "noise_mean", "flow_norm",
-                                             "decouple_alpha", "seed", "checkpoint_every", "val_fraction")}
+    names = ("root", "weights", "crop", "device", "steps", "lr", "augs", "param", "init", "grow_every", "decorrelate",
+             "resolution", "noise_mean", "flow_norm", "decouple_alpha", "seed", "checkpoint_every", "val_fraction")
+    options = {k: getattr(args, k) for k in names}
     synset = distill(args.method, args.data, args.backbone, args.ipc, out=args.out, **options)
     print(f"wrote {len(synset)} images ({synset.ipc} per class) to {args.out}/synset; report: {args.out}/report.md")
     return 0

@@ -29,7 +29,8 @@ def accuracy_table(rows: list[tuple[str, dict]]) -> str:
 def phases_table(phases: dict) -> str:
     lines = ["| phase | seconds | peak RSS (MB) | peak CUDA (MB) |", "|---|---|---|---|"]
     for name, p in phases.items():
-        lines.append(f"| {name} | {p.get('seconds', 0):.1f} | {p.get('peak_rss_mb', '')} | {p.get('peak_cuda_mb', '-')} |")
+        cuda = p.get("peak_cuda_mb", "-")
+        lines.append(f"| {name} | {p.get('seconds', 0):.1f} | {p.get('peak_rss_mb', '')} | {cuda} |")
     return "\n".join(lines)
 
 

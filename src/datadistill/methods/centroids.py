@@ -14,10 +14,7 @@ class Centroids(Method):
 
     def select(self, ctx: RunContext) -> SyntheticSet:
         bank, ipc = ctx.stats, ctx.config.ipc
-        if ipc == 1:
-            targets = bank.means
-        else:
-            targets = bank.kmeans(ipc, seed=ctx.config.seed)[0].flatten(0, 1)
+        targets = bank.means if ipc == 1 else bank.kmeans(ipc, seed=ctx.config.seed)[0].flatten(0, 1)
         labels = ctx.class_labels()
         indices = bank.nearest(targets, labels, metric="l2")
         return ctx.synset(ctx.real_images(indices), labels, train_indices=indices.tolist())
