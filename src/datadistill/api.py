@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -32,11 +33,6 @@ def _check_ipc(data: RealData, ipc: int) -> None:
                         f"training images (after holding out the validation split)")
 
 
-def _set_threads() -> None:
-    # Small batches on CPU: inter-op threads only add contention.
-    torch.set_num_interop_threads(1) if torch.get_num_interop_threads() > 1 else None
-
-
 def build_context(config: DistillConfig, data: RealData | None = None, backbone: Backbone | None = None) -> RunContext:
     device = resolve_device(config.device)
     data = data or load_dataset(config.data, config.root, config.val_fraction, config.split_seed)
@@ -57,7 +53,7 @@ def distill(method: str, data: str, backbone: str = "efficientnet_lite0", ipc: i
         log.info("%s is already complete", run.path)
         return SyntheticSet.load(run.synset_path)
     timer = PhaseTimer()
-    with run.logging() if run else _null():
+    with run.logging() if run else nullcontext():
         with timer.phase("load"):
             ctx = build_context(config, dataset, model)
             timer.device = ctx.device
@@ -94,14 +90,6 @@ def _resolved(ctx: RunContext) -> dict:
                          "backbone_weights": ctx.backbone.weights, "crop": ctx.crop, "resolution": ctx.resolution,
                          "device": str(ctx.device), "torch": torch.__version__, "datadistill": __version__,
                          "python": platform.python_version()}}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path, protocol: str = "linear-probe",

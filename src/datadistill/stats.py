@@ -52,14 +52,11 @@ class FeatureBank:
         rows = feats if indices is None else feats[indices.numpy()]
         return torch.from_numpy(np.asarray(rows, dtype=np.float32))
 
-    def nearest(self, queries: torch.Tensor, classes: torch.Tensor, metric: str = "l2",
-                exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """Index of the same-class image nearest to each query (L2 or cosine), excluding ``exclude``."""
+    def nearest(self, queries: torch.Tensor, classes: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+        """Index of the same-class image nearest to each query (L2 or cosine)."""
         out = torch.empty(len(queries), dtype=torch.long)
         for c in classes.unique().tolist():
             members = torch.nonzero(self.labels == c).flatten()
-            if exclude is not None:
-                members = members[~torch.isin(members, exclude)]
             feats = self.tensor(members)
             q = queries[classes == c].float()
             if metric == "cos":
