@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 
 from ..config import DistillConfig
-from ..data import RealData, resize_center_crop
+from ..data import RealData, iter_batches
 from ..errors import ConfigError
 from ..models.backbones import Backbone
 from ..stats import FeatureBank, feature_bank, resize_for
@@ -39,7 +39,7 @@ class RunContext:
     def real_images(self, indices: torch.Tensor) -> torch.Tensor:
         """Train images at the synthetic resolution (resize + center crop), for real-image baselines."""
         r = self.resolution
-        return torch.cat([resize_center_crop(self.data.train[int(i)][0][None], r, r) for i in indices])
+        return torch.cat([b.images for b in iter_batches(self.data.train, 256, r, r, indices=indices)])
 
     def synset(self, images: torch.Tensor, labels: torch.Tensor, **meta) -> SyntheticSet:
         meta = {"method": self.config.method, "dataset": self.data.name, "backbone": self.backbone.name,
