@@ -8,9 +8,8 @@ import torch
 
 import datadistill as dd
 from datadistill.cli import main
-from datadistill.config import ProbeConfig
 from datadistill.errors import DataError
-from datadistill.evaluate.linear_probe import train_head
+from datadistill.evaluate.linear_probe import ProbeOptions, train_head
 from datadistill.evaluate.results import EvalResult
 from datadistill.synset import SyntheticSet
 
@@ -24,7 +23,7 @@ def _cli(capsys, *argv):
 @pytest.mark.parametrize("argv, message", [
     (["distill", "sfm", "--data", "nope", "--out", "{tmp}/o"], "unknown dataset"),
     (["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{tmp}/o"], "unknown backbone"),
-    (["distill", "random", "--data", "digits", "--ipc", "1000", "--crop", "32", "--out", "{tmp}/o"], "larger than"),
+    (["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{tmp}/o"], "larger than"),
     (["distill", "random", "--data", "digits", "--out", "{tmp}/file/o"], "not writable"),
     (["distill", "sfm", "--data", "mnist", "--root", "{tmp}", "--out", "{tmp}/o"], "download"),
 ])
@@ -78,7 +77,7 @@ def test_train_head_separates_separable_features():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat(5)
     feats = torch.nn.functional.one_hot(labels, 4).float() * 5 + 0.1 * torch.randn(20, 4, generator=g)
-    cfg = ProbeConfig(epochs=200, views=1, base_lr=0.5)
+    cfg = ProbeOptions(epochs=200, views=1, base_lr=0.5)
     head = train_head(feats[None], labels, 4, cfg, g)
     assert (head(feats).argmax(1) == labels).all()
 
@@ -89,7 +88,7 @@ def test_eval_result_statistics():
 
 
 def test_probe_is_deterministic_and_checks_classes(digits, lite0):
-    s = dd.distill("random", "digits", dataset=digits, model=lite0, crop=32)
+    s = dd.distill("random", "digits", dataset=digits)
     kw = dict(data=digits, backbone=lite0, seeds=2, epochs=30, views=3, crop=32)
     a, b = dd.evaluate(s, **kw), dd.evaluate(s, **kw)
     assert len(a.test_acc) == 2 and a.test_acc == b.test_acc and 0.1 < a.mean <= 1

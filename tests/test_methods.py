@@ -12,11 +12,11 @@ SMALL = {"crop": 32, "grow_every": 5}
 
 
 def test_random_picks_ipc_train_images_per_class(digits, lite0):
-    s = dd.distill("random", "digits", ipc=2, dataset=digits, model=lite0, crop=32)
+    s = dd.distill("random", "digits", ipc=2, dataset=digits)
     assert len(s) == 20 and torch.equal(torch.bincount(s.labels), torch.full((10,), 2))
     idx = torch.tensor(s.meta["train_indices"])
     assert torch.equal(digits.train.targets[idx], s.labels)
-    t = dd.distill("random", "digits", ipc=2, dataset=digits, model=lite0, crop=32, seed=1)
+    t = dd.distill("random", "digits", ipc=2, dataset=digits, seed=1)
     assert s.meta["train_indices"] != t.meta["train_indices"]
 
 

@@ -9,19 +9,30 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import DistillConfig, ProbeConfig
+from .config import DistillConfig, EvalConfig
 from .data import RealData, load_dataset
 from .engine import PhaseTimer, RunDir, optimise, resolve_device
 from .errors import ConfigError, DataError
-from .evaluate import EvalResult, linear_probe
+from .evaluate import EvalJob, EvalResult, get_protocol
 from .methods import RunContext, get_method
+from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
+from .options import build, split, to_dict
 from .progress import log
 from .report import write_report
 from .stats import FeatureBank, feature_bank
 from .synset import SyntheticSet
 
-PROTOCOLS = ("linear-probe",)
+
+def make_config(method: str, data: str, ipc: int = 1, **values) -> DistillConfig:
+    """A validated config: common fields from ``values``, the rest checked against the method's options."""
+    algo = get_method(method)
+    common, rest = split(values, DistillConfig)
+    for reserved in ("method", "data", "options"):
+        if reserved in common:
+            raise ConfigError(f"'{reserved}' cannot be passed as an option")
+    opts = build(algo.Options, rest, f"method '{method}'")
+    return DistillConfig(method=method, data=data, ipc=ipc, options=to_dict(opts), **common).validate()
 
 
 def _check_ipc(data: RealData, ipc: int) -> None:
@@ -33,19 +44,24 @@ def _check_ipc(data: RealData, ipc: int) -> None:
                         f"training images (after holding out the validation split)")
 
 
-def build_context(config: DistillConfig, data: RealData | None = None, backbone: Backbone | None = None) -> RunContext:
+def build_context(config: DistillConfig, data: RealData | None = None, model: Backbone | None = None) -> RunContext:
+    algo = get_method(config.method)
     device = resolve_device(config.device)
     data = data or load_dataset(config.data, config.root, config.val_fraction, config.split_seed)
-    backbone = backbone or load_backbone(config.backbone, config.weights, device)
-    ctx = RunContext(config, data, backbone.to(device), device)
+    ctx = RunContext(config, algo.Options(**config.options), data, device, algo, model=model)
     ctx.generator.manual_seed(config.seed)
     return ctx
 
 
-def distill(method: str, data: str, backbone: str = "efficientnet_lite0", ipc: int = 1, out: str | Path | None = None,
-            *, dataset: RealData | None = None, model: Backbone | None = None, **options) -> SyntheticSet:
-    """Distill ``data`` into ``ipc`` images per class with ``method``; with ``out``, write and resume a run dir."""
-    config = DistillConfig(method=method, data=data, backbone=backbone, ipc=ipc, **options).validate()
+def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None, *, dataset: RealData | None = None,
+            model: Backbone | None = None, **options) -> SyntheticSet:
+    """Distill ``data`` into ``ipc`` images per class with ``method``; with ``out``, write and resume a run dir.
+
+    ``options`` are the common run options (seed, device, checkpoint_every, ...) and the method's own
+    (``datadistill distill METHOD --help`` lists them). ``dataset`` / ``model`` pass an already loaded
+    dataset / backbone.
+    """
+    config = make_config(method, data, ipc, **options)
     algo = get_method(method)
     run = RunDir(out) if out is not None else None
     if run is not None and run.synset_path.exists() and run.metrics().get("distill", {}).get("complete"):
@@ -58,8 +74,9 @@ def distill(method: str, data: str, backbone: str = "efficientnet_lite0", ipc: i
             ctx = build_context(config, dataset, model)
             timer.device = ctx.device
             _check_ipc(ctx.data, ipc)
+            resolved = _resolved(ctx)
         if run is not None:
-            resumed = run.claim(config, _resolved(ctx))
+            resumed = run.claim(config, resolved)
             log.info("%s run in %s%s", method, run.path, " (resuming)" if resumed else "")
         if algo.needs_stats:
             with timer.phase("stats"):
@@ -68,11 +85,11 @@ def distill(method: str, data: str, backbone: str = "efficientnet_lite0", ipc: i
         with timer.phase("distill"):
             if algo.optimises:
                 images, losses = optimise(algo, ctx, run)
-                synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=config.steps)
+                synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx))
             else:
                 synset = algo.select(ctx)
-        if algo.optimises and config.steps:
-            timer.phases["distill"]["seconds_per_step"] = round(timer.phases["distill"]["seconds"] / config.steps, 4)
+        if algo.optimises and losses:
+            timer.phases["distill"]["seconds_per_step"] = round(timer.phases["distill"]["seconds"] / len(losses), 4)
         if run is not None:
             with timer.phase("save"):
                 synset.save(run.synset_path)
@@ -84,50 +101,63 @@ def distill(method: str, data: str, backbone: str = "efficientnet_lite0", ipc: i
 
 
 def _resolved(ctx: RunContext) -> dict:
-    return {"resolved": {"dataset_source": ctx.data.source, "num_classes": ctx.data.num_classes,
-                         "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
-                         "test_images": len(ctx.data.test) if ctx.data.test is not None else 0,
-                         "backbone_weights": ctx.backbone.weights, "crop": ctx.crop, "resolution": ctx.resolution,
-                         "device": str(ctx.device), "torch": torch.__version__, "datadistill": __version__,
-                         "python": platform.python_version()}}
+    resolved = {"dataset_source": ctx.data.source, "num_classes": ctx.data.num_classes,
+                "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
+                "test_images": len(ctx.data.test) if ctx.data.test is not None else 0,
+                "resolution": ctx.resolution, "device": str(ctx.device), "torch": torch.__version__,
+                "datadistill": __version__, "python": platform.python_version()}
+    if isinstance(ctx.opts, BackboneOptions):
+        resolved.update(backbone_weights=ctx.backbone.weights, crop=ctx.crop)
+    return {"resolved": resolved}
 
 
-def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path, protocol: str = "linear-probe",
-             data: str | RealData | None = None, backbone: str | Backbone | None = None, *,
-             root: str | None = None, weights: str | None = None, **probe_options) -> EvalResult:
-    """Evaluate a synthetic set (or a run directory, whose config supplies data and backbone)."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol '{protocol}'. Known: {', '.join(PROTOCOLS)}")
-    run = None
-    run_cfg: dict = {}
+def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = None, protocol: str = "linear-probe",
+             data: str | RealData | None = None, *, root: str | None = None, backbone: str | Backbone | None = None,
+             models: list[Backbone] | None = None, **options) -> EvalResult:
+    """Evaluate a synthetic set (a run directory, a saved set, a folder of PNGs, a ``SyntheticSet``, or one
+    set per seed) with ``protocol``; a run directory supplies data and backbones and records the result.
+
+    ``backbone`` is the evaluation backbone (a name or a loaded one); ``models`` are other loaded backbones
+    to reuse (e.g. the distillation backbone for CI). ``options`` are the common evaluation options (seeds,
+    device, ...) and the protocol's own (``datadistill eval --protocol P --help``).
+    """
+    proto = get_protocol(protocol)
+    common_values, rest = split(options, EvalConfig)
+    common = build(EvalConfig, common_values, "evaluation")
+    loaded = {m.name: m for m in models or []}
+    if isinstance(backbone, Backbone):
+        loaded[backbone.name] = backbone
+        backbone = backbone.name
+    if backbone is not None:
+        rest.setdefault("eval_backbone", backbone)
+    opts = build(proto.Options, rest, f"protocol '{protocol}'")
+    run, run_cfg = None, {}
     if isinstance(synset, str | Path):
         path = Path(synset)
         if (path / "config.json").exists():
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
         synset = SyntheticSet.load(path)
-    if data is None and not run_cfg:
+    synsets = synset if isinstance(synset, list) else ([synset] * common.seeds if synset is not None else [])
+    if proto.needs_synset and not synsets:
+        raise ConfigError(f"protocol '{protocol}' evaluates a synthetic set: pass a run directory or a set")
+    if synsets and len(synsets) != common.seeds:
+        raise ConfigError(f"{len(synsets)} synthetic sets given for {common.seeds} seeds")
+    if not run_cfg and synsets and synsets[0].meta.get("backbone"):
+        meta = synsets[0].meta
+        run_cfg = {"options": {"backbone": meta["backbone"], "crop": meta.get("crop")}}
+    if data is None and not run_cfg.get("data"):
         raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
-    cfg = ProbeConfig(**probe_options)
-    device = resolve_device(cfg.device)
     if not isinstance(data, RealData):
-        data = load_dataset(data or run_cfg["data"], root or run_cfg.get("root"),
-                            run_cfg.get("val_fraction", 0.1), run_cfg.get("split_seed", 0))
-    if not isinstance(backbone, Backbone):
-        name = backbone or cfg.backbone or run_cfg.get("backbone")
-        if name is None:
-            raise ConfigError("evaluate needs backbone= (the evaluation backbone)")
-        same = name == run_cfg.get("backbone")
-        backbone = load_backbone(name, weights or cfg.weights or (run_cfg.get("weights") if same else None), device)
-    if cfg.crop is None and run_cfg.get("crop") and backbone.name == run_cfg.get("backbone"):
-        cfg.crop = run_cfg["crop"]
+        data = load_dataset(data or run_cfg["data"], root or run_cfg.get("root"), run_cfg.get("val_fraction", 0.1),
+                            run_cfg.get("split_seed", 0))
+    device = resolve_device(common.device)
     timer = PhaseTimer(device)
     with timer.phase("eval"):
-        result = linear_probe(synset, data, backbone, cfg, device)
+        result = proto.run(EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
     result.details["phases"] = timer.phases
     if run is not None:
-        key = f"{protocol}@{backbone.name}"
-        run.update_metrics(eval={key: result.to_dict()})
+        run.update_metrics(eval={f"{protocol}@{result.backbone}": result.to_dict()})
         write_report(run.path)
     return result
 

@@ -1,4 +1,8 @@
-"""``datadistill`` command line: parses arguments, builds configs, calls the API. No logic of its own."""
+"""``datadistill`` command line: parses arguments, builds configs, calls the API. No logic of its own.
+
+Options of methods and protocols are not written here: each ``distill METHOD`` and ``eval --protocol P``
+gets the fields of the method's / protocol's options dataclass as flags (see ``options.py``).
+"""
 
 from __future__ import annotations
 
@@ -21,14 +25,21 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 
-def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", type=int, default=3, help="evaluation seeds (mean ± std over them)")
-    p.add_argument("--epochs", type=int, default=1000, help="probe epochs (passes over the synthetic set)")
-    p.add_argument("--views", type=int, default=100, help="cached AugBasic views per synthetic image")
-    p.add_argument("--base-lr", type=float, default=1e-3, help="probe lr before the batch/256 scaling")
+def _protocol_in(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--protocol" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--protocol="):
+            return arg.split("=", 1)[1]
+    return "linear-probe"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from .config import DistillConfig, EvalConfig
+    from .evaluate import PROTOCOLS
+    from .methods import METHODS
+    from .options import add_arguments
+
     parser = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation toolkit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,38 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=3)
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set (resumes an interrupted run)")
-    d.add_argument("method", help="sfm, random, centroids (see `datadistill list methods`)")
-    _add_data_args(d)
-    d.add_argument("--ipc", type=int, default=1, help="images per class")
-    d.add_argument("--out", required=True, help="run directory (created; an interrupted run there resumes)")
-    d.add_argument("--steps", type=int, default=5000)
-    d.add_argument("--lr", type=float, default=2e-3)
-    d.add_argument("--augs", type=int, default=1, help="augmented views per step (A)")
-    d.add_argument("--param", default="pyramid", choices=["pyramid", "pixel"])
-    d.add_argument("--init", default="noise", choices=["noise", "real", "centroids"],
-                   help="start from noise (paper), random real images, or the Centroids images")
-    d.add_argument("--grow-every", type=int, default=200, help="pyramid: add a level every N steps")
-    d.add_argument("--no-decorrelate", dest="decorrelate", action="store_false", help="no colour decorrelation")
-    d.add_argument("--resolution", type=int, default=None, help="render size (default: crop * 256/224)")
-    d.add_argument("--noise-mean", type=float, default=0.0, help="augmentation noise mean (LGM code: 0 or 0.5)")
-    d.add_argument("--flow-norm", default="classes", choices=["classes", "images"],
-                   help="SFM non-target centre: divide by C-1 (default) or by mC-1 (official code)")
-    d.add_argument("--decouple-alpha", type=float, default=None,
-                   help="SFM decoupled TCDD/NCDD loss weight (1 = TCDD only, 0 = NCDD only)")
-    d.add_argument("--seed", type=int, default=3407)
-    d.add_argument("--checkpoint-every", type=int, default=100)
-    d.add_argument("--val-fraction", type=float, default=0.1)
+    methods = d.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name in sorted(METHODS):
+        algo = METHODS[name]
+        m = methods.add_parser(name, help=algo.summary, description=algo.summary)
+        m.add_argument("--data", required=True, help="dataset name (see `datadistill list datasets`), "
+                       "imagefolder:PATH or hf:NAME")
+        m.add_argument("--out", required=True, help="run directory (created; an interrupted run there resumes)")
+        add_arguments(m.add_argument_group("run options"), DistillConfig, skip={"method", "data", "options"})
+        add_arguments(m.add_argument_group(f"{name} options"), algo.Options)
 
-    e = sub.add_parser("eval", help="evaluate a run directory (or a folder of PNGs with --data)")
-    e.add_argument("path", help="run directory, synset folder, or folder of PNGs")
-    e.add_argument("--protocol", default="linear-probe", help="linear-probe")
+    protocol = PROTOCOLS.get(_protocol_in(argv or []), PROTOCOLS["linear-probe"])
+    e = sub.add_parser("eval", help="evaluate a run directory, a saved set or a folder of PNGs",
+                       description="Evaluate with --protocol (one of: " + ", ".join(PROTOCOLS) + "). "
+                       "`datadistill eval --protocol P --help` lists P's options.")
+    e.add_argument("path", nargs="?", default=None, help="run directory, synset folder, or folder of PNGs "
+                   "(not needed for --protocol full)")
+    e.add_argument("--protocol", default="linear-probe", choices=list(PROTOCOLS))
     e.add_argument("--data", default=None, help="dataset (default: the run's)")
     e.add_argument("--root", default=None)
-    e.add_argument("--eval-backbone", default=None, help="evaluation backbone (default: the run's)")
-    e.add_argument("--weights", default=None)
-    e.add_argument("--crop", type=int, default=None)
-    e.add_argument("--device", default="auto")
-    _probe_args(e)
+    add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
+    add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
 
     s = sub.add_parser("stats", help="run (or reuse) the cached statistics pass")
     _add_data_args(s)
@@ -91,13 +91,15 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _options(args, skip: set[str]) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
 def _cmd_distill(args) -> int:
     from .api import distill
 
-    names = ("root", "weights", "crop", "device", "steps", "lr", "augs", "param", "init", "grow_every", "decorrelate",
-             "resolution", "noise_mean", "flow_norm", "decouple_alpha", "seed", "checkpoint_every", "val_fraction")
-    options = {k: getattr(args, k) for k in names}
-    synset = distill(args.method, args.data, args.backbone, args.ipc, out=args.out, **options)
+    options = _options(args, {"command", "quiet", "method", "data", "out"})
+    synset = distill(args.method, args.data, out=args.out, **options)
     print(f"wrote {len(synset)} images ({synset.ipc} per class) to {args.out}/synset; report: {args.out}/report.md")
     return 0
 
@@ -105,9 +107,8 @@ def _cmd_distill(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import evaluate
 
-    result = evaluate(args.path, protocol=args.protocol, data=args.data, backbone=args.eval_backbone,
-                      root=args.root, weights=args.weights, seeds=args.seeds, epochs=args.epochs, views=args.views,
-                      base_lr=args.base_lr, crop=args.crop, device=args.device)
+    options = _options(args, {"command", "quiet", "path", "protocol", "data", "root"})
+    result = evaluate(args.path, protocol=args.protocol, data=args.data, root=args.root, **options)
     per_seed = ", ".join(f"{100 * a:.2f}" for a in result.test_acc)
     print(f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
           f"({per_seed}); val {100 * result.val_mean:.2f} %")
@@ -125,8 +126,8 @@ def _cmd_stats(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from .api import PROTOCOLS
     from .data import available_datasets
+    from .evaluate import PROTOCOLS
     from .methods import METHODS
     from .models.backbones import available_backbones
 
@@ -139,13 +140,17 @@ def _cmd_list(args) -> int:
     if args.what in ("all", "backbones"):
         print("backbones:")
         for b in available_backbones():
-            print(f"  {b.name:20s} {'offline ' if b.offline else 'hub/path'} {b.input_size}px F={b.feat_dim:<5d} "
+            print(f"  {b.name:22s} {'offline ' if b.offline else 'hub/path'} {b.input_size}px F={b.feat_dim:<5d} "
                   f"{b.default_weights}")
-        print("  timm:ARCH            any timm model with pretrained weights (hub or --weights PATH)")
+        print("  timm:ARCH              any timm model with pretrained weights (hub or --weights PATH)")
     if args.what in ("all", "methods"):
-        print("methods: " + ", ".join(sorted(METHODS)))
+        print("methods:")
+        for name in sorted(METHODS):
+            print(f"  {name:12s} {METHODS[name].summary}")
     if args.what in ("all", "protocols"):
-        print("protocols: " + ", ".join(PROTOCOLS))
+        print("protocols:")
+        for name, p in PROTOCOLS.items():
+            print(f"  {name:12s} {p.summary}")
     return 0
 
 
@@ -153,7 +158,8 @@ COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "stat
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     if args.quiet:
         os.environ["DATADISTILL_PROGRESS"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

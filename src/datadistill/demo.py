@@ -41,8 +41,7 @@ def run_demo(out: str | Path = "runs/demo", data: str = "mnist-5k", steps: int |
                             crop=crop)
     with timer.phase("select random"):
         # Random real images are redrawn for every evaluation seed, as in the LGM/SFM baselines.
-        randoms = [distill("random", data, dataset=dataset, model=backbone, ipc=ipc, crop=crop, seed=k)
-                   for k in range(seeds)]
+        randoms = [distill("random", data, dataset=dataset, ipc=ipc, seed=k) for k in range(seeds)]
     results = {}
     for name, synset in [("random", randoms), ("centroids", centroids), ("sfm", sfm)]:
         with timer.phase(f"eval {name}"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import RESUME_FREE_FIELDS, DistillConfig
+from .config import RESUME_FREE_FIELDS, DistillConfig, flat_config
 from .errors import ConfigError, DatadistillError, TrainingDiverged
 from .io import check_writable, load_torch, save_torch, write_json
 from .progress import log, progress_bar
@@ -81,8 +82,8 @@ class RunDir:
         """Write the config, or check it matches the one already there. True if the run was started before."""
         previous = self.read_config()
         if previous is not None:
-            old = {k: v for k, v in previous.get("distill", {}).items() if k not in RESUME_FREE_FIELDS}
-            new = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_FIELDS}
+            old = {k: v for k, v in flat_config(previous.get("distill", {})).items() if k not in RESUME_FREE_FIELDS}
+            new = {k: v for k, v in flat_config(config.to_dict()).items() if k not in RESUME_FREE_FIELDS}
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise ConfigError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
@@ -129,21 +130,22 @@ class LoopState:
 
 
 def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]]:
-    """The shared pixel-optimisation loop: render -> method loss -> Adam step, with growth, checkpoints and resume.
+    """The shared optimisation loop: ``method.train_step`` per step, with growth, checkpoints and resume.
 
     A checkpoint holds the parameterisation, the optimizer, the RNG generator state, the step and the loss
     history, written atomically every ``checkpoint_every`` steps; a killed run loses at most that many steps.
     """
     cfg = ctx.config
+    total = method.steps(ctx)
     param = method.init_param(ctx).to(ctx.device)
-    optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
+    optimizer = method.make_optimizer(ctx, param)
     state = LoopState(step=0, losses=[])
     ckpt = run.checkpoints / "last.pt" if run else None
     if ckpt is not None and ckpt.exists():
         try:
             saved = load_torch(ckpt)
             param.load_checkpoint_state(saved["param"])
-            optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
+            optimizer = method.make_optimizer(ctx, param)
             optimizer.load_state_dict(saved["optimizer"])
             ctx.generator.set_state(saved["generator"])
             state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]))
@@ -151,28 +153,24 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
             raise DatadistillError(f"checkpoint {ckpt} cannot be resumed ({exc}); delete it to start over") from None
         log.info("resumed from %s at step %d", ckpt, state.step)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda")
-    bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=cfg.steps, initial=state.step)
-    for step in range(state.step + 1, cfg.steps + 1):
+    bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=total, initial=state.step)
+    for step in range(state.step + 1, total + 1):
         if param.maybe_grow(step):
-            optimizer = torch.optim.Adam(param.parameters(), lr=cfg.lr)
-        with autocast:
-            loss = method.loss(ctx, param.render())
-        if not torch.isfinite(loss):
+            optimizer = method.make_optimizer(ctx, param)
+        loss = method.train_step(ctx, param, optimizer, autocast)
+        if not math.isfinite(loss):
             where = f"; the last checkpoint is at step {state.step - state.step % cfg.checkpoint_every}" if run else ""
-            raise TrainingDiverged(f"{cfg.method} loss became {loss.item()} at step {step}{where}. "
+            raise TrainingDiverged(f"{cfg.method} loss became {loss} at step {step}{where}. "
                                    "Try a lower --lr or check the data for constant images")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         state.step = step
-        state.losses.append(round(float(loss.detach()), 6))
+        state.losses.append(round(loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
-        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
             save_torch(ckpt, {"param": param.checkpoint_state(), "optimizer": optimizer.state_dict(),
                               "generator": ctx.generator.get_state(), "step": step, "losses": state.losses})
-        if step % max(1, cfg.steps // 10) == 0:
-            log.info("step %d/%d loss %.5f", step, cfg.steps, state.losses[-1])
+        if step % max(1, total // 10) == 0:
+            log.info("step %d/%d loss %.5f", step, total, state.losses[-1])
     bar.close()
     with torch.no_grad():
         images = param.render().float()

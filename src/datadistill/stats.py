@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .augment import aug_basic
 from .data import RealData, iter_batches
 from .errors import DataError
 from .io import atomic_dir, write_json
@@ -108,9 +109,11 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[tor
     return centers, torch.bincount(assign, minlength=k).float() / len(x)
 
 
-def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int) -> str:
+def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int, view_seed: int | None) -> str:
     ident = {"data": data.fingerprint(), "split": split, "backbone": backbone.identity(), "resize": resize,
              "crop": crop, "version": 1}
+    if view_seed is not None:
+        ident["augbasic_view_seed"] = view_seed
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -122,14 +125,23 @@ def feature_bank(
     batch_size: int = 100,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    view_seed: int | None = None,
 ) -> FeatureBank:
-    """Features of ``split`` through ``backbone`` at ``crop`` px (center crop, no augmentation), cached."""
+    """Features of ``split`` through ``backbone`` at ``crop`` px, cached.
+
+    By default each image is resized and center-cropped (no augmentation). With ``view_seed``, each image
+    gets one AugBasic view (flip + RandomResizedCrop) drawn from a generator seeded with it instead: one
+    cached augmented view of the whole split, as used by the full-dataset probe.
+    """
     crop = crop or backbone.input_size
     resize = resize_for(crop)
+    augment, generator = None, None
+    if view_seed is not None:
+        augment, generator = aug_basic(crop), torch.Generator().manual_seed(view_seed)
     dataset = getattr(data, split)
     if dataset is None:
         raise DataError(f"dataset '{data.name}' has no {split} split")
-    key = _key(data, split, backbone, resize, crop)
+    key = _key(data, split, backbone, resize, crop, view_seed)
     directory = cache_root() / "features" / key
     if (directory / "stats.json").exists():
         return _load_bank(directory, key)
@@ -138,11 +150,13 @@ def feature_bank(
     with atomic_dir(directory) as tmp:
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                           shape=(n, backbone.feat_dim))
-        batches = iter_batches(dataset, batch_size, resize, crop, num_workers=num_workers)
+        batches = iter_batches(dataset, batch_size, resize, resize if augment else crop, num_workers=num_workers)
+        what = f"view {view_seed}" if augment else "features"
         with torch.inference_mode():
-            for batch in progress(batches, f"features {data.name}/{split} @ {backbone.name}",
+            for batch in progress(batches, f"{what} {data.name}/{split} @ {backbone.name}",
                                   total=(n + batch_size - 1) // batch_size):
-                f = backbone(batch.images.to(device)).cpu()
+                images = augment(batch.images, generator) if augment else batch.images
+                f = backbone(images.to(device)).cpu()
                 if not torch.isfinite(f).all():
                     raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
                 feats[batch.indices.numpy()] = f.numpy().astype(np.float16)
@@ -155,7 +169,8 @@ def feature_bank(
 
         save_file({"means": means, "counts": counts, "labels": dataset.targets.clone()}, str(tmp / "stats.safetensors"))
         write_json(tmp / "stats.json", {"key": key, "dataset": data.name, "split": split, "num_images": n,
-                                        "backbone": backbone.identity(), "resize": resize, "crop": crop})
+                                        "backbone": backbone.identity(), "resize": resize, "crop": crop,
+                                        "view_seed": view_seed})
     log.info("cached %s features of %s/%s in %s", backbone.name, data.name, split, directory)
     return _load_bank(directory, key)
 

@@ -1,104 +1,220 @@
-"""Linear-probe evaluation (METHODS.md 1.7), vanilla mode.
+"""Linear-probe evaluation (METHODS.md 1.7, 2.4 Stage III): vanilla, CI, KD, JT and ST, with and without
+initial parameters (IP) from the golden classifier.
 
-A fresh linear head on frozen evaluation-backbone features of the synthetic images, trained with Adam
-(lr = base x batch/256), cosine decay to 0, AugBasic views; accuracy at the last epoch on the test split and
-on the validation split (held out of train, for any selection). Test and validation features are computed
-once per (data, backbone, crop) and cached; the synthetic images' augmented views are computed once per
-seed in batches (``views`` of them), then the head trains on cached features, which is where the time goes
-in a naive loop.
+All modes train small linear maps on frozen features. The synthetic images' AugBasic views are drawn once
+per seed (``views`` of them, a fresh one per epoch when views >= epochs as in the original) and pushed
+through the evaluation backbone and, for the modes that need it, the distillation backbone, with the same
+crop geometry for both; the maps then train on cached features. Test and validation features are computed
+once per (data, backbone, crop) and cached. Accuracy is taken at the last epoch (no selection); the
+validation split (held out of train) is reported beside test for any choice a user makes.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..augment import aug_basic
-from ..config import ProbeConfig
-from ..data import RealData
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.backbones import Backbone
+from ..options import option
 from ..progress import progress
 from ..stats import feature_bank
 from ..synset import SyntheticSet
+from .golden import FullProbeOptions, golden_classifier
+from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
+from .training import accuracy, copy_head, fit, new_head, new_projector
 
 
-def view_features(backbone: Backbone, images: torch.Tensor, views: int, crop: int, generator: torch.Generator,
-                  device: torch.device, batch_size: int = 100) -> torch.Tensor:
-    """Features of ``views`` AugBasic views of every image: views x N x F."""
-    augment = aug_basic(crop)
-    out = []
+@dataclass
+class ProbeOptions(EvalBackboneOptions):
+    epochs: int = option(1000, "probe epochs (passes over the synthetic set)")
+    base_lr: float = option(1e-3, "head lr before the batch/256 scaling")
+    batch_size: int = option(100, "probe batch size (at most the synthetic set's size)")
+    views: int = option(100, "cached AugBasic views per synthetic image (fresh every epoch when >= epochs)")
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.views < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs, --views and --batch-size must be at least 1")
+
+
+@dataclass
+class InheritOptions(ProbeOptions, FullProbeOptions):
+    distill_backbone: str | None = option(None, "backbone of the golden classifier and projector target "
+                                                "(default: the run's distillation backbone)")
+    distill_weights: str | None = option(None, "local weights for the distillation backbone")
+    distill_crop: int | None = option(None, "input size of the distillation backbone (default: the run's crop)")
+    projector_lr: float = option(0.01, "projector lr before the batch/256 scaling (CI, JT, ST)")
+
+    def validate(self) -> None:
+        ProbeOptions.validate(self)
+        FullProbeOptions.validate(self)
+
+
+@dataclass
+class KDOptions(InheritOptions):
+    temperature: float = option(4.0, "KD temperature T")
+    alpha: float = option(0.5, "KD weight of the soft-label term (1 - alpha on the hard labels)")
+
+
+def view_features(models: list[tuple[Backbone, int]], images: torch.Tensor, views: int, generator: torch.Generator,
+                  device: torch.device, batch_size: int = 100) -> list[torch.Tensor]:
+    """Features of ``views`` AugBasic views of every image through each (backbone, crop): views x N x F each.
+
+    Every backbone sees the same crop geometry (the generator is rewound per backbone), sampled at its
+    own input size.
+    """
+    out: list[list[torch.Tensor]] = [[] for _ in models]
     flat = images.repeat(views, 1, 1, 1)
     with torch.inference_mode():
         for start in range(0, len(flat), batch_size):
-            chunk = augment(flat[start : start + batch_size], generator)
-            out.append(backbone(chunk.to(device)).float().cpu())
-    return torch.cat(out).view(views, len(images), -1)
+            chunk = flat[start : start + batch_size].to(device)
+            state = generator.get_state()
+            for k, (backbone, crop) in enumerate(models):
+                generator.set_state(state)
+                out[k].append(backbone(aug_basic(crop)(chunk, generator)).float().cpu())
+    return [torch.cat(parts).view(views, len(images), -1) for parts in out]
 
 
-def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig,
-               generator: torch.Generator) -> torch.nn.Linear:
-    """Train W (init N(0, 0.01^2)), b = 0 on views x N x F cached features; one view per image per epoch."""
+def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, opts: ProbeOptions,
+               generator: torch.Generator) -> nn.Linear:
+    """Vanilla probe: a fresh head on views x N x F cached features with cross-entropy."""
     views, n, dim = features.shape
-    head = torch.nn.Linear(dim, num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(num_classes, dim, generator=generator) * 0.01)
-        head.bias.zero_()
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.base_lr * batch / 256)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator)
-        view = torch.randint(views, (n,), generator=generator) if views < cfg.epochs else torch.full((n,), epoch)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            loss = F.cross_entropy(head(features[view[idx], idx]), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    head = new_head(dim, num_classes, generator)
+    fit([(head, opts.base_lr)], n, views, opts.epochs, opts.batch_size,
+        lambda i, v: F.cross_entropy(head(features[v, i]), labels[i]), generator)
     return head
 
 
-def accuracy(head: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((head(features).argmax(dim=1) == labels).float().mean())
+def train_projector(source: torch.Tensor, target: torch.Tensor, opts: InheritOptions,
+                    generator: torch.Generator) -> nn.Linear:
+    """CI's projector P: F_e -> F_d, MSE between P(phi_e(view)) and phi_d(view); no labels."""
+    views, n, dim = source.shape
+    proj = new_projector(dim, target.shape[-1], generator)
+    fit([(proj, opts.projector_lr)], n, views, opts.epochs, opts.batch_size,
+        lambda i, v: F.mse_loss(proj(source[v, i]), target[v, i]), generator)
+    return proj
 
 
-def check_compatible(synsets: list[SyntheticSet], data: RealData) -> None:
+def check_compatible(synsets: list[SyntheticSet], data) -> None:
     for s in synsets:
         if list(s.classes) != list(data.classes):
             raise DataError(f"the synthetic set's classes ({len(s.classes)}: {s.classes[:3]}...) do not match "
                             f"dataset '{data.name}' ({data.num_classes}: {data.classes[:3]}...)")
 
 
-def linear_probe(
-    synsets: SyntheticSet | list[SyntheticSet], data: RealData, backbone: Backbone, cfg: ProbeConfig,
-    device: torch.device,
-) -> EvalResult:
-    """Evaluate one synthetic set over ``cfg.seeds`` seeds, or one set per seed (e.g. a Random baseline redrawn
-    per seed)."""
-    cfg.validate()
-    synsets = synsets if isinstance(synsets, list) else [synsets] * cfg.seeds
-    check_compatible(synsets, data)
-    crop = cfg.crop or backbone.input_size
-    test = feature_bank(data, backbone, "test", crop=crop, device=device)
-    val = feature_bank(data, backbone, "val", crop=crop, device=device)
+# ---- modes: each gets (features through phi_e, through phi_d, labels, classes, golden head, options, generator)
+# and returns the predictor applied to phi_e test features -------------------------------------------------
+
+Mode = Callable[..., Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _vanilla(z_e, z_d, labels, num_classes, golden, opts, g):
+    return train_head(z_e, labels, num_classes, opts, g)
+
+
+def _ci(z_e, z_d, labels, num_classes, golden, opts, g):
+    proj = train_projector(z_e, z_d, opts, g)
+    return lambda x: golden(proj(x))
+
+
+def _kd(z_e, z_d, labels, num_classes, golden, opts, g):
+    views, n, dim = z_e.shape
+    head = new_head(dim, num_classes, g)
+    with torch.no_grad():
+        teacher = F.softmax(golden(z_d) / opts.temperature, dim=-1)
+    t, a = opts.temperature, opts.alpha
+
+    def loss(i, v):
+        logits = head(z_e[v, i])
+        soft = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher[v, i], reduction="batchmean") * t * t
+        return a * soft + (1 - a) * F.cross_entropy(logits, labels[i])
+
+    fit([(head, opts.base_lr)], n, views, opts.epochs, opts.batch_size, loss, g)
+    return head
+
+
+def _joint(ip: bool) -> Mode:
+    def run(z_e, z_d, labels, num_classes, golden, opts, g):
+        views, n, dim = z_e.shape
+        proj = new_projector(dim, z_d.shape[-1], g)
+        cls = copy_head(golden) if ip else new_head(z_d.shape[-1], num_classes, g)
+
+        def loss(i, v):
+            p = proj(z_e[v, i])
+            return F.mse_loss(p, z_d[v, i]) + F.cross_entropy(cls(p), labels[i])
+
+        fit([(proj, opts.projector_lr), (cls, opts.base_lr)], n, views, opts.epochs, opts.batch_size, loss, g)
+        return lambda x: cls(proj(x))
+
+    return run
+
+
+def _sequential(ip: bool) -> Mode:
+    def run(z_e, z_d, labels, num_classes, golden, opts, g):
+        proj = train_projector(z_e, z_d, opts, g)
+        with torch.no_grad():
+            projected = proj(z_e)
+        cls = copy_head(golden) if ip else new_head(z_d.shape[-1], num_classes, g)
+        views, n, _ = projected.shape
+        fit([(cls, opts.base_lr)], n, views, opts.epochs, opts.batch_size,
+            lambda i, v: F.cross_entropy(cls(projected[v, i]), labels[i]), g)
+        return lambda x: cls(proj(x))
+
+    return run
+
+
+def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
+    opts = job.opts
+    data = job.data
+    check_compatible(job.synsets, data)
+    eval_bb = job.backbone(opts.eval_backbone, opts.weights)
+    crop_e = job.crop_for(eval_bb, opts.crop)
+    models = [(eval_bb, crop_e)]
+    golden, details = None, {}
+    if isinstance(opts, InheritOptions):
+        dist_bb = job.backbone(opts.distill_backbone, opts.distill_weights)
+        crop_d = job.crop_for(dist_bb, opts.distill_crop)
+        golden_result = golden_classifier(data, dist_bb, crop_d, opts, job.common.first_seed, job.device)
+        golden = golden_result.head
+        details.update(distill_backbone=dist_bb.name, distill_crop=crop_d, golden=golden_result.summary())
+        if (dist_bb.name, crop_d) != (eval_bb.name, crop_e):
+            models.append((dist_bb, crop_d))
+    test = feature_bank(data, eval_bb, "test", crop=crop_e, device=job.device)
+    val = feature_bank(data, eval_bb, "val", crop=crop_e, device=job.device)
     test_x, val_x = test.tensor(), val.tensor()
-    seeds = [cfg.first_seed + k for k in range(len(synsets))]
+    views = min(opts.views, opts.epochs)
     test_acc, val_acc = [], []
-    for seed, synset in progress(list(zip(seeds, synsets, strict=True)), f"linear probe @ {backbone.name}"):
+    for seed, synset in progress(list(zip(job.seeds, job.synsets, strict=True)), f"{mode} @ {eval_bb.name}"):
         g = torch.Generator().manual_seed(seed)
-        views = min(cfg.views, cfg.epochs)
-        feats = view_features(backbone, synset.images, views, crop, g, device)
-        head = train_head(feats, synset.labels, data.num_classes, cfg, g)
-        test_acc.append(accuracy(head, test_x, test.labels))
-        val_acc.append(accuracy(head, val_x, val.labels))
-    return EvalResult("linear-probe", backbone.name, test_acc, val_acc, seeds,
-                      {"epochs": cfg.epochs, "views": min(cfg.views, cfg.epochs), "crop": crop,
-                       "base_lr": cfg.base_lr, "batch_size": cfg.batch_size, "backbone_weights": backbone.weights,
-                       "num_images": len(synsets[0])})
+        feats = view_features(models, synset.images, views, g, job.device)
+        z_e, z_d = feats[0], feats[-1]
+        predict = train(z_e, z_d, synset.labels, data.num_classes, golden, opts, g)
+        test_acc.append(accuracy(predict, test_x, test.labels))
+        val_acc.append(accuracy(predict, val_x, val.labels))
+    details.update(epochs=opts.epochs, views=views, crop=crop_e, base_lr=opts.base_lr, batch_size=opts.batch_size,
+                   backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
+    if golden is not None:
+        details["projector_lr"] = opts.projector_lr
+    return EvalResult(mode, eval_bb.name, test_acc, val_acc, job.seeds, details)
+
+
+def _protocol(name: str, summary: str, options: type, mode: Mode) -> None:
+    register_protocol(Protocol(name, summary, options, lambda job: run_probe(job, name, mode)))
+
+
+_protocol("linear-probe", "vanilla linear probe on frozen features (LGM/SFM protocol)", ProbeOptions, _vanilla)
+_protocol("ci", "classifier inheritance: golden classifier + projector trained with MSE on the synthetic set",
+          InheritOptions, _ci)
+_protocol("kd", "soft labels from the golden classifier (KD, T and alpha)", KDOptions, _kd)
+_protocol("jt", "joint training of projector and a fresh classifier", InheritOptions, _joint(ip=False))
+_protocol("jt-ip", "joint training, classifier initialised from the golden classifier", InheritOptions,
+          _joint(ip=True))
+_protocol("st", "sequential: projector (MSE), then a fresh classifier on it", InheritOptions, _sequential(ip=False))
+_protocol("st-ip", "sequential, classifier initialised from the golden classifier", InheritOptions,
+          _sequential(ip=True))

@@ -1,6 +1,11 @@
-"""Distillation methods, one file each, registered by name."""
+"""Distillation methods, one file each, registered by name (every module here is imported)."""
 
-from . import centroids, random, sfm  # noqa: F401 - registration side effect
+import importlib
+import pkgutil
+
 from .base import METHODS, Method, RunContext, get_method
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "RunContext", "get_method"]

@@ -1,35 +1,83 @@
-"""What a method sees (``RunContext``) and what it must provide. Methods never open files or print."""
+"""What a method sees (``RunContext``) and what it must provide. Methods never open files or print.
+
+A method declares its options as a dataclass (``Options``); the API and CLI expose every field. The shared
+option sets live here: ``BackboneOptions`` (a frozen feature extractor) and ``PixelOptions`` (pixel / pyramid
+optimisation through one, as in LGM and SFM).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from ..config import DistillConfig
 from ..data import RealData, iter_batches
 from ..errors import ConfigError
-from ..models.backbones import Backbone
+from ..models.backbones import Backbone, load_backbone
+from ..options import option
 from ..stats import FeatureBank, feature_bank, resize_for
 from ..synset import ImageParam, SyntheticSet, make_param
 
 
 @dataclass
+class NoOptions:
+    resolution: int | None = option(None, "size of the saved images (default: the dataset's own)")
+
+
+@dataclass
+class BackboneOptions:
+    backbone: str = option("efficientnet_lite0", "frozen feature extractor (see `datadistill list backbones`)")
+    weights: str | None = option(None, "local weights file or folder for the backbone")
+    crop: int | None = option(None, "backbone input size (default: the backbone's own)")
+    resolution: int | None = option(None, "size of the saved images (default: the dataset's own, or "
+                                          "crop x 256/224 for optimised images)")
+
+
+@dataclass
+class PixelOptions(BackboneOptions):
+    steps: int = option(5000, "optimisation steps")
+    lr: float = option(2e-3, "Adam learning rate on the image parameters")
+    augs: int = option(1, "augmented views of the synthetic set per step (A)")
+    param: str = option("pyramid", "image parameterisation", ("pyramid", "pixel"))
+    init: str = option("noise", "start from noise (paper), random real images, or the Centroids images",
+                       ("noise", "real", "centroids"))
+    grow_every: int = option(200, "pyramid: add a level every N steps")
+    decorrelate: bool = option(True, "colour decorrelation of the parameterisation")
+    noise_mean: float = option(0.0, "mean of the augmentation's additive noise (LGM code: 0, or 0.5 until Mar 2026)")
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.augs < 1 or self.grow_every < 1:
+            raise ConfigError("--steps must be >= 0, --augs and --grow-every >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+
+
+@dataclass
 class RunContext:
     config: DistillConfig
+    opts: Any
     data: RealData
-    backbone: Backbone
     device: torch.device
+    method: Method
     generator: torch.Generator = field(default_factory=torch.Generator)
+    model: Backbone | None = None  # an already loaded backbone (API callers, the demo, benchmarks)
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        if self.model is not None and self.model.name == self.opts.backbone:
+            return self.model.to(self.device)
+        return load_backbone(self.opts.backbone, self.opts.weights, self.device)
 
     @property
     def crop(self) -> int:
-        return self.config.crop or self.backbone.input_size
+        return self.opts.crop or self.backbone.input_size
 
     @property
     def resolution(self) -> int:
-        return self.config.resolution or resize_for(self.crop)
+        return getattr(self.opts, "resolution", None) or self.method.default_resolution(self)
 
     @cached_property
     def stats(self) -> FeatureBank:
@@ -37,26 +85,24 @@ class RunContext:
         return feature_bank(self.data, self.backbone, "train", crop=self.crop, device=self.device)
 
     def real_images(self, indices: torch.Tensor) -> torch.Tensor:
-        """Train images at the synthetic resolution (resize + center crop), for real-image baselines."""
+        """Train images at the synthetic resolution (resize + center crop)."""
         r = self.resolution
         return torch.cat([b.images for b in iter_batches(self.data.train, 256, r, r, indices=indices)])
 
     def synset(self, images: torch.Tensor, labels: torch.Tensor, **meta) -> SyntheticSet:
-        meta = {"method": self.config.method, "dataset": self.data.name, "backbone": self.backbone.name,
-                "backbone_weights": self.backbone.weights, "ipc": self.config.ipc, "crop": self.crop, **meta}
+        meta = {"method": self.config.method, "dataset": self.data.name, "ipc": self.config.ipc, **meta}
+        if isinstance(self.opts, BackboneOptions):
+            meta.update(backbone=self.backbone.name, backbone_weights=self.backbone.weights, crop=self.crop)
         return SyntheticSet(images, labels, list(self.data.classes), meta)
 
     def initial_param(self) -> ImageParam:
-        """The parameterisation the config asks for, started from noise or from selected real images."""
-        from . import get_method
-
-        cfg = self.config
+        """The parameterisation the options ask for, started from noise or from selected real images."""
+        opts = self.opts
         init = None
-        if cfg.init != "noise":
-            selector = get_method("random" if cfg.init == "real" else "centroids")
-            init = selector.select(self).images
-        return make_param(cfg.param, self.data.num_classes * cfg.ipc, self.resolution, self.generator,
-                          cfg.grow_every, cfg.decorrelate, init_images=init)
+        if opts.init != "noise":
+            init = get_method("random" if opts.init == "real" else "centroids").select(self).images
+        return make_param(opts.param, self.data.num_classes * self.config.ipc, self.resolution, self.generator,
+                          opts.grow_every, opts.decorrelate, init_images=init)
 
     def class_labels(self) -> torch.Tensor:
         """Labels of the synthetic set: IPC images per class, class-major."""
@@ -64,11 +110,22 @@ class RunContext:
 
 
 class Method:
-    """Base class. Selection methods implement ``select``; optimisation methods ``init_param`` and ``loss``."""
+    """Base class. Selection methods implement ``select``; optimisation methods ``init_param`` and ``loss``
+    (or ``train_step`` when one step is more than one loss and one optimizer update)."""
 
     name: str = ""
+    summary: str = ""
+    Options: type = NoOptions
     optimises: bool = False
     needs_stats: bool = False
+
+    def default_resolution(self, ctx: RunContext) -> int:
+        if self.optimises and isinstance(ctx.opts, BackboneOptions):
+            return resize_for(ctx.crop)
+        return ctx.data.native_size
+
+    def steps(self, ctx: RunContext) -> int:
+        return ctx.opts.steps
 
     def select(self, ctx: RunContext) -> SyntheticSet:
         raise NotImplementedError
@@ -76,8 +133,23 @@ class Method:
     def init_param(self, ctx: RunContext) -> ImageParam:
         raise NotImplementedError
 
+    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
+        return torch.optim.Adam(param.parameters(), lr=ctx.opts.lr)
+
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer,
+                   autocast: Any) -> float:
+        """One optimisation step; returns the loss value (the engine stops the run if it is not finite)."""
+        with autocast:
+            loss = self.loss(ctx, param.render())
+        value = float(loss.detach())
+        if torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return value
 
 
 METHODS: dict[str, type[Method]] = {}

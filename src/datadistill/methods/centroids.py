@@ -4,12 +4,14 @@ the real images nearest to the centres of a k-means with k = IPC."""
 from __future__ import annotations
 
 from ..synset import SyntheticSet
-from .base import Method, RunContext, register
+from .base import BackboneOptions, Method, RunContext, register
 
 
 @register
 class Centroids(Method):
     name = "centroids"
+    summary = "per class, the real images nearest the class mean (k-means centres for IPC > 1) in backbone features"
+    Options = BackboneOptions
     needs_stats = True
 
     def select(self, ctx: RunContext) -> SyntheticSet:

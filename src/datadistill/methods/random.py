@@ -11,6 +11,7 @@ from .base import Method, RunContext, register
 @register
 class RandomReal(Method):
     name = "random"
+    summary = "IPC real training images per class, drawn uniformly (redraw with --seed)"
 
     def select(self, ctx: RunContext) -> SyntheticSet:
         g = torch.Generator().manual_seed(ctx.config.seed)

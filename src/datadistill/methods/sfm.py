@@ -7,12 +7,16 @@ C x F matrix. No real image is loaded in the loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..augment import StandardAugment
+from ..errors import ConfigError
+from ..options import option
 from ..synset import ImageParam
-from .base import Method, RunContext, register
+from .base import Method, PixelOptions, RunContext, register
 
 
 def non_target_centres(centres: torch.Tensor, denominator: float) -> torch.Tensor:
@@ -27,38 +31,50 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return sums / counts[:, None]
 
 
-def augmented_features(ctx: RunContext, images: torch.Tensor, augs: int, augment: StandardAugment) -> torch.Tensor:
-    """Features of ``augs`` independently augmented views per image, averaged per image (one batched pass)."""
-    views = augment(images.repeat(augs, 1, 1, 1), ctx.generator)
-    return ctx.backbone(views).view(augs, len(images), -1).mean(dim=0)
+def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: StandardAugment) -> torch.Tensor:
+    """Backbone features of ``augs`` independently augmented views of every image: (augs * N) x F, view-major."""
+    return ctx.backbone(augment(images.repeat(augs, 1, 1, 1), ctx.generator))
+
+
+@dataclass
+class SFMOptions(PixelOptions):
+    flow_norm: str = option("classes", "non-target centre: divide by C-1 (METHODS.md) or by mC-1 (official code)",
+                            ("classes", "images"))
+    decouple_alpha: float | None = option(None, "decoupled TCDD/NCDD loss weight (1 = TCDD only, 0 = NCDD only)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.decouple_alpha is not None and not 0 <= self.decouple_alpha <= 1:
+            raise ConfigError("--decouple-alpha must lie in [0, 1]")
 
 
 @register
 class SFM(Method):
     name = "sfm"
+    summary = "statistical flow matching: match the class-to-non-class flow of cached real class means"
+    Options = SFMOptions
     optimises = True
     needs_stats = True
 
     def init_param(self, ctx: RunContext) -> ImageParam:
-        cfg = ctx.config
+        opts = ctx.opts
         mu = ctx.stats.means.to(ctx.device)
         c = len(mu)
         self.real_centres = mu
         self.real_non_target = non_target_centres(mu, c - 1)
         self.real_flow = self.real_non_target - mu
         self.labels = ctx.class_labels().to(ctx.device)
-        self.augment = StandardAugment(out_size=ctx.crop, noise_mean=cfg.noise_mean)
-        n_syn = len(self.labels)
-        self.denominator = (c - 1) if cfg.flow_norm == "classes" else (n_syn - 1)
+        self.augment = StandardAugment(out_size=ctx.crop, noise_mean=opts.noise_mean)
+        self.denominator = (c - 1) if opts.flow_norm == "classes" else (len(self.labels) - 1)
         return ctx.initial_param()
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
-        cfg = ctx.config
-        z = augmented_features(ctx, images, cfg.augs, self.augment)
+        opts = ctx.opts
+        z = augmented_views(ctx, images, opts.augs, self.augment).view(opts.augs, len(images), -1).mean(dim=0)
         centres = class_means(z, self.labels, len(self.real_centres))
         non_target = non_target_centres(centres, self.denominator)
-        if cfg.decouple_alpha is not None:
-            a = cfg.decouple_alpha
+        if opts.decouple_alpha is not None:
+            a = opts.decouple_alpha
             return a * F.mse_loss(centres, self.real_centres) + (1 - a) * F.mse_loss(non_target, self.real_non_target)
         flow = non_target - centres
         return 1 - F.cosine_similarity(flow.flatten(), self.real_flow.flatten(), dim=0)

@@ -1,0 +1,126 @@
+"""The full-dataset linear probe (METHODS.md 1.7 "Full dataset"), whose head is the golden classifier of CI.
+
+A fresh head (N(0, 0.01^2)) trains on frozen features of every real training image: Adam, lr = base x
+batch/256, cosine over ``full_epochs``, accuracy at the last epoch. The paper draws a fresh AugBasic view of
+every image each epoch; here the features come from the cached statistics pass (center crops) and, with
+``full_views`` K > 0, from K cached AugBasic views of the whole train split (each epoch picks one of them per
+image). Heads are cached by (features, options, seed), so CI, KD, JT and ST reuse one training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import RealData
+from ..errors import ConfigError
+from ..io import atomic_dir, write_json
+from ..models.backbones import Backbone
+from ..options import option
+from ..progress import log
+from ..stats import cache_root, feature_bank
+from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
+from .results import EvalResult
+from .training import accuracy, fit, new_head
+
+
+@dataclass
+class FullProbeOptions:
+    full_epochs: int = option(100, "epochs of the full-dataset probe (the golden classifier)")
+    full_batch: int = option(128, "batch size of the full-dataset probe")
+    full_views: int = option(0, "cached AugBasic views per real training image for the full-dataset probe "
+                                "(0: center crops from the statistics pass)")
+    full_base_lr: float = option(1e-3, "full-dataset probe lr before the batch/256 scaling")
+
+    def validate(self) -> None:
+        if self.full_epochs < 1 or self.full_batch < 1 or self.full_views < 0:
+            raise ConfigError("--full-epochs and --full-batch must be >= 1, --full-views >= 0")
+
+    def full_settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in FullProbeOptions.__dataclass_fields__}
+
+
+@dataclass
+class GoldenResult:
+    head: nn.Linear
+    test_acc: float
+    val_acc: float
+    seed: int
+    backbone: str
+    crop: int
+    settings: dict
+
+    def summary(self) -> dict:
+        return {"backbone": self.backbone, "crop": self.crop, "seed": self.seed, "test_acc": self.test_acc,
+                "val_acc": self.val_acc, **self.settings}
+
+
+def train_features(data: RealData, backbone: Backbone, crop: int, views: int, device: torch.device):
+    """views x N x F (float16) training features and the bank keys they come from."""
+    if views == 0:
+        banks = [feature_bank(data, backbone, "train", crop=crop, device=device)]
+    else:
+        banks = [feature_bank(data, backbone, "train", crop=crop, device=device, view_seed=v) for v in range(views)]
+    feats = torch.from_numpy(np.stack([np.asarray(b.features) for b in banks]))
+    return feats, banks[0].labels, [b.key for b in banks]
+
+
+def golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int,
+                      device: torch.device) -> GoldenResult:
+    """The full-dataset probe head for (data, backbone, crop, options, seed), trained once and cached."""
+    settings = FullProbeOptions.full_settings(opts)
+    test = feature_bank(data, backbone, "test", crop=crop, device=device)
+    val = feature_bank(data, backbone, "val", crop=crop, device=device)
+    train_key = feature_bank(data, backbone, "train", crop=crop, device=device).key
+    ident = json.dumps({"train": train_key, "test": test.key, "val": val.key, "seed": seed, **settings}, sort_keys=True)
+    directory = cache_root() / "golden" / hashlib.sha1(ident.encode()).hexdigest()[:20]
+    head = nn.Linear(backbone.feat_dim, data.num_classes)
+    if (directory / "info.json").exists():
+        from safetensors.torch import load_file
+
+        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        info = json.loads((directory / "info.json").read_text())
+        return GoldenResult(head, info["test_acc"], info["val_acc"], seed, backbone.name, crop, settings)
+
+    feats, labels, _ = train_features(data, backbone, crop, opts.full_views, device)
+    views, n, _ = feats.shape
+    g = torch.Generator().manual_seed(seed)
+    head = new_head(backbone.feat_dim, data.num_classes, g)
+    log.info("training the full-dataset probe on %d images x %d view(s) of %s @ %s", n, views, data.name,
+             backbone.name)
+    fit([(head, opts.full_base_lr)], n, views, opts.full_epochs, opts.full_batch,
+        lambda i, v: F.cross_entropy(head(feats[v, i].float()), labels[i]), g, desc=f"full probe @ {backbone.name}")
+    result = GoldenResult(head, accuracy(head, test.tensor(), test.labels), accuracy(head, val.tensor(), val.labels),
+                          seed, backbone.name, crop, settings)
+    from safetensors.torch import save_file
+
+    with atomic_dir(directory) as tmp:
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "head.safetensors"))
+        write_json(tmp / "info.json", {**result.summary(), "dataset": data.name})
+    return result
+
+
+@dataclass
+class FullOptions(EvalBackboneOptions, FullProbeOptions):
+    def validate(self) -> None:
+        FullProbeOptions.validate(self)
+
+
+def run_full(job: EvalJob) -> EvalResult:
+    opts = job.opts
+    backbone = job.backbone(opts.eval_backbone, opts.weights)
+    crop = job.crop_for(backbone, opts.crop)
+    runs = [golden_classifier(job.data, backbone, crop, opts, seed, job.device) for seed in job.seeds]
+    return EvalResult("full", backbone.name, [r.test_acc for r in runs], [r.val_acc for r in runs], job.seeds,
+                      {"crop": crop, "backbone_weights": backbone.weights, "num_images": len(job.data.train),
+                       **FullProbeOptions.full_settings(opts)})
+
+
+register_protocol(Protocol("full", "linear probe on the full real training set (its head is the golden classifier)",
+                           FullOptions, run_full, needs_synset=False))

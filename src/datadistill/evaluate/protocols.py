@@ -1,0 +1,86 @@
+"""Registry of evaluation protocols. A protocol declares its options (a dataclass, exposed on the CLI as
+``datadistill eval --protocol NAME --option ...``) and a function that evaluates one synthetic set per seed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import EvalConfig
+from ..data import RealData
+from ..errors import ConfigError
+from ..models.backbones import Backbone, load_backbone
+from ..options import option
+from ..synset import SyntheticSet
+from .results import EvalResult
+
+
+@dataclass
+class EvalBackboneOptions:
+    eval_backbone: str | None = option(None, "evaluation backbone (default: the run's distillation backbone)")
+    weights: str | None = option(None, "local weights for the evaluation backbone")
+    crop: int | None = option(None, "evaluation input size (default: the run's crop for its own backbone, "
+                                    "else the backbone's own)")
+
+
+@dataclass
+class EvalJob:
+    """Everything a protocol run receives."""
+
+    synsets: list[SyntheticSet]  # one per seed (empty for protocols that train on real data only)
+    data: RealData
+    opts: Any
+    common: EvalConfig
+    device: torch.device
+    run_config: dict = field(default_factory=dict)  # the distill config of the evaluated run, if any
+    models: dict[str, Backbone] = field(default_factory=dict)  # backbones already loaded, by name
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.common.first_seed + k for k in range(self.common.seeds)]
+
+    def backbone(self, name: str | None, weights: str | None = None) -> Backbone:
+        """A loaded backbone by name (reused when already loaded); ``None`` means the run's own."""
+        name = name or self.run_config.get("options", {}).get("backbone")
+        if name is None:
+            raise ConfigError("this protocol needs a backbone: pass --eval-backbone (or evaluate a run directory)")
+        if name not in self.models:
+            same = name == self.run_config.get("options", {}).get("backbone")
+            run_weights = self.run_config.get("options", {}).get("weights") if same else None
+            self.models[name] = load_backbone(name, weights or run_weights, self.device)
+        return self.models[name].to(self.device)
+
+    def crop_for(self, backbone: Backbone, crop: int | None) -> int:
+        """The given crop, else the run's crop when it used this backbone, else the backbone's own."""
+        opts = self.run_config.get("options", {})
+        if crop:
+            return crop
+        if opts.get("backbone") == backbone.name and opts.get("crop"):
+            return int(opts["crop"])
+        return backbone.input_size
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    summary: str
+    Options: type
+    run: Callable[[EvalJob], EvalResult]
+    needs_synset: bool = True
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{name}'. Known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]

@@ -1,0 +1,62 @@
+"""The small trainable maps of the linear-probe family (heads, projectors) and their shared schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..progress import progress
+
+
+def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A linear head initialised as in LGM's probe: W ~ N(0, 0.01^2), b = 0."""
+    head = nn.Linear(in_dim, num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(num_classes, in_dim, generator=generator) * 0.01)
+        head.bias.zero_()
+    return head
+
+
+def new_projector(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
+    """``nn.Linear(F_e, F_d)`` with PyTorch's default initialisation, drawn from ``generator``."""
+    proj = nn.Linear(in_dim, out_dim)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(proj.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(in_dim)
+        proj.bias.uniform_(-bound, bound, generator=generator)
+    return proj
+
+
+def copy_head(head: nn.Linear) -> nn.Linear:
+    clone = nn.Linear(head.in_features, head.out_features)
+    clone.load_state_dict(head.state_dict())
+    return clone
+
+
+def fit(groups: list[tuple[nn.Module, float]], n: int, views: int, epochs: int, batch_size: int,
+        batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], generator: torch.Generator,
+        desc: str | None = None) -> None:
+    """The probe schedule shared by every mode: Adam with lr = base x batch/256 per group, cosine to 0 over
+    ``epochs`` passes of shuffled batches; each image contributes one of its cached views per epoch."""
+    batch = min(batch_size, n)
+    optimizer = torch.optim.Adam([{"params": m.parameters(), "lr": lr * batch / 256} for m, lr in groups])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * math.ceil(n / batch))
+    epochs_iter = progress(range(epochs), desc, total=epochs) if desc else range(epochs)
+    for epoch in epochs_iter:
+        order = torch.randperm(n, generator=generator)
+        view = torch.randint(views, (n,), generator=generator) if views < epochs else torch.full((n,), epoch % views)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            loss = batch_loss(idx, view[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((predict(features).argmax(dim=1) == labels).float().mean())
