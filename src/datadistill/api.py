@@ -18,6 +18,7 @@ from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
 from .options import build, split, to_dict
+from .pretrain import get_pretrainer
 from .progress import log
 from .report import write_report
 from .stats import FeatureBank, feature_bank
@@ -160,6 +161,16 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
         run.update_metrics(eval={f"{protocol}@{result.backbone}": result.to_dict()})
         write_report(run.path)
     return result
+
+
+def pretrain(kind: str, data: str | RealData, *, root: str | None = None, val_fraction: float = 0.1,
+             split_seed: int = 0, device: str = "auto", **options) -> Path:
+    """Train (or reuse from the cache) a model of ``kind`` on ``data``; returns its folder. Resumable."""
+    trainer = get_pretrainer(kind)
+    opts = build(trainer.Options, options, f"pretrain '{kind}'")
+    if not isinstance(data, RealData):
+        data = load_dataset(data, root, val_fraction, split_seed)
+    return trainer.run(data, opts, resolve_device(device))
 
 
 def compute_stats(data: str | RealData, backbone: str | Backbone = "efficientnet_lite0", split: str = "train",

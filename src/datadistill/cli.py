@@ -39,6 +39,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .evaluate import PROTOCOLS
     from .methods import METHODS
     from .options import add_arguments
+    from .pretrain import discover
 
     parser = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation toolkit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -72,6 +73,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--root", default=None)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
     add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
+
+    pre = sub.add_parser("pretrain", help="train (or reuse) a model the toolkit needs offline (cached, resumable)")
+    kinds = pre.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for name, trainer in sorted(discover().items()):
+        k = kinds.add_parser(name, help=trainer.summary, description=trainer.summary)
+        k.add_argument("--data", required=True, help="dataset to train on (its train split)")
+        k.add_argument("--root", default=None)
+        k.add_argument("--val-fraction", type=float, default=0.1)
+        k.add_argument("--split-seed", type=int, default=0)
+        k.add_argument("--device", default="auto")
+        add_arguments(k.add_argument_group(f"{name} options"), trainer.Options)
 
     s = sub.add_parser("stats", help="run (or reuse) the cached statistics pass")
     _add_data_args(s)
@@ -115,6 +127,16 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from .api import pretrain
+
+    options = _options(args, {"command", "quiet", "kind", "data", "root", "val_fraction", "split_seed", "device"})
+    folder = pretrain(args.kind, args.data, root=args.root, val_fraction=args.val_fraction,
+                      split_seed=args.split_seed, device=args.device, **options)
+    print(f"{args.kind} model ready in {folder}")
+    return 0
+
+
 def _cmd_stats(args) -> int:
     from .api import compute_stats
 
@@ -154,7 +176,8 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "stats": _cmd_stats, "list": _cmd_list}
+COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "pretrain": _cmd_pretrain,
+            "stats": _cmd_stats, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

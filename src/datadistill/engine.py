@@ -7,6 +7,7 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,3 +176,45 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
     with torch.no_grad():
         images = param.render().float()
     return images, state.losses
+
+
+def train_resumable(name: str, total: int, step: Callable[[int], float], state: dict, checkpoint: Path | None,
+                    every: int = 100, generator: torch.Generator | None = None) -> list[float]:
+    """A generic resumable loop for model training (generative models, expert networks, ...).
+
+    ``step(i)`` runs training step i (1-based) and returns its loss. ``state`` maps names to objects with
+    ``state_dict`` / ``load_state_dict`` (models, optimizers, schedulers); they, the loss history, the step,
+    ``generator`` and torch's global RNG are checkpointed atomically to ``checkpoint`` every ``every`` steps and
+    at the end, so a killed run resumes where its last checkpoint left it. A non-finite loss stops the run.
+    """
+    losses: list[float] = []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            saved = load_torch(checkpoint)
+            for key, obj in state.items():
+                obj.load_state_dict(saved["state"][key])
+            if generator is not None:
+                generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            start, losses = int(saved["step"]), list(saved["losses"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise DatadistillError(f"checkpoint {checkpoint} cannot be resumed ({exc}); delete it to start over") \
+                from None
+        log.info("%s: resumed from %s at step %d", name, checkpoint, start)
+    bar = progress_bar(name, total=total, initial=start)
+    for i in range(start + 1, total + 1):
+        loss = step(i)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"{name}: loss became {loss} at step {i}. Try a lower learning rate")
+        losses.append(round(loss, 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if checkpoint is not None and (i % every == 0 or i == total):
+            save_torch(checkpoint, {"state": {k: v.state_dict() for k, v in state.items()}, "step": i,
+                                    "losses": losses, "torch_rng": torch.get_rng_state(),
+                                    "generator": generator.get_state() if generator is not None else None})
+        if i % max(1, total // 10) == 0:
+            log.info("%s: step %d/%d loss %.5f", name, i, total, loss)
+    bar.close()
+    return losses
