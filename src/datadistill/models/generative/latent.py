@@ -1,0 +1,290 @@
+"""The shared latent space of the generative methods (PGFM, DMGD, MGD3): a frozen autoencoder.
+
+``LatentSpace`` maps images in [0,1] to scaled latents and back. Two kinds of weights load into it:
+- diffusers ``AutoencoderKL`` (e.g. ``stabilityai/sd-vae-ft-mse``: latents = 0.18215 * E(x), inputs in [-1,1]),
+  from the hub or a local folder;
+- the offline default ``tiny``: a small KL autoencoder the toolkit trains itself (``datadistill pretrain vae``,
+  see ``tiny_vae.py``), with its scale and shift measured on the training latents so they have unit variance.
+
+Images are prepared as in ADM's ``center_crop_arr`` (METHODS.md 8.5) at the space's ``image_size``.
+
+A ``LatentSpace`` is also an encoder for the cached statistics pass (``__call__`` -> flattened latents,
+``feat_dim``, ``input_size``, ``identity()``). The pass resizes by 256/224 before its center crop (the
+backbones' convention), which would zoom the images; ``latent_bank`` hands it a view of the data whose items
+are already prepared, which the pass encodes unchanged. Use ``latent_bank(data, space)`` for
+latents of a split, then ``bank.kmeans(k)`` for per-class modes with masses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data import LabelledImages, RealData
+from ...errors import ConfigError, DataError, WeightsError
+from ...options import option
+from ...stats import FeatureBank, feature_bank
+
+HUB_ALIASES = {"sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse", "sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema"}
+TINY_FORMAT = "datadistill.tiny-vae/1"
+
+
+def center_crop_arr(images: torch.Tensor, size: int) -> torch.Tensor:
+    """ADM's ``center_crop_arr`` on a batch in [0,1]: halve with a box filter while the short side is at least
+    twice ``size``, resize the short side to ``size`` (bicubic), center crop. Identity at the native size."""
+    h, w = images.shape[-2:]
+    while min(h, w) >= 2 * size:
+        h, w = h // 2, w // 2
+        images = F.adaptive_avg_pool2d(images, (h, w)) if (images.shape[-2] % 2 or images.shape[-1] % 2) \
+            else F.avg_pool2d(images, 2)
+    if min(h, w) != size:
+        scale = size / min(h, w)
+        h, w = max(size, round(h * scale)), max(size, round(w * scale))
+        images = F.interpolate(images, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+class LatentSpace(nn.Module):
+    """A frozen autoencoder: ``encode`` (images in [0,1] -> scaled latents), ``decode`` (back to [0,1])."""
+
+    def __init__(self, model: nn.Module, kind: str, name: str, weights: str, image_size: int,
+                 latent_shape: tuple[int, int, int], scale: float, shift: float = 0.0, encode_mode: str = "sample",
+                 seed: int = 0):
+        super().__init__()
+        if encode_mode not in ("sample", "mean"):
+            raise ConfigError(f"encode mode must be 'sample' or 'mean', got {encode_mode!r}")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.kind, self._name, self.weights = kind, name, weights
+        self.image_size, self.latent_shape = int(image_size), tuple(int(s) for s in latent_shape)
+        self.scale, self.shift = float(scale), float(shift)
+        self.encode_mode, self.seed = encode_mode, seed
+        # forward() draws posterior samples from this generator, so the first pass of a fresh space is reproducible.
+        self._generator = torch.Generator().manual_seed(seed)
+
+    # ---- the encoder protocol of the statistics pass ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def feat_dim(self) -> int:
+        c, h, w = self.latent_shape
+        return c * h * w
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size
+
+    def identity(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "weights": self.weights, "image_size": self.image_size,
+                "latent_shape": list(self.latent_shape), "scale": self.scale, "shift": self.shift,
+                "encode": self.encode_mode, "seed": self.seed}
+
+    def train(self, mode: bool = True) -> LatentSpace:
+        return super().train(False)  # frozen
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Flattened latents (B, F) of images in [0,1] (the statistics pass's encoder call)."""
+        return self.encode(images, generator=self._generator).flatten(1).float()
+
+    # ---- encode / decode -------------------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0,1] at ``image_size`` (ADM center crop); 1-channel images become RGB."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise DataError(f"expected images B x (1|3) x H x W, got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return center_crop_arr(images.float(), self.image_size)
+
+    def encode(self, images: torch.Tensor, mode: str | None = None, generator: torch.Generator | None = None,
+               batch_size: int = 256) -> torch.Tensor:
+        """Scaled latents (B, C, h, w): ``(z - shift) * scale`` with z the posterior sample (or mean)."""
+        mode = mode or self.encode_mode
+        out = []
+        for chunk in images.split(batch_size):
+            x = self.prepare(chunk).to(self.device) * 2 - 1
+            mean, logvar = self._moments(x)
+            if mode == "sample":
+                noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+                mean = mean + torch.exp(0.5 * logvar) * noise
+            out.append((mean - self.shift) * self.scale)
+        return torch.cat(out)
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Images in [0,1] (B, 3, image_size, image_size) from scaled latents."""
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            raise DataError(f"latents of shape {tuple(latents.shape[1:])} do not fit this space {self.latent_shape}")
+        out = []
+        for chunk in latents.split(batch_size):
+            z = chunk.to(self.device).float() / self.scale + self.shift
+            out.append(((self._decode(z) + 1) / 2).clamp(0, 1).float())
+        return torch.cat(out)
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "diffusers":
+            dist = self.model.encode(x).latent_dist
+            return dist.mean, dist.logvar
+        return self.model.encode(x)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "diffusers":
+            return self.model.decode(z).sample
+        return self.model.decode(z)
+
+
+# ---- the statistics pass over latents ------------------------------------------------------------------------
+
+
+class _Prepared(LabelledImages):
+    """A split whose items are already prepared for ``space`` (ADM center crop at its image size).
+
+    The statistics pass feeds items of a generic dataset to the encoder as they are (it resizes and crops only
+    in-memory tensors and image files), so the latents are those of exactly the prepared images
+    (``tests/test_latent.py`` checks this)."""
+
+    def __init__(self, base: LabelledImages, space: LatentSpace):
+        self.base, self.space = base, space
+        self.targets = base.targets
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[i]
+        return self.space.prepare(image[None])[0], label
+
+    def subset(self, indices: torch.Tensor) -> _Prepared:
+        return _Prepared(self.base.subset(indices), self.space)
+
+    def fingerprint(self) -> str:
+        tag = f"{self.base.fingerprint()}|prepared-for-latents v2 {self.space.input_size}"
+        return hashlib.sha1(tag.encode()).hexdigest()
+
+
+def latent_bank(data: RealData, space: LatentSpace, split: str = "train", batch_size: int = 100) -> FeatureBank:
+    """Flattened latents of ``split`` (cached by the statistics pass), with class means and counts;
+    ``.kmeans(k)`` gives per-class k-means centres (C x k x F) and masses."""
+    if getattr(data, split) is None:
+        raise DataError(f"dataset '{data.name}' has no {split} split")
+    view = dataclasses.replace(data, **{s: _Prepared(getattr(data, s), space) if getattr(data, s) is not None else None
+                                        for s in ("train", "val", "test")})
+    return feature_bank(view, space, split, crop=space.input_size, batch_size=batch_size, device=space.device)
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentOptions:
+    """The latent-space options every generative method shares."""
+
+    vae: str = option("tiny", "latent autoencoder: 'tiny' (offline, trained and cached by `datadistill pretrain "
+                              "vae`), a local folder (diffusers AutoencoderKL or a tiny-vae folder), or a hub id "
+                              "such as sd-vae-ft-mse")
+    vae_image_size: int | None = option(None, "image size of the latent space (default: the dataset's own for "
+                                              "'tiny', the VAE's sample_size for diffusers)")
+    vae_encode: str = option("sample", "encode real images with a posterior sample (DMGD/Minimax code) or its mean",
+                             ("sample", "mean"))
+    vae_steps: int = option(2000, "training steps of the offline 'tiny' autoencoder when it is not cached yet")
+
+
+def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | torch.device = "cpu") -> LatentSpace:
+    """The ``LatentSpace`` a method's ``LatentOptions`` ask for (training the offline one if needed)."""
+    train = {"steps": opts.vae_steps}
+    if opts.vae_image_size:
+        train["image_size"] = opts.vae_image_size
+    return load_latent_space(opts.vae, data, device, encode_mode=opts.vae_encode, image_size=opts.vae_image_size,
+                             train_options=train)
+
+
+def load_latent_space(spec: str = "tiny", data: RealData | None = None, device: str | torch.device = "cpu",
+                      encode_mode: str = "sample", image_size: int | None = None, scale: float | None = None,
+                      seed: int = 0, train_options: dict | None = None) -> LatentSpace:
+    """Load a latent space.
+
+    ``spec``: ``tiny`` (the offline autoencoder for ``data``: reused from the cache, else trained now with
+    ``train_options``, see ``datadistill pretrain vae --help``); a local folder holding a diffusers
+    ``AutoencoderKL`` (``config.json`` + weights, or a pipeline folder with ``vae/``) or a tiny-vae folder; or
+    a hub id (``sd-vae-ft-mse`` is short for ``stabilityai/sd-vae-ft-mse``). ``scale`` overrides the
+    latent scaling factor. Nothing falls back to random weights: missing weights raise ``WeightsError``.
+    """
+    device = torch.device(device)
+    if spec in ("tiny", "offline"):
+        if data is None:
+            raise ConfigError("the offline 'tiny' latent space is trained on a dataset: pass data")
+        from ...options import build
+        from ...pretrain import get_pretrainer
+
+        trainer = get_pretrainer("vae")
+        opts = build(trainer.Options, dict(train_options or {}), "pretrain 'vae'")
+        folder = trainer.run(data, opts, device)
+        return _load_tiny(folder, device, encode_mode, scale, seed)
+    path = Path(spec).expanduser()
+    if path.exists():
+        config = _read_config(path)
+        if config.get("format") == TINY_FORMAT:
+            return _load_tiny(path, device, encode_mode, scale, seed)
+        return _load_diffusers(str(path), device, encode_mode, image_size, scale, seed, local=True)
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise WeightsError(f"latent autoencoder folder {path} not found")
+    return _load_diffusers(HUB_ALIASES.get(spec, spec), device, encode_mode, image_size, scale, seed, local=False)
+
+
+def _read_config(path: Path) -> dict:
+    for candidate in (path / "config.json", path / "vae" / "config.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as exc:
+                raise WeightsError(f"{candidate} is not valid JSON: {exc}") from None
+    raise WeightsError(f"{path} holds no autoencoder (expected config.json, or vae/config.json in a pipeline folder)")
+
+
+def _load_tiny(folder: Path, device: torch.device, encode_mode: str, scale: float | None, seed: int) -> LatentSpace:
+    from .tiny_vae import load_tiny_vae
+
+    model, config = load_tiny_vae(folder)
+    weights = f"tiny-vae trained by datadistill on {config['dataset']} ({config['steps']} steps; {folder})"
+    return LatentSpace(model.to(device), "tiny", "tiny-vae", weights, config["image_size"],
+                       tuple(config["latent_shape"]), scale or config["scaling_factor"], config["shift_factor"],
+                       encode_mode, seed)
+
+
+def _load_diffusers(source: str, device: torch.device, encode_mode: str, image_size: int | None,
+                    scale: float | None, seed: int, local: bool) -> LatentSpace:
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise WeightsError("diffusers AutoencoderKL weights need the diffusers package: pip install diffusers") \
+            from None
+    subfolder = "vae" if local and (Path(source) / "vae" / "config.json").is_file() else None
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=local)
+    except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        where = f"the folder {source}" if local else f"the hub ({source})"
+        raise WeightsError(f"cannot load the AutoencoderKL from {where}: {reason}. Without network access, download "
+                           "it elsewhere (e.g. huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir DIR) "
+                           "and pass the folder") from None
+    cfg = vae.config
+    sample_size = cfg.sample_size[0] if isinstance(cfg.sample_size, list | tuple) else cfg.sample_size
+    size = int(image_size or sample_size)
+    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    if size % factor:
+        raise ConfigError(f"image size {size} is not a multiple of the autoencoder's downsampling factor {factor}")
+    shape = (int(cfg.latent_channels), size // factor, size // factor)
+    return LatentSpace(vae.to(device), "diffusers", f"AutoencoderKL:{Path(source).name}",
+                       f"diffusers AutoencoderKL {source}", size, shape,
+                       scale or float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0),
+                       encode_mode, seed)

@@ -1,0 +1,123 @@
+"""The shared latent space: diffusers AutoencoderKL from a local folder, the offline tiny VAE, the latent bank."""
+
+import json
+
+import pytest
+import torch
+
+from datadistill.errors import WeightsError
+from datadistill.models.generative import center_crop_arr, latent_bank, load_latent_space
+
+
+@pytest.fixture(scope="module")
+def kl_folder(tmp_path_factory):
+    """A tiny randomly initialised diffusers AutoencoderKL saved in diffusers' format (16 px -> 4 x 8 x 8)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=16)
+    folder = tmp_path_factory.mktemp("kl") / "vae-folder"
+    vae.save_pretrained(folder)
+    return folder, vae.eval()
+
+
+def test_autoencoderkl_from_local_folder_matches_diffusers(kl_folder):
+    folder, vae = kl_folder
+    space = load_latent_space(str(folder), encode_mode="mean")
+    assert space.kind == "diffusers" and space.image_size == 16 and space.latent_shape == (4, 8, 8)
+    assert space.scale == pytest.approx(0.18215) and str(folder) in space.weights
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = vae.encode(x * 2 - 1).latent_dist.mean * 0.18215
+        z = space.encode(x)
+        assert torch.allclose(z, ref, atol=1e-5)
+        ref_img = ((vae.decode(ref / 0.18215).sample + 1) / 2).clamp(0, 1)
+        assert torch.allclose(space.decode(z), ref_img, atol=1e-5)
+    assert space(x).shape == (3, space.feat_dim) == (3, 256)
+    # posterior samples differ from the mean and are reproducible with a generator
+    s1 = space.encode(x, mode="sample", generator=torch.Generator().manual_seed(0))
+    s2 = space.encode(x, mode="sample", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s1, s2) and not torch.allclose(s1, z)
+
+
+def test_autoencoderkl_pipeline_layout_and_missing_weights(kl_folder, tmp_path):
+    folder, _ = kl_folder
+    pipe = tmp_path / "pipe"
+    (pipe / "vae").mkdir(parents=True)
+    for f in folder.iterdir():
+        (pipe / "vae" / f.name).write_bytes(f.read_bytes())
+    assert load_latent_space(str(pipe), image_size=32).latent_shape == (4, 16, 16)
+    with pytest.raises(WeightsError, match="hub"):
+        load_latent_space("sd-vae-ft-mse")  # HF offline in the tests: a clear error, never random weights
+    with pytest.raises(WeightsError, match="not found"):
+        load_latent_space(str(tmp_path / "missing" / "vae"))
+
+
+def test_center_crop_arr_is_adm_like():
+    x = torch.rand(2, 3, 40, 64)
+    out = center_crop_arr(x, 16)  # 40 -> box 20 -> bicubic 16 on the short side, center crop
+    assert out.shape == (2, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    same = torch.rand(1, 3, 8, 8)
+    assert torch.equal(center_crop_arr(same, 8), same)
+
+
+def test_latent_bank_caches_unzoomed_latents_and_kmeans(kl_folder, digits):
+    folder, _ = kl_folder
+    space = load_latent_space(str(folder), encode_mode="mean")
+    bank = latent_bank(digits, space)
+    assert bank.features.shape == (len(digits.train), 256)
+    idx = torch.tensor([0, 5, 77])
+    expected = space.encode(digits.train.batch(idx)).flatten(1)  # 8 px digits upsampled to 16, no 256/224 zoom
+    assert torch.allclose(bank.tensor(idx), expected, atol=2e-3)
+    again = latent_bank(digits, space)
+    assert again.directory == bank.directory
+    centres, masses = bank.kmeans(3)
+    assert centres.shape == (10, 3, 256) and torch.allclose(masses.sum(1), torch.ones(10))
+
+
+def _config(folder):
+    return json.loads((folder / "config.json").read_text())
+
+
+def test_tiny_vae_trains_reconstructs_and_is_cached(digits):
+    from datadistill.api import pretrain
+
+    short = pretrain("vae", digits, steps=5, checkpoint_every=5)
+    longer = pretrain("vae", digits, steps=150, checkpoint_every=50)
+    assert short != longer
+    assert _config(longer)["val_mse"] < 0.6 * _config(short)["val_mse"]
+    assert pretrain("vae", digits, steps=150, checkpoint_every=7) == longer  # cached: checkpointing is not identity
+    space = load_latent_space(str(longer), encode_mode="mean")
+    assert space.kind == "tiny" and space.latent_shape == (4, 2, 2) and "digits" in space.weights
+    z = space.encode(digits.train.batch(torch.arange(500)))
+    assert abs(float(z.std()) - 1) < 0.1  # the calibrated scale gives unit-variance latents
+    assert space.decode(z[:4]).shape == (4, 3, 8, 8)
+    with pytest.raises(Exception, match="trained on a dataset"):
+        load_latent_space("tiny")
+
+
+def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
+    import datadistill.models.generative.tiny_vae as tv
+    from datadistill.api import pretrain
+
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "ref"))
+    ref = _config(pretrain("vae", digits, steps=24, checkpoint_every=5))
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "run"))
+    real = tv.train_resumable
+
+    def dying(name, total, step, *args, **kwargs):
+        def die_at_13(i):
+            if i == 13:
+                raise KeyboardInterrupt
+            return step(i)
+        return real(name, total, die_at_13, *args, **kwargs)
+
+    monkeypatch.setattr(tv, "train_resumable", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain("vae", digits, steps=24, checkpoint_every=5)
+    monkeypatch.setattr(tv, "train_resumable", real)
+    resumed = _config(pretrain("vae", digits, steps=24, checkpoint_every=5))
+    assert resumed["final_train_mse"] == pytest.approx(ref["final_train_mse"], abs=1e-6)
+    assert resumed["val_mse"] == pytest.approx(ref["val_mse"], abs=1e-6)
