@@ -32,7 +32,7 @@ def make_config(method: str, data: str, ipc: int = 1, **values) -> DistillConfig
     for reserved in ("method", "data", "options"):
         if reserved in common:
             raise ConfigError(f"'{reserved}' cannot be passed as an option")
-    opts = build(algo.Options, rest, f"method '{method}'")
+    opts = algo.resolve(build(algo.Options, rest, f"method '{method}'"))
     return DistillConfig(method=method, data=data, ipc=ipc, options=to_dict(opts), **common).validate()
 
 

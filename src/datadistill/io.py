@@ -15,6 +15,11 @@ import torch
 from .errors import DatadistillError
 
 
+def cache_root() -> Path:
+    """Where caches (features, statistics, converted weights, trained models) live: ``$DATADISTILL_CACHE``."""
+    return Path(os.environ.get("DATADISTILL_CACHE", Path.home() / ".cache" / "datadistill"))
+
+
 def _fail(path: Path, exc: OSError) -> DatadistillError:
     return DatadistillError(f"cannot write {path}: {exc.strerror or exc}")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,9 @@ import torch
 from .augment import aug_basic
 from .data import RealData, iter_batches
 from .errors import DataError
-from .io import atomic_dir, write_json
+from .io import atomic_dir, cache_root, write_json
 from .models.backbones import Backbone
 from .progress import log, progress
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DATADISTILL_CACHE", Path.home() / ".cache" / "datadistill"))
 
 
 def resize_for(crop: int) -> int:

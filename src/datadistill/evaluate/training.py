@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -41,6 +42,23 @@ def fit(groups: list[tuple[nn.Module, float]], n: int, views: int, epochs: int, 
         desc: str | None = None) -> None:
     """The probe schedule shared by every mode: Adam with lr = base x batch/256 per group, cosine to 0 over
     ``epochs`` passes of shuffled batches; each image contributes one of its cached views per epoch."""
+    with single_thread():
+        _fit(groups, n, views, epochs, batch_size, batch_loss, generator, desc)
+
+
+@contextmanager
+def single_thread():
+    """Run tiny linear-map updates on one thread: intra-op threading only adds overhead at these sizes (and
+    costs over 10x when the cores are shared with other work)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(groups, n, views, epochs, batch_size, batch_loss, generator, desc) -> None:
     batch = min(batch_size, n)
     optimizer = torch.optim.Adam([{"params": m.parameters(), "lr": lr * batch / 256} for m, lr in groups])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * math.ceil(n / batch))

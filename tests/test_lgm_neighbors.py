@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+import datadistill as dd
+from datadistill.errors import ConfigError
+from datadistill.methods.lgm import head_gradient_autograd, head_gradient_closed_form
+from datadistill.stats import feature_bank
+
+SMALL = {"crop": 32, "grow_every": 5}
+
+
+def test_closed_form_head_gradient_matches_autograd_and_its_derivative():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 7, generator=g, requires_grad=True)
+    labels = torch.randint(3, (12,), generator=g)
+    weight, bias = torch.randn(3, 7, generator=g) * 0.01, torch.zeros(3)
+    target = torch.randn(3 * 7 + 3, generator=g)
+    closed = head_gradient_closed_form(z, labels, weight, bias)
+    auto = head_gradient_autograd(z, labels, weight, bias)
+    assert torch.allclose(closed, auto, atol=1e-7)
+    # The meta-gradient w.r.t. the features (what reaches the images) agrees too.
+    (d_closed,) = torch.autograd.grad(1 - torch.cosine_similarity(closed, target, dim=0), z)
+    (d_auto,) = torch.autograd.grad(1 - torch.cosine_similarity(auto, target, dim=0), z)
+    assert torch.allclose(d_closed, d_auto, atol=1e-6) and d_closed.abs().sum() > 0
+
+
+def test_lgm_both_gradients_give_the_same_run(digits, lite0):
+    opts = dict(ipc=1, dataset=digits, model=lite0, steps=3, augs=2, lr=0.01, **SMALL)
+    closed = dd.distill("lgm", "digits", grad="closed-form", **opts)
+    auto = dd.distill("lgm", "digits", grad="autograd", **opts)
+    assert torch.allclose(closed.images, auto.images, atol=1e-4)
+    assert not torch.allclose(closed.images, dd.distill("lgm", "digits", **{**opts, "steps": 0}).images)
+
+
+def test_lgm_matches_real_gradients_better_after_training(digits, lite0, tmp_path):
+    out = tmp_path / "lgm"
+    dd.distill("lgm", "digits", out=out, ipc=1, dataset=digits, model=lite0, steps=30, augs=2, lr=0.05, **SMALL)
+    import json
+
+    losses = json.loads((out / "metrics.json").read_text())["distill"]["losses"]
+    assert len(losses) == 30 and all(0 <= x <= 2 for x in losses)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+def test_lgm_rejects_bad_options(digits):
+    with pytest.raises(ConfigError, match="grad"):
+        dd.distill("lgm", "digits", dataset=digits, grad="finite-differences")
+    with pytest.raises(ConfigError, match="no option"):
+        dd.distill("lgm", "digits", dataset=digits, flow_norm="classes")
+
+
+def test_neighbors_pick_the_most_cosine_similar_real_image(digits, lite0, tmp_path):
+    source = dd.distill("sfm", "digits", out=tmp_path / "sfm", dataset=digits, model=lite0, steps=2, **SMALL)
+    picked = dd.distill("neighbors", "digits", dataset=digits, model=lite0, source=str(tmp_path / "sfm"))
+    assert torch.equal(picked.labels, source.labels) and picked.meta["backbone"] == "efficientnet_lite0"
+    assert picked.meta["crop"] == 32
+    bank = feature_bank(digits, lite0, "train", crop=32)
+    from datadistill.data import resize_center_crop
+
+    with torch.no_grad():
+        q = torch.nn.functional.normalize(lite0(resize_center_crop(source.images, 37, 32)), dim=1)
+    feats = torch.nn.functional.normalize(bank.tensor(), dim=1)
+    for i, (idx, y) in enumerate(zip(picked.meta["train_indices"], source.labels.tolist(), strict=True)):
+        members = torch.nonzero(digits.train.targets == y).flatten()
+        best = members[(feats[members] @ q[i]).argmax()]
+        assert idx == int(best)
+
+
+def test_neighbors_of_real_images_are_themselves(digits, lite0, tmp_path):
+    real = dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
+    again = dd.distill("neighbors", "digits", dataset=digits, model=lite0, source=str(tmp_path / "c"))
+    assert again.meta["train_indices"] == real.meta["train_indices"]
+
+
+def test_neighbors_needs_a_source_and_matching_ipc(digits, lite0, tmp_path):
+    with pytest.raises(ConfigError, match="source"):
+        dd.distill("neighbors", "digits", dataset=digits)
+    dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
+    with pytest.raises(ConfigError, match="--ipc 1"):
+        dd.distill("neighbors", "digits", ipc=2, dataset=digits, model=lite0, source=str(tmp_path / "c"))
