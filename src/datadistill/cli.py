@@ -10,8 +10,9 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from .errors import DatadistillError, user_message
+from .errors import ConfigError, DatadistillError, user_message
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="local weights file or folder for the backbone")
     p.add_argument("--crop", type=int, default=None, help="backbone input size (default: the backbone's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _protocol_in(argv: list[str]) -> str:
@@ -73,6 +78,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--root", default=None)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
     add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
+
+    b = sub.add_parser("bench", help="distill with several methods and backbones, evaluate every set with every "
+                       "protocol and backbone; resumable (finished cells are skipped)")
+    b.add_argument("--data", required=True)
+    b.add_argument("--methods", required=True, type=_csv, help="e.g. random,centroids,lgm,sfm,neighbors:sfm")
+    b.add_argument("--protocols", default=["linear-probe"], type=_csv, help="e.g. linear-probe,ci,full")
+    b.add_argument("--backbones", default=["efficientnet_lite0"], type=_csv, help="distillation backbones")
+    b.add_argument("--eval-backbones", default=None, type=_csv, help="evaluation backbones (default: --backbones)")
+    b.add_argument("--ipc", default=[1], type=lambda v: [int(x) for x in _csv(v)], help="e.g. 1,10,50")
+    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--crop", action="append", default=[], metavar="BACKBONE=PX", help="input size per backbone")
+    b.add_argument("--set", action="append", default=[], metavar="[SCOPE.]KEY=VALUE", dest="settings",
+                   help="an option for every method/protocol that has it, or for one (scope = its name)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--root", default=None)
+    b.add_argument("--device", default="auto")
 
     pre = sub.add_parser("pretrain", help="train (or reuse) a model the toolkit needs offline (cached, resumable)")
     kinds = pre.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -127,6 +148,23 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import BenchPlan, bench
+
+    crops = {}
+    for item in args.crop:
+        name, eq, px = item.partition("=")
+        if not eq or not px.isdigit():
+            raise ConfigError(f"--crop expects BACKBONE=PX, got '{item}'")
+        crops[name] = int(px)
+    plan = BenchPlan(args.data, args.methods, args.protocols, args.backbones, args.eval_backbones, args.ipc,
+                     args.seeds, crops, args.settings, args.root, args.device)
+    records = bench(plan, args.out)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"{len(records)} results in {args.out}/results.json (and .csv)")
+    return 0
+
+
 def _cmd_pretrain(args) -> int:
     from .api import pretrain
 
@@ -176,8 +214,8 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "pretrain": _cmd_pretrain,
-            "stats": _cmd_stats, "list": _cmd_list}
+COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "bench": _cmd_bench,
+            "pretrain": _cmd_pretrain, "stats": _cmd_stats, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
