@@ -204,3 +204,33 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
     if "convnet" in PROTOCOLS:
         assert main(["eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "2", "--width", "8",
                      "--device", "cpu"]) == 0
+
+
+def test_finetune_sit_checkpoint_on_target_classes(digits, tmp_path):
+    from datadistill.models.generative.flow_training import FlowOptions, difffit_parameters, flow_model_from
+    from datadistill.models.generative.latent import LatentOptions, latent_space_from
+
+    latent = LatentOptions(vae_steps=20)
+    space = latent_space_from(latent, digits)
+    torch.manual_seed(0)
+    net = SiT(input_size=2, patch_size=1, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    with torch.no_grad():  # away from adaLN-Zero's zero map, where the class embedding gets no gradient
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    path = tmp_path / "sit.pt"
+    torch.save(net.state_dict(), path)
+    opts = FlowOptions(flow=str(path), flow_heads=2, finetune_steps=6, finetune_lr=1e-2)
+    tuned = flow_model_from(opts, latent, digits, space, torch.device("cpu"))
+    assert "fine-tuned on digits" in tuned.weights and tuned.arch == "sit"
+    before, after = net.state_dict(), tuned.net.state_dict()
+    chosen = {n for n, p in net.named_parameters() if any(p is q for q in difffit_parameters(net))}
+    assert "blocks.0.attn.qkv.bias" in chosen and "blocks.0.attn.qkv.weight" not in chosen
+    assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])  # frozen
+    assert not torch.equal(before["y_embedder.embedding_table.weight"], after["y_embedder.embedding_table.weight"])
+    again = flow_model_from(opts, latent, digits, space, torch.device("cpu"))  # cached
+    assert again.weights == tuned.weights
+    wrong = SiT(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    torch.save(wrong.state_dict(), tmp_path / "wrong.pt")
+    with pytest.raises(ConfigError, match="latents"):
+        flow_model_from(FlowOptions(flow=str(tmp_path / "wrong.pt"), flow_heads=2), latent, digits, space,
+                        torch.device("cpu"))

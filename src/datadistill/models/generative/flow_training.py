@@ -2,9 +2,10 @@
 (``datadistill pretrain flow --data D``) and the optional fine-tuning of a loaded SiT on the target classes.
 
 Both train on the cached latents of the train split (``latent_bank``: one posterior sample per image, encoded
-once), with the flow-matching loss, Adam(W), label dropout for CFG and an EMA of the weights (the EMA is saved
-and sampled). Resumable through ``engine.train_resumable`` (progress bar, checkpoint every N steps), cached by a
-fingerprint of the data, the latent space and the options; the loss on the validation latents is recorded.
+once), with the flow-matching loss, AdamW, label dropout for CFG and an EMA of the weights (decay
+min(ema, (1 + i) / (10 + i)) at step i; the EMA is saved and sampled). Resumable through
+``engine.train_resumable`` (progress bar, checkpoint every N steps), cached by a fingerprint of the data, the
+latent space and the options; the loss on the validation latents is recorded.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def fit_flow(net: nn.Module, params: Iterable[nn.Parameter], lat: _Latents, clas
         loss.backward()
         optimizer.step()
         schedule.step()
+        decay = min(ema_decay, (1 + i) / (10 + i))  # EMA warm-up, so short (fine-tuning) runs are not the init
         with torch.no_grad():
             for e, p in zip(ema.parameters(), net.parameters(), strict=True):
-                e.lerp_(p, 1 - ema_decay)
+                e.lerp_(p, 1 - decay)
         return float(loss.detach())
 
     net.train()
@@ -132,7 +134,8 @@ def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> 
         save_flow(tmp, ema, "mlp", {
             "latent_shape": list(space.latent_shape), "class_ids": list(range(data.num_classes)),
             "classes": list(data.classes), "dataset": data.name, "latent_space": space.identity(),
-            "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps; {folder})",
+            "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
+                       f"key {folder.name})",
             "train_options": ident, "final_train_loss": losses[-1] if losses else None, "val_loss": val})
     checkpoint_path("flow", ident).unlink(missing_ok=True)
     log.info("flow model for %s in %s (val loss %.4f)", data.name, folder, val)
@@ -170,7 +173,7 @@ def finetune_flow(flow: FlowModel, data: RealData, space: LatentSpace, steps: in
         with atomic_dir(folder) as tmp:
             save_flow(tmp, ema, flow.arch, {
                 "latent_shape": list(flow.latent_shape), "class_ids": flow.class_ids.tolist(),
-                "weights": f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps; {folder})",
+                "weights": f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {folder.name})",
                 "train_options": ident, "val_loss": val})
         checkpoint_path("flow-finetune", ident).unlink(missing_ok=True)
     return load_flow_folder(folder, data)

@@ -255,7 +255,8 @@ def _load_tiny(folder: Path, device: torch.device, encode_mode: str, scale: floa
     from .tiny_vae import load_tiny_vae
 
     model, config = load_tiny_vae(folder)
-    weights = f"tiny-vae trained by datadistill on {config['dataset']} ({config['steps']} steps; {folder})"
+    # The cache key, not the path: cached latents and models keyed by this identity stay valid in another cache.
+    weights = f"tiny-vae trained by datadistill on {config['dataset']} ({config['steps']} steps, key {folder.name})"
     return LatentSpace(model.to(device), "tiny", "tiny-vae", weights, config["image_size"],
                        tuple(config["latent_shape"]), scale or config["scaling_factor"], config["shift_factor"],
                        encode_mode, seed)
