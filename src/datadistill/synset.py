@@ -233,3 +233,61 @@ def make_param(kind: str, num: int, resolution: int, generator: torch.Generator,
 def full_pyramid_steps(resolution: int, grow_every: int) -> int:
     """The step at which a pyramid started at 1x1 is complete."""
     return int(math.ceil(math.log2(resolution))) * grow_every + 1
+
+
+class RawPixelParam(ImageParam):
+    """Pixels optimised directly, as in DM, IDC and TGDD (no sigmoid, no colour decorrelation).
+
+    With ``mean`` / ``std`` (per channel) the stored tensor is (x - mean) / std, so an SGD step on it is the DM
+    code's step on normalised images; without them it holds raw pixels in [0, 1] space (IDC / TGDD). Grayscale
+    sets (``images`` with one channel) are stored once and rendered as three equal channels. ``project_()``
+    clamps the rendered pixels to [0, 1] (TGDD clamps before every iteration).
+    """
+
+    def __init__(self, images: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        c = images.shape[1]
+        mean = torch.zeros(c) if mean is None else mean.float().reshape(c)
+        std = torch.ones(c) if std is None else std.float().reshape(c)
+        self.register_buffer("mean", mean.view(1, c, 1, 1))
+        self.register_buffer("std", std.view(1, c, 1, 1))
+        self.pixels = nn.Parameter((images.float() - self.mean) / self.std)
+
+    def render(self) -> torch.Tensor:
+        x = self.pixels * self.std + self.mean
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def project_(self) -> None:
+        with torch.no_grad():
+            self.pixels.copy_(torch.maximum(torch.minimum(self.pixels, (1 - self.mean) / self.std),
+                                            -self.mean / self.std))
+
+
+def decode_multi_formation(images: torch.Tensor, labels: torch.Tensor,
+                           factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDC's uniform multi-formation: every stored image holds factor x factor tiles; each tile is upsampled
+    (bilinear) to the full size and keeps the image's label. Output is tile-major (all images' first tile, ...),
+    as in the IDC / TGDD code; a size not divisible by ``factor`` is padded with 0.5 first, as there."""
+    if factor <= 1:
+        return images, labels
+    n, c, h, w = images.shape
+    s = math.ceil(h / factor)
+    if s * factor != h:
+        images = nn.functional.pad(images, (0, s * factor - w, 0, s * factor - h), value=0.5)
+    tiles = images.reshape(n, c, factor, s, factor, s).permute(2, 4, 0, 1, 3, 5).reshape(factor * factor * n, c, s, s)
+    decoded = nn.functional.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+    return decoded, labels.repeat(factor * factor)
+
+
+def tile_images(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """The inverse layout of ``decode_multi_formation``: factor^2 * N images (tile-major) downscaled into the
+    tiles of N images (IDC's "mix" initialisation). The size must be divisible by ``factor``."""
+    if factor <= 1:
+        return images
+    m, c, h, w = images.shape
+    if h % factor or w % factor or m % (factor * factor):
+        raise DataError(f"multi-formation factor {factor} needs a size divisible by it and factor^2 x N images, "
+                        f"got {m} images of {h}x{w}")
+    n, s = m // (factor * factor), h // factor
+    small = nn.functional.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+    return small.reshape(factor, factor, n, c, s, s).permute(2, 3, 0, 4, 1, 5).reshape(n, c, h, w)

@@ -78,9 +78,12 @@ class ConvNetOptions:
                       cutmix=base["cutmix"] if self.cutmix is None else self.cutmix)
 
 
-def synset_tensors(synset: SyntheticSet, resolution: int, decode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def synset_tensors(synset: SyntheticSet, resolution: int, decode: bool,
+                   factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images of a set: decoded when it was made with multi-formation (its meta or run config say the
+    factor), resized to ``resolution`` if needed."""
     images, labels = synset.images, synset.labels
-    factor = int(synset.meta.get("factor", 1) or 1)
+    factor = int(synset.meta.get("factor") or factor or 1)
     if decode and factor > 1:
         images, labels = decode_multi_formation(images, labels, factor)
     if images.shape[-1] != resolution or images.shape[-2] != resolution:
@@ -137,7 +140,8 @@ def run_convnet(job: EvalJob) -> EvalResult:
     val_every = opts.val_every or max(1, recipe.epochs // 6)
     runs = []
     for seed, synset in zip(job.seeds, job.synsets, strict=True):
-        images, labels = synset_tensors(synset, resolution, opts.decode)
+        factor = job.run_config.get("options", {}).get("factor") or 1
+        images, labels = synset_tensors(synset, resolution, opts.decode, factor)
         source = FloatImages(images.to(job.device), labels)
         runs.append(fit_and_select(spec, norm, source, recipe, val, test, seed, val_every, job.device,
                                    desc=f"{opts.arch} seed {seed}"))

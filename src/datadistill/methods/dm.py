@@ -1,0 +1,86 @@
+"""DM, dataset condensation with distribution matching (Zhao & Bilen, WACV 2023; METHODS.md 6.1).
+
+Every iteration draws a fresh randomly initialised ConvNet (frozen) and matches, for every class, the mean
+embedding of 256 augmented real images with that of the class's synthetic images; one DSA draw per class is
+shared by its real and synthetic images (Siamese). Loss = sum over classes of the squared L2 distance of the
+means; one SGD step (lr 1, momentum 0.5) on the pixels per iteration.
+
+The DM code optimises normalised images; ``--space normalized`` (default) stores the pixels normalised so the
+same lr means the same step. The saved set lives in [0, 1]; ``--clamp`` (default) keeps the optimised pixels
+there so what is evaluated is what was optimised (the code does not clamp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..models.architectures import ModelSpec, build_model, init_parameters_
+from ..models.supervised import no_grad_forward
+from ..options import option
+from ..synset import ImageParam, RawPixelParam
+from .base import Method, RunContext, register
+from .matching import MatchOptions, class_feature_means, initial_images, norm_for, real_train, sample_real
+
+
+@dataclass
+class DMOptions(MatchOptions):
+    lr: float = option(1.0, "SGD lr on the pixels (DM code: 1.0, on normalised pixels with --space normalized)")
+    space: str = option("normalized", "pixels optimised in normalised space (DM code) or raw [0, 1] space",
+                        ("normalized", "raw"))
+    clamp: bool = option(True, "keep the pixels in [0, 1] after every step (the saved set is clamped anyway)")
+    arch: str = option("convnet", "random embedding network (instance norm in the DM code)",
+                       ("convnet", "convnet-bn", "convnet-nn"))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.init == "mix":
+            raise ConfigError("DM has no multi-formation: --init real or noise")
+
+
+@register
+class DM(Method):
+    name = "dm"
+    summary = "distribution matching: class feature means of real vs synthetic images through random ConvNets"
+    Options = DMOptions
+    optimises = True
+
+    def init_param(self, ctx: RunContext) -> ImageParam:
+        opts = ctx.opts
+        self.real = real_train(ctx)
+        self.norm = norm_for(ctx)
+        self.dsa = opts.dsa()
+        spec = ModelSpec(opts.arch, ctx.data.num_classes, self.real.channels, ctx.resolution, opts.width, opts.depth)
+        self.net = build_model(spec, ctx.generator).to(ctx.device).requires_grad_(False)
+        self.labels = ctx.class_labels()
+        images = initial_images(ctx, opts.init)
+        if opts.space == "normalized":
+            return RawPixelParam(images, self.norm.mean, self.norm.std)
+        return RawPixelParam(images)
+
+    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
+        return torch.optim.SGD(param.parameters(), lr=ctx.opts.lr, momentum=ctx.opts.momentum)
+
+    def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+        opts, c = ctx.opts, ctx.data.num_classes
+        init_parameters_(self.net, ctx.generator)  # a fresh random network every iteration
+        self.net.train()
+        real, real_labels = sample_real(self.real, opts.batch_real, ctx.generator)
+        u = self.dsa.draw(c, ctx.generator)  # one draw per class, shared by its real and synthetic images
+        real_x = self.dsa.apply(self.norm(real.to(ctx.device)), u[real_labels]) if self.dsa.ops else \
+            self.norm(real.to(ctx.device))
+        real_means = class_feature_means(lambda x: no_grad_forward(self.net, x, features=True), real_x, real_labels, c)
+        syn_x = self.norm(images)
+        if self.dsa.ops:
+            syn_x = self.dsa.apply(syn_x, u[self.labels])
+        syn_means = class_feature_means(self.net.embed, syn_x, self.labels, c, chunk=len(syn_x))
+        return (real_means - syn_means).pow(2).sum()
+
+    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast) -> float:
+        if ctx.opts.clamp:
+            param.project_()
+        return super().train_step(ctx, param, optimizer, autocast)
