@@ -3,6 +3,7 @@ import torch
 
 from datadistill.engine import train_resumable
 from datadistill.errors import TrainingDiverged
+from datadistill.io import load_checkpoint
 
 
 def _training(seed: int = 0):
@@ -34,7 +35,7 @@ def test_train_resumable_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_resumable("run", 30, lambda i: step2(i, die_at=13), {"model": model2, "opt": opt2}, tmp_path / "r.pt",
                         every=5, generator=g2)
-    assert torch.load(tmp_path / "r.pt", weights_only=True)["step"] == 10
+    assert load_checkpoint(tmp_path / "r.pt")[0]["step"] == 10
     model3, opt3, g3, step3 = _training(seed=99)  # a fresh process: other init, restored from the checkpoint
     losses = train_resumable("run", 30, step3, {"model": model3, "opt": opt3}, tmp_path / "r.pt", every=5, generator=g3)
     assert losses == pytest.approx(ref, abs=1e-6)
@@ -44,3 +45,41 @@ def test_train_resumable_resume_equals_uninterrupted(tmp_path):
 def test_train_resumable_stops_on_nan(tmp_path):
     with pytest.raises(TrainingDiverged, match="step 3"):
         train_resumable("nan", 5, lambda i: float("nan") if i == 3 else 1.0, {}, None)
+
+
+def test_checkpoint_checksum_and_fallback_to_the_previous_one(tmp_path):
+    from datadistill.errors import DatadistillError
+    from datadistill.io import previous_checkpoint, save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+    save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)[0] == {"step": 2} and previous_checkpoint(path).exists()
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-5])  # truncated
+    assert load_checkpoint(path) == ({"step": 1}, previous_checkpoint(path))
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # one flipped bit
+    assert load_checkpoint(path)[0] == {"step": 1}
+    previous_checkpoint(path).write_bytes(b"garbage")
+    with pytest.raises(DatadistillError, match="no intact checkpoint"):
+        load_checkpoint(path)
+    assert load_checkpoint(tmp_path / "absent.pt") is None
+
+
+def test_checkpoint_with_a_valid_checksum_still_refuses_pickled_code(tmp_path, monkeypatch):
+    import hashlib
+    import os
+    import pickle
+
+    from datadistill.errors import DatadistillError
+    from datadistill.io import CHECKPOINT_MAGIC
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    payload = pickle.dumps({"step": Evil()})
+    (tmp_path / "last.pt").write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    with pytest.raises(DatadistillError):
+        load_checkpoint(tmp_path / "last.pt")
+    assert not (tmp_path / "pwned").exists()

@@ -5,6 +5,7 @@ import torch
 
 import datadistill as dd
 from datadistill.errors import TrainingDiverged
+from datadistill.io import load_checkpoint
 from datadistill.methods.sfm import SFM, class_means, non_target_centres
 from datadistill.stats import feature_bank
 
@@ -85,7 +86,7 @@ def test_resume_after_kill_matches_uninterrupted(digits, lite0, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         dd.distill("sfm", "digits", out=tmp_path / "run", **opts)
     assert not (tmp_path / "run" / "synset").exists()
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")[0]
     assert saved["step"] == 10
     monkeypatch.setattr(SFM, "loss", original)
     resumed = dd.distill("sfm", "digits", out=tmp_path / "run", **opts)
@@ -130,7 +131,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (out / "synset").exists()
-    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    killed_at = load_checkpoint(ckpt)[0]["step"]
     assert 10 <= killed_at < 300
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, dist
 from .config import DistillConfig, EvalConfig
 from .data import RealData, load_dataset
 from .engine import PhaseTimer, RunDir, optimise, resolve_device
@@ -91,13 +91,15 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
                 synset = algo.select(ctx)
         if algo.optimises and losses:
             timer.phases["distill"]["seconds_per_step"] = round(timer.phases["distill"]["seconds"] / len(losses), 4)
-        if run is not None:
+        if run is not None and dist.is_main():
             with timer.phase("save"):
                 synset.save(run.synset_path)
             run.update_metrics(distill={"complete": True, "method": method, "phases": timer.phases,
                                         "loss_first": losses[0] if losses else None,
-                                        "loss_last": losses[-1] if losses else None, "losses": losses})
+                                        "loss_last": losses[-1] if losses else None, "losses": losses,
+                                        "processes": dist.world()})
             write_report(run.path)
+    dist.barrier()
     return synset
 
 
@@ -157,7 +159,7 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
     with timer.phase("eval"):
         result = proto.run(EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
     result.details["phases"] = timer.phases
-    if run is not None:
+    if run is not None and dist.is_main():
         run.update_metrics(eval={f"{protocol}@{result.backbone}": result.to_dict()})
         write_report(run.path)
     return result

@@ -26,6 +26,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 
+def say(text: str) -> None:
+    """Print once (rank 0) when running under torchrun."""
+    from . import dist
+
+    if dist.is_main():
+        print(text)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -133,7 +141,7 @@ def _cmd_distill(args) -> int:
 
     options = _options(args, {"command", "quiet", "method", "data", "out"})
     synset = distill(args.method, args.data, out=args.out, **options)
-    print(f"wrote {len(synset)} images ({synset.ipc} per class) to {args.out}/synset; report: {args.out}/report.md")
+    say(f"wrote {len(synset)} images ({synset.ipc} per class) to {args.out}/synset; report: {args.out}/report.md")
     return 0
 
 
@@ -143,7 +151,7 @@ def _cmd_eval(args) -> int:
     options = _options(args, {"command", "quiet", "path", "protocol", "data", "root"})
     result = evaluate(args.path, protocol=args.protocol, data=args.data, root=args.root, **options)
     per_seed = ", ".join(f"{100 * a:.2f}" for a in result.test_acc)
-    print(f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
+    say(f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
           f"({per_seed}); val {100 * result.val_mean:.2f} %")
     return 0
 
@@ -160,8 +168,16 @@ def _cmd_bench(args) -> int:
     plan = BenchPlan(args.data, args.methods, args.protocols, args.backbones, args.eval_backbones, args.ipc,
                      args.seeds, crops, args.settings, args.root, args.device)
     records = bench(plan, args.out)
-    print((Path(args.out) / "summary.md").read_text())
-    print(f"{len(records)} results in {args.out}/results.json (and .csv)")
+    say((Path(args.out) / "summary.md").read_text())
+    say(f"{len(records)} results in {args.out}/results.json (and .csv)")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .api import report_runs
+
+    paths = report_runs(args.runs, out=args.out)
+    say(f"report: {paths['html']} (self-contained page), {paths['markdown']} (+ {paths['files']}/)")
     return 0
 
 
@@ -171,7 +187,7 @@ def _cmd_pretrain(args) -> int:
     options = _options(args, {"command", "quiet", "kind", "data", "root", "val_fraction", "split_seed", "device"})
     folder = pretrain(args.kind, args.data, root=args.root, val_fraction=args.val_fraction,
                       split_seed=args.split_seed, device=args.device, **options)
-    print(f"{args.kind} model ready in {folder}")
+    say(f"{args.kind} model ready in {folder}")
     return 0
 
 
@@ -180,7 +196,7 @@ def _cmd_stats(args) -> int:
 
     bank = compute_stats(args.data, args.backbone, args.split, crop=args.crop, kmeans=args.kmeans, root=args.root,
                          weights=args.weights, device=args.device)
-    print(f"{len(bank.labels)} images, {len(bank.means)} classes, features {tuple(bank.features.shape)} "
+    say(f"{len(bank.labels)} images, {len(bank.means)} classes, features {tuple(bank.features.shape)} "
           f"cached in {bank.directory}")
     return 0
 
@@ -219,7 +235,10 @@ COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "benc
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import dist
+
     argv = sys.argv[1:] if argv is None else argv
+    dist.init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA)
     args = build_parser(argv).parse_args(argv)
     if args.quiet:
         os.environ["DATADISTILL_PROGRESS"] = "0"

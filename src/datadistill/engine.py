@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from . import dist
 from .config import RESUME_FREE_FIELDS, DistillConfig, flat_config
 from .errors import ConfigError, DatadistillError, TrainingDiverged
-from .io import check_writable, load_torch, save_torch, write_json
+from .io import check_writable, load_checkpoint, save_checkpoint, write_json
 from .progress import log, progress_bar
 
 
@@ -61,7 +62,7 @@ class RunDir:
     """``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``, ``report.md``."""
 
     def __init__(self, path: str | Path):
-        self.path = check_writable(path)
+        self.path = check_writable(path) if dist.is_main() else Path(path)
         self.checkpoints = self.path / "checkpoints"
 
     @property
@@ -90,7 +91,8 @@ class RunDir:
                 raise ConfigError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
                                   "use another --out, or delete it to start over")
             return True
-        write_json(self.config_path, {"distill": config.to_dict(), **resolved})
+        if dist.is_main():
+            write_json(self.config_path, {"distill": config.to_dict(), **resolved})
         return False
 
     def metrics(self) -> dict:
@@ -108,6 +110,9 @@ class RunDir:
 
     @contextmanager
     def logging(self):
+        if not dist.is_main():
+            yield
+            return
         handler = logging.FileHandler(self.path / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -142,17 +147,18 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
     optimizer = method.make_optimizer(ctx, param)
     state = LoopState(step=0, losses=[])
     ckpt = run.checkpoints / "last.pt" if run else None
-    if ckpt is not None and ckpt.exists():
+    found = load_checkpoint(ckpt) if ckpt is not None else None
+    if found is not None:
+        saved, source = found
         try:
-            saved = load_torch(ckpt)
             param.load_checkpoint_state(saved["param"])
             optimizer = method.make_optimizer(ctx, param)
             optimizer.load_state_dict(saved["optimizer"])
             ctx.generator.set_state(saved["generator"])
             state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]))
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise DatadistillError(f"checkpoint {ckpt} cannot be resumed ({exc}); delete it to start over") from None
-        log.info("resumed from %s at step %d", ckpt, state.step)
+            raise DatadistillError(f"checkpoint {source} cannot be resumed ({exc}); delete it to start over") from None
+        log.info("resumed from %s at step %d", source, state.step)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda")
     bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=total, initial=state.step)
     for step in range(state.step + 1, total + 1):
@@ -167,8 +173,8 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
         state.losses.append(round(loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
-        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
-            save_torch(ckpt, {"param": param.checkpoint_state(), "optimizer": optimizer.state_dict(),
+        if ckpt is not None and dist.is_main() and (step % cfg.checkpoint_every == 0 or step == total):
+            save_checkpoint(ckpt, {"param": param.checkpoint_state(), "optimizer": optimizer.state_dict(),
                               "generator": ctx.generator.get_state(), "step": step, "losses": state.losses})
         if step % max(1, total // 10) == 0:
             log.info("step %d/%d loss %.5f", step, total, state.losses[-1])
@@ -189,9 +195,10 @@ def train_resumable(name: str, total: int, step: Callable[[int], float], state: 
     """
     losses: list[float] = []
     start = 0
-    if checkpoint is not None and checkpoint.exists():
+    found = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if found is not None:
+        saved, source = found
         try:
-            saved = load_torch(checkpoint)
             for key, obj in state.items():
                 obj.load_state_dict(saved["state"][key])
             if generator is not None:
@@ -199,9 +206,8 @@ def train_resumable(name: str, total: int, step: Callable[[int], float], state: 
             torch.set_rng_state(saved["torch_rng"])
             start, losses = int(saved["step"]), list(saved["losses"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise DatadistillError(f"checkpoint {checkpoint} cannot be resumed ({exc}); delete it to start over") \
-                from None
-        log.info("%s: resumed from %s at step %d", name, checkpoint, start)
+            raise DatadistillError(f"checkpoint {source} cannot be resumed ({exc}); delete it to start over") from None
+        log.info("%s: resumed from %s at step %d", name, source, start)
     bar = progress_bar(name, total=total, initial=start)
     for i in range(start + 1, total + 1):
         loss = step(i)
@@ -210,8 +216,8 @@ def train_resumable(name: str, total: int, step: Callable[[int], float], state: 
         losses.append(round(loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if checkpoint is not None and (i % every == 0 or i == total):
-            save_torch(checkpoint, {"state": {k: v.state_dict() for k, v in state.items()}, "step": i,
+        if checkpoint is not None and dist.is_main() and (i % every == 0 or i == total):
+            save_checkpoint(checkpoint, {"state": {k: v.state_dict() for k, v in state.items()}, "step": i,
                                     "losses": losses, "torch_rng": torch.get_rng_state(),
                                     "generator": generator.get_state() if generator is not None else None})
         if i % max(1, total // 10) == 0:

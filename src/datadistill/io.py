@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
+import logging
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -49,8 +53,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def save_torch(path: str | Path, obj: object) -> None:
-    import io
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes(path, buf.getvalue())
@@ -59,6 +61,58 @@ def save_torch(path: str | Path, obj: object) -> None:
 def load_torch(path: str | Path) -> object:
     """Load our own torch artefacts with ``weights_only`` (no arbitrary pickles)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+CHECKPOINT_MAGIC = b"datadistill-checkpoint-v1 sha256="
+
+
+def previous_checkpoint(path: Path) -> Path:
+    return path.with_name(f"previous-{path.name}")
+
+
+def save_checkpoint(path: str | Path, obj: object) -> None:
+    """Write a checksummed checkpoint atomically, keeping the one before it as ``previous-NAME``."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    if path.exists():
+        try:
+            os.replace(path, previous_checkpoint(path))
+        except OSError as exc:
+            raise _fail(path, exc) from None
+    write_bytes(path, CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def read_checkpoint(path: Path) -> object:
+    """The checkpoint's content; ``ValueError`` when it is truncated, corrupt or not ours."""
+    raw = path.read_bytes()
+    header, sep, payload = raw.partition(b"\n")
+    if not raw.startswith(CHECKPOINT_MAGIC) or not sep:
+        raise ValueError("not a datadistill checkpoint")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(CHECKPOINT_MAGIC):]:
+        raise ValueError("checksum mismatch (truncated or corrupt)")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path) -> tuple[object, Path] | None:
+    """The newest intact checkpoint among ``path`` and the one before it; None when neither exists.
+
+    A corrupt or truncated newest checkpoint is reported in the log and the previous one is used.
+    """
+    path = Path(path)
+    candidates = [p for p in (path, previous_checkpoint(path)) if p.exists()]
+    problems = []
+    for candidate in candidates:
+        try:
+            return read_checkpoint(candidate), candidate
+        except (ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            problems.append(f"{candidate.name}: {exc}")
+            logging.getLogger("datadistill").warning("checkpoint %s is unusable (%s)", candidate, exc)
+    if candidates:
+        raise DatadistillError(f"no intact checkpoint in {path.parent} ({'; '.join(problems)}); delete the folder "
+                               "to start over")
+    return None
 
 
 @contextlib.contextmanager
@@ -93,9 +147,9 @@ def check_writable(directory: str | Path) -> Path:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise DatadistillError(f"output directory {directory} is not writable: {exc.strerror or exc}") from None
     return directory

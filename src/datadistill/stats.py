@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import dist
 from .augment import aug_basic
 from .data import RealData, iter_batches
 from .errors import DataError
@@ -65,6 +66,10 @@ class FeatureBank:
 
     def kmeans(self, k: int, seed: int = 0, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class k-means (cached): centres C x k x F and masses C x k (cluster sizes / class size)."""
+        with dist.main_first():  # rank 0 clusters and caches; the other ranks read its result
+            return self._kmeans(k, seed, iters)
+
+    def _kmeans(self, k: int, seed: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.directory / f"kmeans_k{k}_s{seed}.safetensors"
         from safetensors.torch import load_file, save_file
 
@@ -108,7 +113,7 @@ def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int,
     ident = {"data": data.fingerprint(), "split": split, "backbone": backbone.identity(), "resize": resize,
              "crop": crop, "version": 1}
     if view_seed is not None:
-        ident["augbasic_view_seed"] = view_seed
+        ident["augbasic_view"] = {"seed": view_seed, "generator": "per batch"}
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -125,49 +130,72 @@ def feature_bank(
     """Features of ``split`` through ``backbone`` at ``crop`` px, cached.
 
     By default each image is resized and center-cropped (no augmentation). With ``view_seed``, each image
-    gets one AugBasic view (flip + RandomResizedCrop) drawn from a generator seeded with it instead: one
-    cached augmented view of the whole split, as used by the full-dataset probe.
+    gets one AugBasic view (flip + RandomResizedCrop) instead, drawn from a generator seeded by it and the batch
+    index: one cached augmented view of the whole split, as used by the full-dataset probe.
     """
     crop = crop or backbone.input_size
     resize = resize_for(crop)
-    augment, generator = None, None
-    if view_seed is not None:
-        augment, generator = aug_basic(crop), torch.Generator().manual_seed(view_seed)
     dataset = getattr(data, split)
     if dataset is None:
         raise DataError(f"dataset '{data.name}' has no {split} split")
     key = _key(data, split, backbone, resize, crop, view_seed)
     directory = cache_root() / "features" / key
+    # A cache hit involves no other rank (so it is safe inside ``dist.main_first`` blocks).
     if (directory / "stats.json").exists():
         return _load_bank(directory, key)
-    n, c = len(dataset), data.num_classes
-    sums = torch.zeros(c, backbone.feat_dim, dtype=torch.float64)
-    with atomic_dir(directory) as tmp:
-        feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                          shape=(n, backbone.feat_dim))
-        batches = iter_batches(dataset, batch_size, resize, resize if augment else crop, num_workers=num_workers)
-        what = f"view {view_seed}" if augment else "features"
-        with torch.inference_mode():
-            for batch in progress(batches, f"{what} {data.name}/{split} @ {backbone.name}",
-                                  total=(n + batch_size - 1) // batch_size):
-                images = augment(batch.images, generator) if augment else batch.images
-                f = backbone(images.to(device)).cpu()
-                if not torch.isfinite(f).all():
-                    raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
-                feats[batch.indices.numpy()] = f.numpy().astype(np.float16)
-                sums.index_add_(0, batch.labels, f.double())
-        feats.flush()
-        del feats
-        counts = torch.bincount(dataset.targets, minlength=c)
-        means = (sums / counts.clamp(min=1)[:, None]).float()
-        from safetensors.torch import save_file
-
-        save_file({"means": means, "counts": counts, "labels": dataset.targets.clone()}, str(tmp / "stats.safetensors"))
-        write_json(tmp / "stats.json", {"key": key, "dataset": data.name, "split": split, "num_images": n,
-                                        "backbone": backbone.identity(), "resize": resize, "crop": crop,
-                                        "view_seed": view_seed})
+    if dist.is_main():
+        with atomic_dir(directory) as tmp:
+            _compute(tmp, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key)
+    else:
+        _compute(None, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key)
+    dist.barrier()  # rank 0 has renamed the finished folder into place
     log.info("cached %s features of %s/%s in %s", backbone.name, data.name, split, directory)
     return _load_bank(directory, key)
+
+
+def _compute(tmp: Path | None, data: RealData, split: str, backbone: Backbone, resize: int, crop: int,
+             batch_size: int, device, num_workers: int, view_seed: int | None, key: str) -> None:
+    """The pass itself. Under torchrun every rank takes every W-th batch (the single-process batches, so the same
+    features), writes its rows into rank 0's memory map, and class sums are all-reduced; rank 0 (``tmp`` given)
+    writes the statistics."""
+    dataset = getattr(data, split)
+    n, c = len(dataset), data.num_classes
+    tmp = Path(dist.broadcast_object(str(tmp) if tmp is not None else None))
+    if dist.is_main():
+        np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, backbone.feat_dim))
+    dist.barrier()
+    feats = np.load(tmp / "features.npy", mmap_mode="r+")
+    starts = list(range(0, n, batch_size))[dist.rank()::dist.world()]
+    mine = torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts]) if starts else torch.arange(0)
+    sums = torch.zeros(c, backbone.feat_dim, dtype=torch.float64)
+    batches = iter_batches(dataset, batch_size, resize, resize if view_seed is not None else crop, indices=mine,
+                           num_workers=num_workers)
+    what = f"view {view_seed}" if view_seed is not None else "features"
+    with torch.inference_mode():
+        for k, batch in enumerate(progress(batches, f"{what} {data.name}/{split} @ {backbone.name}",
+                                           total=len(starts))):
+            images = batch.images
+            if view_seed is not None:  # one generator per batch: the same views whichever rank draws them
+                batch_index = dist.rank() + k * dist.world()
+                images = aug_basic(crop)(images, torch.Generator().manual_seed(view_seed * 1_000_003 + batch_index))
+            f = backbone(images.to(device)).cpu()
+            if not torch.isfinite(f).all():
+                raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
+            feats[batch.indices.numpy()] = f.numpy().astype(np.float16)
+            sums.index_add_(0, batch.labels, f.double())
+    feats.flush()
+    del feats
+    dist.all_reduce_sum(sums)
+    if not dist.is_main():
+        return
+    counts = torch.bincount(dataset.targets, minlength=c)
+    means = (sums / counts.clamp(min=1)[:, None]).float()
+    from safetensors.torch import save_file
+
+    save_file({"means": means, "counts": counts, "labels": dataset.targets.clone()}, str(tmp / "stats.safetensors"))
+    write_json(tmp / "stats.json", {"key": key, "dataset": data.name, "split": split, "num_images": n,
+                                    "backbone": backbone.identity(), "resize": resize, "crop": crop,
+                                    "view_seed": view_seed})
 
 
 def _load_bank(directory: Path, key: str) -> FeatureBank:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import dist
 from ..data import RealData
 from ..errors import ConfigError
 from ..io import atomic_dir, write_json
@@ -73,7 +74,18 @@ def train_features(data: RealData, backbone: Backbone, crop: int, views: int, de
 
 def golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int,
                       device: torch.device) -> GoldenResult:
-    """The full-dataset probe head for (data, backbone, crop, options, seed), trained once and cached."""
+    """The full-dataset probe head for (data, backbone, crop, options, seed), trained once and cached (under
+    torchrun by rank 0; the other ranks read the cache)."""
+    for split in ("train", "val", "test"):  # collective passes when distributed; cache hits inside the block
+        feature_bank(data, backbone, split, crop=crop, device=device)
+    for v in range(opts.full_views):
+        feature_bank(data, backbone, "train", crop=crop, device=device, view_seed=v)
+    with dist.main_first():
+        return _golden_classifier(data, backbone, crop, opts, seed, device)
+
+
+def _golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int,
+                       device: torch.device) -> GoldenResult:
     settings = FullProbeOptions.full_settings(opts)
     test = feature_bank(data, backbone, "test", crop=crop, device=device)
     val = feature_bank(data, backbone, "val", crop=crop, device=device)

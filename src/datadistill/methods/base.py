@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .. import dist
 from ..config import DistillConfig
 from ..data import RealData, iter_batches
 from ..errors import ConfigError
@@ -152,6 +153,7 @@ class Method:
         if torch.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(param.parameters())
             optimizer.step()
         return value
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..augment import StandardAugment
 from ..errors import ConfigError
 from ..options import option
@@ -79,8 +80,9 @@ class LGM(Method):
         train = ctx.data.train
         indices = torch.randperm(len(train), generator=ctx.generator)[: self.real_batch]
         with torch.no_grad():
-            images = ctx.real_images(indices).to(ctx.device)
-            z = ctx.backbone(self.augment(images, ctx.generator)).float()
+            images = self.augment(ctx.real_images(indices).to(ctx.device), ctx.generator)
+            share = dist.part(len(images))  # under torchrun each rank embeds its share of the real batch
+            z = dist.gather_parts(ctx.backbone(images[share]).float(), len(images))
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:

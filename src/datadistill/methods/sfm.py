@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..augment import StandardAugment
 from ..errors import ConfigError
 from ..options import option
@@ -32,8 +33,13 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: StandardAugment) -> torch.Tensor:
-    """Backbone features of ``augs`` independently augmented views of every image: (augs * N) x F, view-major."""
-    return ctx.backbone(augment(images.repeat(augs, 1, 1, 1), ctx.generator))
+    """Backbone features of ``augs`` independently augmented views of every image: (augs * N) x F, view-major.
+
+    Under torchrun every rank draws the same views and runs the backbone on its share only; the features are
+    gathered with autograd (the backward pass then needs ``dist.average_gradients``, done by the engine's step).
+    """
+    views = augment(images.repeat(augs, 1, 1, 1), ctx.generator)
+    return dist.gather_parts(ctx.backbone(views[dist.part(len(views))]), len(views))
 
 
 @dataclass
