@@ -1,0 +1,118 @@
+"""PGFM on Fashion-MNIST with the offline models (tiny VAE + velocity MLP): validation-split selection of the
+sampler / guidance settings, then the acceptance table (PGFM, plain sampling, decoded prototypes, random reals
+encoded + decoded, random reals), each generated with seeds 0..S-1 and evaluated with the from-scratch ConvNet
+protocol (seed 3407 + k for set k): test mean ± std, validation mean, mode coverage, NFE, seconds per image.
+
+    python benchmarks/pgfm_fashion.py tune  --ipc 10 --epochs 100 --out benchmarks/results/pgfm_tune.json
+    python benchmarks/pgfm_fashion.py table --ipc 10 50 --epochs 200 60 --seeds 3 \
+        --settings benchmarks/results/pgfm_tune.json --out benchmarks/results/pgfm_fashion.json
+
+Scale-down for the 2-core CPU (documented in BENCHMARKS.md): ConvNet-3 of width ``--width`` (32; the protocol's
+default is 128) and ``--epochs`` per IPC instead of the IDC recipe's 1500 (same recipe otherwise).
+
+Selection never looks at the test split: ``tune`` ranks settings by the protocol's validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from datadistill.api import distill, evaluate
+from datadistill.data import load_dataset
+
+BASE = {"device": "cpu"}
+# The staged grid: CFG for the sampler (shared by plain sampling and PGFM), then PGFM's guidance.
+CFG_GRID = [1.0, 2.0, 4.0]
+GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.3, 0.6, 1.0) for t in (0.5, 0.8)]
+
+
+def _eval(synsets, data, args, seeds: int, epochs: int) -> dict:
+    result = evaluate(synsets, protocol="convnet", data=data, seeds=seeds, device="cpu", epochs=epochs,
+                      width=args.width)
+    return {"test": result.test_acc, "val": result.val_acc, "test_mean": result.mean, "test_std": result.std,
+            "val_mean": result.val_mean, "selected_epoch": result.details.get("selected_epoch")}
+
+
+def tune(args) -> None:
+    data = load_dataset("fashion-mnist")
+    out = Path(args.out)
+    log = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    done = {json.dumps(r["settings"], sort_keys=True) for r in log["runs"]}
+
+    def run(settings: dict) -> float:
+        key = json.dumps(settings, sort_keys=True)
+        if key in done:
+            return next(r["val"] for r in log["runs"] if json.dumps(r["settings"], sort_keys=True) == key)
+        synset = distill("pgfm", "fashion-mnist", ipc=args.ipc[0], dataset=data, seed=0, **BASE, **settings)
+        res = _eval([synset], data, args, 1, args.epochs[0])
+        log["runs"].append({"settings": settings, "val": res["val_mean"], "coverage": synset.meta["mode_coverage"]})
+        out.write_text(json.dumps(log, indent=1))
+        print(f"{settings} val {100 * res['val_mean']:.2f}")
+        return res["val_mean"]
+
+    best_cfg = max(CFG_GRID, key=lambda w: run({"mode": "plain", "cfg_scale": w}))
+    best = max(GUIDANCE_GRID, key=lambda g: run({"mode": "pgfm", "cfg_scale": best_cfg, **g}))
+    best = {"cfg_scale": best_cfg, **best}
+    extra = [{**best, "warm_start": 0.2}, {**best, "trust_region": 0.0}]
+    scores = {json.dumps(s, sort_keys=True): run({"mode": "pgfm", **s}) for s in [best, *extra]}
+    chosen = json.loads(max(scores, key=scores.get))
+    log.update(chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen}, ipc=args.ipc[0], epochs=args.epochs[0],
+               width=args.width)
+    out.write_text(json.dumps(log, indent=1))
+    print("chosen", log["chosen"])
+
+
+def table(args) -> None:
+    data = load_dataset("fashion-mnist")
+    chosen = json.loads(Path(args.settings).read_text())["chosen"] if args.settings else {"plain": {}, "pgfm": {}}
+    sets = {"pgfm": {"mode": "pgfm", **chosen["pgfm"]}, "plain": {"mode": "plain", **chosen["plain"]},
+            "prototypes": {"mode": "prototypes"}, "real-recon": {"mode": "real-recon"}, "random": None}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    epochs = dict(zip(args.ipc, args.epochs * len(args.ipc) if len(args.epochs) == 1 else args.epochs, strict=True))
+    for ipc in args.ipc:
+        for name, settings in sets.items():
+            key = f"ipc{ipc}/{name}"
+            if key in results or name not in args.sets:
+                continue
+            start = time.perf_counter()
+            synsets = [distill("random", "fashion-mnist", ipc=ipc, dataset=data, seed=k) if settings is None else
+                       distill("pgfm", "fashion-mnist", ipc=ipc, dataset=data, seed=k, **BASE, **settings)
+                       for k in range(args.seeds)]
+            res = _eval(synsets, data, args, args.seeds, epochs[ipc])
+            meta = [s.meta for s in synsets]
+            cov = [m["mode_coverage"]["mean"] for m in meta if "mode_coverage" in m]
+            results[key] = {**res, "settings": settings, "seconds": round(time.perf_counter() - start, 1),
+                            "epochs": epochs[ipc], "width": args.width,
+                            "coverage_mean": statistics.mean(cov) if cov else None,
+                            "coverage_std": statistics.pstdev(cov) if cov else None,
+                            "nfe": meta[0].get("nfe"),
+                            "forward_passes_per_image": meta[0].get("forward_passes_per_image"),
+                            "seconds_per_image": statistics.mean(m.get("seconds_per_image", 0.0) for m in meta)}
+            out.write_text(json.dumps(results, indent=1))
+            r = results[key]
+            print(f"IPC {ipc} {name:11s} test {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}  "
+                  f"val {100 * r['val_mean']:.2f}  coverage {r['coverage_mean']}  nfe {r['nfe']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=["tune", "table"])
+    p.add_argument("--ipc", type=int, nargs="+", default=[10])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, nargs="+", default=[100], help="ConvNet protocol epochs, one per --ipc or "
+                   "one for all (scaled down from the recipe's 1500)")
+    p.add_argument("--width", type=int, default=32, help="ConvNet width (scaled down from 128)")
+    p.add_argument("--sets", nargs="+", default=["pgfm", "plain", "prototypes", "real-recon", "random"])
+    p.add_argument("--settings", default=None, help="the tune output whose chosen settings the table uses")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    tune(args) if args.what == "tune" else table(args)
+
+
+if __name__ == "__main__":
+    main()
