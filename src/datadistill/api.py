@@ -140,7 +140,8 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
         if (path / "config.json").exists():
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
-        synset = SyntheticSet.load(path)
+        data = _eval_data(data, run_cfg, root)
+        synset = SyntheticSet.load(path, classes=list(data.classes))  # a folder of PNGs takes the dataset's classes
     synsets = synset if isinstance(synset, list) else ([synset] * common.seeds if synset is not None else [])
     if proto.needs_synset and not synsets:
         raise ConfigError(f"protocol '{protocol}' evaluates a synthetic set: pass a run directory or a set")
@@ -149,11 +150,7 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
     if not run_cfg and synsets and synsets[0].meta.get("backbone"):
         meta = synsets[0].meta
         run_cfg = {"options": {"backbone": meta["backbone"], "crop": meta.get("crop")}}
-    if data is None and not run_cfg.get("data"):
-        raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
-    if not isinstance(data, RealData):
-        data = load_dataset(data or run_cfg["data"], root or run_cfg.get("root"), run_cfg.get("val_fraction", 0.1),
-                            run_cfg.get("split_seed", 0))
+    data = _eval_data(data, run_cfg, root)
     device = resolve_device(common.device)
     timer = PhaseTimer(device)
     with timer.phase("eval"):
@@ -173,6 +170,16 @@ def pretrain(kind: str, data: str | RealData, *, root: str | None = None, val_fr
     if not isinstance(data, RealData):
         data = load_dataset(data, root, val_fraction, split_seed)
     return trainer.run(data, opts, resolve_device(device))
+
+
+def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None) -> RealData:
+    """The dataset to evaluate on: given, or the run's (with the run's validation split)."""
+    if isinstance(data, RealData):
+        return data
+    if data is None and not run_cfg.get("data"):
+        raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
+    return load_dataset(data or run_cfg["data"], root or run_cfg.get("root"), run_cfg.get("val_fraction", 0.1),
+                        run_cfg.get("split_seed", 0))
 
 
 def compute_stats(data: str | RealData, backbone: str | Backbone = "efficientnet_lite0", split: str = "train",

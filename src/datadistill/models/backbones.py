@@ -73,7 +73,11 @@ class Backbone(nn.Module):
         x = self.normalize(x)
         if self.spec.family in ("timm-cnn", "packaged-cnn"):
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._features(self.model, x).float()
+        features = self._features(self.model, x).float()
+        if features.shape[-1] != self.feat_dim:  # e.g. --weights of another model size under this name
+            raise WeightsError(f"backbone '{self.name}' with weights {self.weights} returns {features.shape[-1]}-d "
+                               f"features, but '{self.name}' has {self.feat_dim}: the weights are of another model")
+        return features
 
     def identity(self) -> dict:
         """What a cache key or a run's config needs to know about this backbone."""

@@ -1,0 +1,178 @@
+"""The bad-input matrix: every user-facing entry point, one clear line per case, exit status 2, nothing
+half-written. Each case prepares its input, runs the CLI in-process and checks stderr and the output folder."""
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datadistill.cli import main
+
+SFM_FAST = ["--crop", "32", "--steps", "2", "--grow-every", "1"]
+
+
+def _folder(root: Path, per_class: int = 3, classes=("ant", "bee"), mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(arr).convert(mode).save(d / f"{i}.png")
+    return root
+
+
+def _truncated(root: Path) -> str:
+    folder = _folder(root)
+    png = folder / "train" / "bee" / "0.png"
+    png.write_bytes(png.read_bytes()[:40])
+    return f"imagefolder:{folder}"
+
+
+def _corrupt(root: Path) -> str:
+    folder = _folder(root)
+    (folder / "train" / "ant" / "9.png").write_bytes(b"\x89PNG not really")
+    return f"imagefolder:{folder}"
+
+
+def _empty_class(root: Path) -> str:
+    folder = _folder(root)
+    (folder / "train" / "cat").mkdir()
+    return f"imagefolder:{folder}"
+
+
+def _empty_dataset(root: Path) -> str:
+    (root / "train").mkdir(parents=True)
+    return f"imagefolder:{root}"
+
+
+def _synset_of_other_dataset(root: Path) -> str:
+    folder = _folder(root / "other", classes=("x", "y", "z"))
+    assert main(["-q", "distill", "random", "--data", f"imagefolder:{folder}", "--val-fraction", "0",
+                 "--out", str(root / "foreign")]) == 0
+    return str(root / "foreign")
+
+
+def _labels_outside(root: Path) -> str:
+    pngs = root / "pngs"
+    pngs.mkdir(parents=True)
+    for label in (0, 12):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(pngs / f"c{label}_0.png")
+    return str(pngs)
+
+
+def _nan_in_loss(monkeypatch) -> None:
+    from datadistill.methods.sfm import SFM
+
+    monkeypatch.setattr(SFM, "loss", lambda self, ctx, images: images.sum() * float("inf"))
+
+
+def _disk_full(monkeypatch) -> None:
+    import datadistill.io as ddio
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ddio.os, "fsync", full)
+
+
+# (case id, argv template, preparation, expected words in the one-line error)
+CASES = [
+    ("missing dataset", ["distill", "random", "--data", "mnist", "--root", "{tmp}/none", "--out", "{out}"], None,
+     "download"),
+    ("unknown dataset", ["distill", "random", "--data", "nope", "--out", "{out}"], None, "unknown dataset"),
+    ("empty dataset", ["distill", "random", "--data", "{prep}", "--out", "{out}"], _empty_dataset,
+     "no class sub-folders"),
+    ("empty class", ["distill", "random", "--data", "{prep}", "--out", "{out}"], _empty_class, "has no images"),
+    ("corrupt image", ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0",
+                       "--out", "{out}"], _corrupt, "9.png"),
+    ("truncated image", ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0",
+                         "--out", "{out}"], _truncated, "0.png"),
+    ("ipc larger than a class", ["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{out}"], None,
+     "larger than"),
+    ("ipc zero", ["distill", "random", "--data", "digits", "--ipc", "0", "--out", "{out}"], None, "at least 1"),
+    ("unknown backbone", ["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{out}"], None,
+     "unknown backbone"),
+    ("missing weights", ["distill", "sfm", "--data", "digits", "--weights", "{tmp}/w.pth", "--out", "{out}"], None,
+     "not found"),
+    ("unknown option value", ["distill", "lgm", "--data", "digits", "--grad", "magic", "--out", "{out}"], None,
+     None),
+    ("nan in a loss", ["distill", "sfm", "--data", "digits", *SFM_FAST, "--out", "{out}"], _nan_in_loss, "inf"),
+    ("unwritable output", ["distill", "random", "--data", "digits", "--out", "{tmp}/a-file/out"], None,
+     "not writable"),
+    ("disk full", ["distill", "random", "--data", "digits", "--out", "{out}"], _disk_full, "no space left"),
+    ("synset of another dataset", ["eval", "{prep}", "--data", "digits", "--epochs", "2", "--views", "1"],
+     _synset_of_other_dataset, "do not match"),
+    ("labels outside the class list", ["eval", "{prep}", "--data", "digits", "--epochs", "2"], _labels_outside,
+     "outside"),
+    ("eval of nothing", ["eval", "{tmp}/empty", "--data", "digits"], None, "no png images"),
+    ("unknown protocol", ["eval", "x", "--protocol", "nope"], None, None),
+    ("bench with an unknown option", ["bench", "--data", "digits", "--methods", "random", "--set", "nope=1",
+                                      "--out", "{out}"], None, "no benchmarked method"),
+    ("pretrain of an unknown kind", ["pretrain", "nope", "--data", "digits"], None, None),
+]
+
+
+@pytest.mark.parametrize("case, argv, prepare, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_matrix(case, argv, prepare, words, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    (tmp_path / "empty").mkdir()
+    prep = ""
+    if prepare is not None:
+        if prepare.__code__.co_varnames[:1] == ("monkeypatch",):
+            prepare(monkeypatch)
+        else:
+            prep = prepare(tmp_path / "prep")
+    out = tmp_path / "out"
+    args = [a.format(tmp=tmp_path, out=out, prep=prep) for a in argv]
+    try:
+        code = main(["-q", *args])
+    except SystemExit as exc:  # argparse rejects unknown choices itself, with its usage line
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    if words is not None:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("datadistill: error:"), err
+        assert words in lines[0].lower() or words in lines[0], err
+    # Nothing half-written: no synthetic set, no completion mark.
+    assert not (out / "synset").exists()
+    if (out / "metrics.json").exists():
+        assert not json.loads((out / "metrics.json").read_text()).get("distill", {}).get("complete")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+def test_grayscale_rgba_and_16_bit_datasets_distill(mode, tmp_path, capsys):
+    folder = tmp_path / "f"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (folder / split / c).mkdir(parents=True)
+            for i in range(3):
+                arr = rng.integers(0, 60000 if mode == "I;16" else 255, (10, 10)).astype(
+                    np.uint16 if mode == "I;16" else np.uint8)
+                img = Image.fromarray(arr) if mode in ("L", "I;16") else Image.fromarray(arr).convert(mode)
+                img.save(folder / split / c / f"{i}.png")
+    assert main(["-q", "distill", "random", "--data", f"imagefolder:{folder}", "--val-fraction", "0",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "synset" / "synset.safetensors").exists()
+
+
+def test_backbone_weights_of_another_size_are_refused(tmp_path):
+    """A DINOv2 folder of another width under a registry name whose feature size differs."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from datadistill.errors import WeightsError
+    from datadistill.models.backbones import load_backbone
+
+    Dinov2Model(Dinov2Config(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
+                             patch_size=14, image_size=28)).save_pretrained(tmp_path / "tiny")
+    backbone = load_backbone("dinov2_vits14_imgfocus", weights=str(tmp_path / "tiny"))
+    with pytest.raises(WeightsError, match="32-d features"):
+        backbone(torch.rand(1, 3, 28, 28))
