@@ -1,4 +1,4 @@
-"""The public Python surface: ``distill``, ``evaluate``, ``compute_stats``, ``demo``."""
+"""The public Python surface: ``distill``, ``evaluate``, ``compute_stats``, ``pretrain``, ``report_runs``."""
 
 from __future__ import annotations
 
@@ -193,3 +193,12 @@ def compute_stats(data: str | RealData, backbone: str | Backbone = "efficientnet
     if kmeans:
         bank.kmeans(kmeans)
     return bank
+
+
+def report_runs(runs: list[str | Path] | str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Compare the results of bench directories and/or run directories (or folders holding them) on one page:
+    writes ``out/report.html`` (self-contained: images embedded, no network resources), ``out/report.md`` and
+    ``out/report_files/``; returns their paths. ``out`` defaults to the bench directory when one is given."""
+    from .report import write_comparison
+
+    return write_comparison([runs] if isinstance(runs, str | Path) else list(runs), out)

@@ -7,10 +7,16 @@ Layout of ``OUT``::
 
     bench.json            the plan
     results.json/.csv     one record per (IPC, method, distillation backbone, protocol, evaluation backbone)
+                          (with the run directories it came from, the model that was evaluated and the
+                          distillation's phases: seconds and peak memory)
     summary.md            accuracy tables, one per IPC and distillation backbone (rows: method x protocol)
     ipcK/random/seedS/    Random real images, redrawn per evaluation seed
     ipcK/BACKBONE/METHOD/ run directories of backbone methods (neighbors:SRC -> neighbors-SRC)
     ipcK/METHOD/          run directories of methods without a backbone
+
+A protocol may carry fixed options, ``NAME:KEY=VALUE[:KEY=VALUE]`` (e.g. ``linear-probe:augment=false`` next to
+``linear-probe`` gives the evaluations with and without augmentation that DD-Ranking's ARS compares).
+``datadistill report OUT`` turns the results into a page with pictures (report.py, report_html.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .api import distill, evaluate
 from .data import RealData, load_dataset
 from .engine import resolve_device
 from .errors import ConfigError
-from .evaluate import PROTOCOLS, get_protocol
+from .evaluate import get_protocol
 from .io import check_writable, write_json, write_text
 from .methods import get_method
 from .methods.base import BackboneOptions
@@ -39,7 +45,7 @@ from .report import fmt_acc
 class BenchPlan:
     data: str
     methods: list[str]  # method names; "neighbors:SRC" picks real neighbours of SRC's images
-    protocols: list[str] = field(default_factory=lambda: ["linear-probe"])
+    protocols: list[str] = field(default_factory=lambda: ["linear-probe"])  # NAME or NAME:KEY=VALUE[:KEY=VALUE]
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
     eval_backbones: list[str] | None = None  # default: the distillation backbones
     ipcs: list[int] = field(default_factory=lambda: [1])
@@ -56,17 +62,33 @@ class BenchPlan:
             if name == "neighbors" and source not in self.methods:
                 raise ConfigError(f"'{spec}' needs '{source or 'SRC'}' in --methods (neighbors:SRC)")
         for p in self.protocols:
-            get_protocol(p)
+            protocol_spec(p)
         if self.seeds < 1 or not self.ipcs or min(self.ipcs) < 1:
             raise ConfigError("--seeds and every --ipc must be at least 1")
         parse_settings(self.settings, self.methods, self.protocols)
         return self
 
 
+def protocol_spec(spec: str) -> tuple[str, dict]:
+    """``NAME:KEY=VALUE[:KEY=VALUE]`` -> (protocol name, its fixed options, typed by the protocol's options)."""
+    name, *items = spec.split(":")
+    known = fields_of(get_protocol(name).Options)
+    fixed = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in known:
+            raise ConfigError(f"protocol '{spec}': '{item}' is not KEY=VALUE with a KEY of {name}'s options "
+                              f"({', '.join(known)})")
+        fixed[key] = _typed(raw, known[key][1], f"protocol '{spec}'")
+    return name, fixed
+
+
 def parse_settings(settings: list[str], methods: list[str], protocols: list[str]) -> dict[str, dict]:
     """{scope: {key: value}} with scope "" for unscoped keys; values typed by the options that declare them."""
     scopes = {m.partition(":")[0]: get_method(m.partition(":")[0]).Options for m in methods}
-    scopes.update({p: PROTOCOLS[p].Options for p in protocols})
+    for spec in protocols:
+        name = spec.split(":")[0]
+        scopes[name] = get_protocol(name).Options
     parsed: dict[str, dict] = {}
     for item in settings:
         key, eq, raw = item.partition("=")
@@ -79,11 +101,11 @@ def parse_settings(settings: list[str], methods: list[str], protocols: list[str]
         kinds = [fields_of(scopes[t])[name][1] for t in targets if name in fields_of(scopes[t])]
         if not kinds:
             raise ConfigError(f"--set {item}: no benchmarked method or protocol has an option '{name}'")
-        parsed.setdefault(scope, {})[name] = _typed(raw, kinds[0], item)
+        parsed.setdefault(scope, {})[name] = _typed(raw, kinds[0], f"--set {item}")
     return parsed
 
 
-def _typed(raw: str, kind: type, item: str):
+def _typed(raw: str, kind: type, where: str):
     if raw.lower() == "none":
         return None
     try:
@@ -93,7 +115,17 @@ def _typed(raw: str, kind: type, item: str):
             return raw.lower() in ("true", "1")
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"--set {item}: '{raw}' is not a valid {kind.__name__}") from None
+        raise ConfigError(f"{where}: '{raw}' is not a valid {kind.__name__}") from None
+
+
+def run_dirs(out: Path, spec: str, ipc: int, distill_backbone: str, seeds: int) -> list[Path]:
+    """Where a bench in ``out`` keeps the run directories of method ``spec`` (one per seed for Random)."""
+    name = spec.partition(":")[0]
+    if name == "random":
+        return [out / f"ipc{ipc}" / "random" / f"seed{k}" for k in range(seeds)]
+    if issubclass(get_method(name).Options, BackboneOptions):
+        return [out / f"ipc{ipc}" / distill_backbone / spec.replace(":", "-")]
+    return [out / f"ipc{ipc}" / spec]
 
 
 def options_for(name: str, cls: type, settings: dict[str, dict]) -> dict:
@@ -134,13 +166,14 @@ class Bench:
                 for spec in self.plan.methods:
                     synsets, phases = self.distill(spec, ipc, b_d)
                     for protocol in self.plan.protocols:
-                        if get_protocol(protocol).needs_synset:
+                        if get_protocol(protocol_spec(protocol)[0]).needs_synset:
                             self.evaluate(spec, synsets, phases, ipc, b_d, protocol)
-        for protocol in (p for p in self.plan.protocols if not get_protocol(p).needs_synset):
+        for protocol in (p for p in self.plan.protocols if not get_protocol(protocol_spec(p)[0]).needs_synset):
             for b_e in self.eval_backbones:
                 self.cell(f"{protocol}@{b_e}", dict(ipc=None, method="full-data", distill_backbone=None,
                                                     protocol=protocol, eval_backbone=b_e),
-                          lambda p=protocol, b=b_e: evaluate(protocol=p, data=self.data, **self.eval_opts(p, b, None)))
+                          lambda p=protocol, b=b_e: evaluate(protocol=protocol_spec(p)[0], data=self.data,
+                                                             **self.eval_opts(p, b, None)))
         self.write_tables()
         return list(self.results.values())
 
@@ -155,19 +188,17 @@ class Bench:
         opts = options_for(name, algo.Options, self.settings)
         common = {k: v for k, v in self.settings.get("", {}).items() if k in ("checkpoint_every", "device")}
         kw = dict(dataset=self.data, ipc=ipc, **common, **opts)
+        runs = run_dirs(self.out, spec, ipc, b_d, self.plan.seeds)
         if name == "random":
-            runs = [self.out / f"ipc{ipc}" / "random" / f"seed{k}" for k in range(self.plan.seeds)]
             return [distill("random", self.plan.data, out=r, **{**kw, "seed": k}) for k, r in enumerate(runs)], \
                 self.phases(runs[0])
+        run = runs[0]
         if issubclass(algo.Options, BackboneOptions):
-            run = self.out / f"ipc{ipc}" / b_d / spec.replace(":", "-")
             kw.update(backbone=b_d, model=self.model(b_d))
             if b_d in self.plan.crops:
                 kw.setdefault("crop", self.plan.crops[b_d])
             if source:
-                kw["source"] = str(self.out / f"ipc{ipc}" / b_d / source)
-        else:
-            run = self.out / f"ipc{ipc}" / spec
+                kw["source"] = str(run_dirs(self.out, source, ipc, b_d, 1)[0])
         log.info("bench: %s ipc %d %s", spec, ipc, b_d)
         return distill(name, self.plan.data, out=run, **kw), self.phases(run)
 
@@ -176,10 +207,11 @@ class Bench:
         metrics = run / "metrics.json"
         return json.loads(metrics.read_text()).get("distill", {}).get("phases", {}) if metrics.exists() else {}
 
-    def eval_opts(self, protocol: str, b_e: str | None, b_d: str | None) -> dict:
+    def eval_opts(self, spec: str, b_e: str | None, b_d: str | None) -> dict:
+        protocol, fixed = protocol_spec(spec)
         cls = get_protocol(protocol).Options
         known = fields_of(cls)
-        opts = options_for(protocol, cls, self.settings)
+        opts = {**options_for(protocol, cls, self.settings), **fixed}
         if "eval_backbone" in known and b_e:
             opts["backbone"] = self.model(b_e)
             if b_e in self.plan.crops:
@@ -192,15 +224,17 @@ class Bench:
         return {"seeds": self.plan.seeds, "device": self.plan.device, **opts}
 
     def evaluate(self, spec: str, synsets, phases: dict, ipc: int, b_d: str, protocol: str) -> None:
-        known = fields_of(get_protocol(protocol).Options)
+        name = protocol_spec(protocol)[0]
+        known = fields_of(get_protocol(name).Options)
+        runs = [str(r.relative_to(self.out)) for r in run_dirs(self.out, spec, ipc, b_d, self.plan.seeds)]
         # A set that no backbone made, judged without one (e.g. trained from scratch), is one cell for all groups.
         uses_backbone = issubclass(get_method(spec.partition(":")[0]).Options, BackboneOptions)
         group = b_d if uses_backbone or "distill_backbone" in known else "-"
         for b_e in self.eval_backbones if "eval_backbone" in known else [None]:
             key = f"ipc{ipc}|{spec}|{group}|{protocol}@{b_e or '-'}"
             meta = dict(ipc=ipc, method=spec, distill_backbone=group, protocol=protocol, eval_backbone=b_e,
-                        distill_phases=phases)
-            self.cell(key, meta, lambda b=b_e: evaluate(synsets, protocol=protocol, data=self.data,
+                        distill_phases=phases, runs=runs)
+            self.cell(key, meta, lambda b=b_e: evaluate(synsets, protocol=name, data=self.data,
                                                         **self.eval_opts(protocol, b, b_d)))
 
     def cell(self, key: str, meta: dict, run) -> None:
@@ -208,8 +242,9 @@ class Bench:
             return
         log.info("bench: evaluating %s", key)
         result = run()
-        self.results[key] = {"key": key, **meta, "mean": result.mean, "std": result.std, "val_mean": result.val_mean,
-                             "test_acc": result.test_acc, "val_acc": result.val_acc, "seeds": result.seeds,
+        self.results[key] = {"key": key, **meta, "evaluated_with": result.backbone, "mean": result.mean,
+                             "std": result.std, "val_mean": result.val_mean, "test_acc": result.test_acc,
+                             "val_acc": result.val_acc, "seeds": result.seeds,
                              "eval_seconds": result.details.get("phases", {}).get("eval", {}).get("seconds"),
                              "details": {k: v for k, v in result.details.items() if k != "phases"}}
         write_json(self.out / "results.json", list(self.results.values()))

@@ -103,6 +103,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--root", default=None)
     b.add_argument("--device", default="auto")
 
+    r = sub.add_parser("report", help="a self-contained HTML page and a markdown summary comparing the results of "
+                       "benches and run directories (tables, scores relative to random, images, curves, cost)")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="bench directories, run directories, or folders of them")
+    r.add_argument("--out", default=None, help="folder for report.html, report.md and report_files/ (default: the "
+                   "bench directory when one is given)")
+
     pre = sub.add_parser("pretrain", help="train (or reuse) a model the toolkit needs offline (cached, resumable)")
     kinds = pre.add_subparsers(dest="kind", required=True, metavar="KIND")
     for name, trainer in sorted(discover().items()):
@@ -231,7 +237,7 @@ def _cmd_list(args) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "bench": _cmd_bench,
-            "pretrain": _cmd_pretrain, "stats": _cmd_stats, "list": _cmd_list}
+            "report": _cmd_report, "pretrain": _cmd_pretrain, "stats": _cmd_stats, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

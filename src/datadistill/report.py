@@ -1,10 +1,14 @@
-"""Readable reports: a markdown page per run (config, phases, losses, evaluations, image grid)."""
+"""Readable reports: a markdown page per run (config, phases, losses, evaluations, image grid), and the comparison
+report of ``datadistill report``: tables (accuracy, scores relative to random, cost) per dataset, IPC and
+distillation backbone, figures, and the markdown page; report_html.py renders the same sections as HTML."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .io import write_text
 
 
@@ -59,3 +63,373 @@ def write_report(run: str | Path) -> Path:
     path = run / "report.md"
     write_text(path, "\n".join(parts))
     return path
+
+
+# ---- comparison report: several methods (a bench, or run directories) on one page -----------------------------
+
+MAX_GRID_CLASSES = 20  # rows of a synthetic-image grid shown in a report (the run keeps the full grid)
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+    sub: str = ""  # a second, smaller line (e.g. validation accuracy)
+    note: int | None = None  # number of the note that explains an empty cell
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[Cell]]
+    text_columns: int = 1  # leading columns that hold names (left-aligned); the rest hold numbers
+
+
+@dataclass
+class Figure:
+    name: str  # file name under report_files/
+    caption: str
+    png: bytes
+    labels: list[str] = field(default_factory=list)  # row labels of an image grid (class names)
+
+
+@dataclass
+class Section:
+    """One IPC and distillation backbone of one dataset: the tables and figures a report shows for it."""
+
+    title: str
+    data: str
+    ipc: int
+    group: str
+    methods: list[str]
+    records: list[dict]  # evaluations of synthetic sets
+    full: list[dict] = field(default_factory=list)  # evaluations on the full real data of the same dataset
+    overview: Table | None = None
+    accuracy: Table | None = None
+    scores: Table | None = None
+    cost: Table | None = None
+    notes: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    grids: list[Figure] = field(default_factory=list)
+    runs: dict[str, object] = field(default_factory=dict)  # method -> RunInfo
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return ""
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def _stat_text(stat, signed: bool = False) -> str:
+    if stat is None:
+        return ""
+    return _pct(stat.mean, signed) + ("" if stat.std is None else f" ± {100 * stat.std:.2f}")
+
+
+def column_label(record: dict) -> str:
+    from .evaluate.ranking import model_of
+
+    _, model, size = model_of(record)
+    label = record["protocol"] if model in (None, record["protocol"]) else f"{record['protocol']} @ {model}"
+    return f"{label} ({size} px)" if size else label
+
+
+def _peak(phases: dict, key: str) -> float | None:
+    values = [p.get(key) for p in phases.values() if p.get(key) is not None]
+    return max(values) if values else None
+
+
+def build_sections(collection) -> list[Section]:
+    """Group a collection's records by (dataset, IPC, distillation backbone) and build every table."""
+    from .evaluate.ranking import score_records, trains_on_real
+
+    records = collection.records
+    scores = score_records(records)
+    synthetic = [r for r in records if not trains_on_real(r)]
+    sections = []
+    for data in dict.fromkeys(r.get("data") for r in synthetic):
+        mine = [r for r in synthetic if r.get("data") == data]
+        full = [r for r in records if trains_on_real(r) and r.get("data") == data]
+        for ipc in sorted({r["ipc"] for r in mine if r.get("ipc") is not None}):
+            at_ipc = [r for r in mine if r["ipc"] == ipc]
+            groups = [g for g in dict.fromkeys(r.get("distill_backbone") or "-" for r in at_ipc) if g != "-"] or ["-"]
+            for group in groups:
+                rows = [r for r in at_ipc if (r.get("distill_backbone") or "-") in (group, "-")]
+                title = f"{data}, IPC {ipc}" + (f", distilled with {group}" if group != "-" else "")
+                section = Section(title, data, ipc, group, list(dict.fromkeys(r["method"] for r in rows)), rows, full)
+                _fill(section, scores, collection)
+                sections.append(section)
+    return sections
+
+
+def _fill(s: Section, scores: dict, collection) -> None:
+    from .evaluate.ranking import model_of
+
+    columns = list(dict.fromkeys(column_label(r) for r in s.records))
+    cell = {(r["method"], column_label(r)): r for r in s.records}
+    best = {c: max(r["mean"] for (m, col), r in cell.items() if col == c) for c in columns}
+    notes: dict[str, int] = {}
+
+    def note(text: str) -> int:
+        return notes.setdefault(text, len(notes) + 1)
+
+    acc_rows = []
+    for m in s.methods:
+        row = [Cell(m)]
+        for c in columns:
+            r = cell.get((m, c))
+            row.append(Cell(fmt_acc(r), r["mean"] == best[c], f"val {_pct(r.get('val_mean'))}") if r else Cell(""))
+        acc_rows.append(row)
+    full_by_col = {}
+    for c in columns:
+        model = model_of(next(r for r in s.records if column_label(r) == c))
+        match = next((f for f in s.full if model_of(f) == model), None)
+        if match is not None:
+            full_by_col[c] = match
+    if full_by_col:
+        names = ", ".join(dict.fromkeys(f["protocol"] for f in full_by_col.values()))
+        acc_rows.append([Cell(f"full data ({names})")] + [
+            Cell(fmt_acc(full_by_col[c]), sub=f"val {_pct(full_by_col[c].get('val_mean'))}") if c in full_by_col
+            else Cell("") for c in columns])
+    s.accuracy = Table(["method"] + columns, acc_rows)
+
+    score_rows = []
+    for m in s.methods:
+        for c in columns:
+            r = cell.get((m, c))
+            if r is None:
+                continue
+            sc = scores[r["key"]]
+            row = [Cell(m), Cell(c), Cell(fmt_acc(r))]
+            for name, signed in (("ior", True), ("hlr", False), ("lrs", False), ("ars", False)):
+                stat = getattr(sc, name)
+                row.append(Cell(_stat_text(stat, signed)) if stat is not None
+                           else Cell("–", note=note(f"{name.upper()}: {sc.missing[name]}")))
+            score_rows.append(row)
+    s.scores = Table(["method", "evaluation", "test acc (%)", "IOR (pp)", "HLR (pp)", "LRS (%)", "ARS (%)"],
+                     score_rows, text_columns=2)
+
+    first = columns[0]
+    over_rows = []
+    for m in s.methods:
+        r = cell.get((m, first))
+        sc = scores[r["key"]] if r else None
+        phases = (r or next(x for x in s.records if x["method"] == m)).get("distill_phases") or {}
+        total = sum(p.get("seconds") or 0.0 for p in phases.values())
+        lrs = sc.lrs if sc else None
+        over_rows.append([
+            Cell(m), Cell(fmt_acc(r) if r else "", r is not None and r["mean"] == best[first]),
+            Cell(_stat_text(sc.ior, True) if sc and sc.ior else "–"),
+            Cell(_stat_text(lrs) if lrs else "–", note=None if lrs or not sc else note(f"LRS: {sc.missing['lrs']}")),
+            Cell(_stat_text(sc.ars) if sc and sc.ars else "–"),
+            Cell(f"{total:.1f}" if phases else ""),
+            Cell(_num(_peak(phases, "peak_rss_mb"))), Cell(_num(_peak(phases, "peak_cuda_mb")))])
+    s.overview = Table([f"method (evaluation: {first})", "test acc (%)", "IOR (pp)", "LRS (%)", "ARS (%)",
+                        "distill time (s)", "peak RSS (MB)", "peak CUDA (MB)"], over_rows)
+
+    # Phase names in run order, taken first from the runs with the most phases (e.g. with a statistics pass).
+    by_size = sorted(s.records, key=lambda r: -len(r.get("distill_phases") or {}))
+    phase_names = list(dict.fromkeys(p for r in by_size for p in (r.get("distill_phases") or {})))
+    cost_rows = []
+    for m in s.methods:
+        mine = [r for r in s.records if r["method"] == m]
+        phases = mine[0].get("distill_phases") or {}
+        per_step = next((p["seconds_per_step"] for p in phases.values() if p.get("seconds_per_step")), None)
+        eval_s = sum(r.get("eval_seconds") or 0.0 for r in mine)
+        cost_rows.append([Cell(m)] + [Cell(_num(phases.get(p, {}).get("seconds"), 2)) for p in phase_names] + [
+            Cell(f"{sum(p.get('seconds') or 0.0 for p in phases.values()):.1f}"), Cell(_num(per_step, 4)),
+            Cell(_num(_peak(phases, "peak_rss_mb"))), Cell(_num(_peak(phases, "peak_cuda_mb"))),
+            Cell(f"{eval_s:.1f}")])
+    s.cost = Table(["method"] + [f"{p} (s)" for p in phase_names] + ["total (s)", "s / step", "peak RSS (MB)",
+                                                                     "peak CUDA (MB)", "evaluations (s)"], cost_rows)
+    for table in (s.overview, s.cost):
+        _drop_empty(table, "peak CUDA (MB)")  # runs on CPU
+    s.notes = [text for text, _ in sorted(notes.items(), key=lambda kv: kv[1])]
+    for m in s.methods:
+        info = collection.run(next(r for r in s.records if r["method"] == m))
+        if info is not None:
+            s.runs[m] = info
+
+
+def _drop_empty(table: Table, header: str) -> None:
+    """Remove column ``header`` when no row has a value in it."""
+    if header in table.header:
+        i = table.header.index(header)
+        if not any(row[i].text for row in table.rows):
+            table.header.pop(i)
+            for row in table.rows:
+                row.pop(i)
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text).strip("-").lower()
+
+
+def grid_image(info, max_classes: int = MAX_GRID_CLASSES, max_width: int = 1600) -> tuple[bytes, list[str], str]:
+    """A run's grid.png (one row per class) as PNG bytes, cut to ``max_classes`` rows and ``max_width`` pixels."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(info.grid).convert("RGB")
+    classes, note = info.classes, ""
+    if len(classes) > max_classes:
+        row = (img.height - 2) / len(classes)
+        img = img.crop((0, 0, img.width, round(2 + row * max_classes)))
+        note = f"; first {max_classes} of {len(classes)} classes"
+        classes = classes[:max_classes]
+    if img.width > max_width:
+        img = img.resize((max_width, max(1, round(img.height * max_width / img.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), classes, note
+
+
+def add_figures(s: Section) -> None:
+    """Accuracy bars, loss curves, time and memory bars and the image grids of a section."""
+    import numpy as np
+
+    from . import plots
+    from .evaluate.ranking import model_of
+
+    slug = _slug(f"{s.data}-ipc{s.ipc}-{s.group}")
+    columns = list(dict.fromkeys(column_label(r) for r in s.records))
+    cell = {(r["method"], column_label(r)): r for r in s.records}
+    means = np.array([[cell[(m, c)]["mean"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
+    stds = np.array([[cell[(m, c)]["std"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
+    reference = {}
+    for c in columns:
+        model = model_of(next(r for r in s.records if column_label(r) == c))
+        match = next((f for f in s.full if model_of(f) == model), None)
+        if match is not None:
+            reference[c] = match["mean"]
+    candidates = [
+        ("accuracy", "Test accuracy (%), mean ± std over seeds; dashed: the full real training set",
+         plots.accuracy_bars(s.methods, columns, means, stds, reference)),
+        ("losses", "Distillation loss per step (one panel per method that optimises)",
+         plots.loss_curves([(m, s.runs[m].losses) for m in s.methods if m in s.runs])),
+        ("cost", "Seconds per phase of the distillation, and peak memory",
+         plots.cost_bars([(m, next(r for r in s.records if r["method"] == m).get("distill_phases") or {})
+                          for m in s.methods]))]
+    s.figures = [Figure(f"{slug}-{name}.png", caption, png) for name, caption, png in candidates if png]
+    for m in s.methods:
+        info = s.runs.get(m)
+        if info is None or info.grid is None:
+            continue
+        png, classes, note = grid_image(info)
+        runs = next(r for r in s.records if r["method"] == m).get("runs") or []
+        seeds = " (the first seed's draw)" if len(runs) > 1 else ""
+        s.grids.append(Figure(f"{slug}-grid-{_slug(m)}.png", f"{m}{seeds}{note}", png, classes))
+
+
+def markdown_table_of(table: Table) -> str:
+    def text(c: Cell) -> str:
+        t = c.text + (f" (val {c.sub[4:]})" if c.sub.startswith("val ") and c.text else "")
+        t = f"**{t}**" if c.best and c.text else t
+        return t + (f" [{c.note}]" if c.note else "")
+
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(text(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+SCORES_HELP = [
+    "Scores relative to random selection, after DD-Ranking (Li et al. 2025, arXiv 2505.13300); accuracies as "
+    "fractions, shown in percentage points (pp):",
+    "- **IOR** (improvement over random) = Acc(distilled set) − Acc(random real images, same IPC), under the same "
+    "evaluation (protocol, model, seeds). Higher is better.",
+    "- **HLR** (hard-label recovery) = Acc(full real training set, hard labels) − Acc(distilled set, hard labels), "
+    "on the same model. Lower is better.",
+    "- **LRS** (label-robust score) = (e^α − e^−1) / (e − e^−1) with α = 0.5·IOR − 0.5·HLR; 0-100 %, higher is "
+    "better. Random itself scores (e^(−HLR/2) − e^−1) / (e − e^−1).",
+    "- **ARS** (augmentation-robust score) = the same map of β = 0.5·IOR(with augmentation) + 0.5·IOR(without); "
+    "it needs the evaluation with and without augmentation "
+    "(e.g. `--protocols linear-probe,linear-probe:augment=false`).",
+    "- Scores are computed per seed (seed k of the set against seed k of Random and of the full-data run) and "
+    "reported as mean ± std; from the means (no ±) when the numbers of seeds differ.",
+]
+
+COST_HELP = ("Seconds are wall time of each phase of the distillation (load, statistics pass, distillation, save); "
+             "a cached statistics pass costs nothing here. Peak RSS is the process's high-water mark at the end of the "
+             "phase: a bench runs every method in one process, so a method listed later may show an earlier "
+             "method's peak. Peak CUDA is measured per phase.")
+
+
+def _section_markdown(s: Section) -> list[str]:
+    seeds = sorted({len(r.get("test_acc") or []) for r in s.records})
+    parts = [f"## {s.title}", "",
+             f"Test accuracy (%) on the test split, mean ± std over {'/'.join(map(str, seeds))} seeds; val = the "
+             "validation split held out of train. Best per column in bold.", "",
+             "### Overview", "", markdown_table_of(s.overview), "",
+             "### Accuracy", "", markdown_table_of(s.accuracy), ""]
+    figures = {f.name.rsplit("-", 1)[-1]: f for f in s.figures}
+    if "accuracy.png" in figures:
+        parts += [f"![{figures['accuracy.png'].caption}](report_files/{figures['accuracy.png'].name})", ""]
+    parts += ["### Scores relative to random (DD-Ranking)", "", markdown_table_of(s.scores), ""]
+    parts += [f"{i}. {text}" for i, text in enumerate(s.notes, 1)] + ([""] if s.notes else [])
+    parts += ["### Time and memory", "", markdown_table_of(s.cost), "", COST_HELP, ""]
+    for key in ("cost.png", "losses.png"):
+        if key in figures:
+            parts += [f"![{figures[key].caption}](report_files/{figures[key].name})", ""]
+    if s.grids:
+        parts += ["### Synthetic images (one row per class)", ""]
+        for g in s.grids:
+            parts += [f"**{g.caption}**", "", f"![{g.caption}](report_files/{g.name})", ""]
+    for m, info in s.runs.items():
+        if info.phases:
+            parts += [f"<details><summary>{m}: phases of {info.path}</summary>", "", phases_table(info.phases), "",
+                      "</details>", ""]
+    return parts
+
+
+def comparison_markdown(collection, sections: list[Section]) -> str:
+    from . import __version__
+
+    datasets = ", ".join(dict.fromkeys(str(s.data) for s in sections))
+    parts = [f"# Comparison on {datasets}", "", f"datadistill {__version__}. Inputs:", ""]
+    for src in collection.sources:
+        plan = src.get("plan")
+        extra = (f" (methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}; seeds "
+                 f"{plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; settings "
+                 f"{plan.get('settings') or 'defaults'})") if plan else ""
+        parts.append(f"- {src['kind']} `{src['path']}`{extra}")
+    parts.append("")
+    for s in sections:
+        parts += _section_markdown(s)
+    parts += ["## How the scores are computed", ""] + SCORES_HELP + [""]
+    return "\n".join(parts)
+
+
+def default_out(paths: list[str | Path]) -> Path:
+    """Where a report goes without --out: the bench directory when exactly one is given."""
+    if len(paths) == 1 and (Path(paths[0]) / "bench.json").exists():
+        return Path(paths[0])
+    raise ConfigError("pass --out DIR: the report of run directories, or of several inputs, needs a folder")
+
+
+def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:
+    """``datadistill report``: report.html (self-contained), report.md and report_files/ (PNGs) in ``out``."""
+    from .collect import collect
+    from .io import atomic_dir, check_writable, write_bytes
+    from .report_html import render_html
+
+    if not paths:
+        raise ConfigError("give at least one bench or run directory")
+    collection = collect(paths)
+    out = check_writable(out if out is not None else default_out(paths))
+    if (out / "config.json").exists():
+        raise ConfigError(f"{out} is a run directory (its report.md is the run's own); pass another --out")
+    sections = build_sections(collection)
+    for s in sections:
+        add_figures(s)
+    with atomic_dir(out / "report_files") as tmp:
+        for s in sections:
+            for f in s.figures + s.grids:
+                write_bytes(tmp / f.name, f.png)
+    write_text(out / "report.md", comparison_markdown(collection, sections))
+    write_text(out / "report.html", render_html(collection, sections))
+    return {"html": out / "report.html", "markdown": out / "report.md", "files": out / "report_files"}

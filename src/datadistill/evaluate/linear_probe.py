@@ -4,9 +4,11 @@ initial parameters (IP) from the golden classifier.
 All modes train small linear maps on frozen features. The synthetic images' AugBasic views are drawn once
 per seed (``views`` of them, a fresh one per epoch when views >= epochs as in the original) and pushed
 through the evaluation backbone and, for the modes that need it, the distillation backbone, with the same
-crop geometry for both; the maps then train on cached features. Test and validation features are computed
-once per (data, backbone, crop) and cached. Accuracy is taken at the last epoch (no selection); the
-validation split (held out of train) is reported beside test for any choice a user makes.
+crop geometry for both; the maps then train on cached features. With ``augment`` off, the single view is the
+resize + center crop the test images get (evaluation without augmentation, DD-Ranking's ARS). Test and
+validation features are computed once per (data, backbone, crop) and cached. Accuracy is taken at the last
+epoch (no selection); the validation split (held out of train) is reported beside test for any choice a user
+makes.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import dist
 from ..augment import aug_basic
+from ..data import resize_center_crop
 from ..errors import ConfigError, DataError
 from ..models.backbones import Backbone
 from ..options import option
 from ..progress import progress
-from ..stats import feature_bank
+from ..stats import feature_bank, resize_for
 from ..synset import SyntheticSet
 from .golden import FullProbeOptions, golden_classifier
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
@@ -37,6 +41,8 @@ class ProbeOptions(EvalBackboneOptions):
     base_lr: float = option(1e-3, "head lr before the batch/256 scaling")
     batch_size: int = option(100, "probe batch size (at most the synthetic set's size)")
     views: int = option(100, "cached AugBasic views per synthetic image (fresh every epoch when >= epochs)")
+    augment: bool = option(True, "AugBasic views of the synthetic images; off: one resized center view, as the "
+                                 "test images get (evaluation without augmentation, for DD-Ranking's ARS)")
 
     def validate(self) -> None:
         if self.epochs < 1 or self.views < 1 or self.batch_size < 1:
@@ -63,11 +69,11 @@ class KDOptions(InheritOptions):
 
 
 def view_features(models: list[tuple[Backbone, int]], images: torch.Tensor, views: int, generator: torch.Generator,
-                  device: torch.device, batch_size: int = 100) -> list[torch.Tensor]:
+                  device: torch.device, batch_size: int = 100, augment: bool = True) -> list[torch.Tensor]:
     """Features of ``views`` AugBasic views of every image through each (backbone, crop): views x N x F each.
 
     Every backbone sees the same crop geometry (the generator is rewound per backbone), sampled at its
-    own input size.
+    own input size. Without ``augment`` a view is the resize + center crop the test images get.
     """
     out: list[list[torch.Tensor]] = [[] for _ in models]
     flat = images.repeat(views, 1, 1, 1)
@@ -77,7 +83,11 @@ def view_features(models: list[tuple[Backbone, int]], images: torch.Tensor, view
             state = generator.get_state()
             for k, (backbone, crop) in enumerate(models):
                 generator.set_state(state)
-                out[k].append(backbone(aug_basic(crop)(chunk, generator)).float().cpu())
+                if augment:
+                    view = aug_basic(crop)(chunk, generator)
+                else:
+                    view = resize_center_crop(chunk, resize_for(crop), crop)
+                out[k].append(backbone(view).float().cpu())
     return [torch.cat(parts).view(views, len(images), -1) for parts in out]
 
 
@@ -188,17 +198,19 @@ def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
     test = feature_bank(data, eval_bb, "test", crop=crop_e, device=job.device)
     val = feature_bank(data, eval_bb, "val", crop=crop_e, device=job.device)
     test_x, val_x = test.tensor(), val.tensor()
-    views = min(opts.views, opts.epochs)
-    test_acc, val_acc = [], []
-    for seed, synset in progress(list(zip(job.seeds, job.synsets, strict=True)), f"{mode} @ {eval_bb.name}"):
+    views = min(opts.views, opts.epochs) if opts.augment else 1  # without augmentation every view is the same
+    runs = list(zip(job.seeds, job.synsets, strict=True))
+    mine = []  # under torchrun each rank evaluates its share of the seeds
+    for seed, synset in progress(runs[dist.part(len(runs))], f"{mode} @ {eval_bb.name}"):
         g = torch.Generator().manual_seed(seed)
-        feats = view_features(models, synset.images, views, g, job.device)
+        feats = view_features(models, synset.images, views, g, job.device, augment=opts.augment)
         z_e, z_d = feats[0], feats[-1]
         predict = train(z_e, z_d, synset.labels, data.num_classes, golden, opts, g)
-        test_acc.append(accuracy(predict, test_x, test.labels))
-        val_acc.append(accuracy(predict, val_x, val.labels))
-    details.update(epochs=opts.epochs, views=views, crop=crop_e, base_lr=opts.base_lr, batch_size=opts.batch_size,
-                   backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
+        mine.append((accuracy(predict, test_x, test.labels), accuracy(predict, val_x, val.labels)))
+    gathered = [acc for share in dist.all_gather_objects(mine) for acc in share]
+    test_acc, val_acc = [t for t, _ in gathered], [v for _, v in gathered]
+    details.update(epochs=opts.epochs, views=views, augment=opts.augment, crop=crop_e, base_lr=opts.base_lr,
+                   batch_size=opts.batch_size, backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
     if golden is not None:
         details["projector_lr"] = opts.projector_lr
     return EvalResult(mode, eval_bb.name, test_acc, val_acc, job.seeds, details)

@@ -1,0 +1,159 @@
+"""Read results for a report: bench directories (``results.json``) and run directories (``metrics.json``), as
+one list of uniform records.
+
+A record has the fields of a bench record (bench.py): ``key, ipc, method, distill_backbone, protocol,
+eval_backbone, evaluated_with, mean, std, val_mean, test_acc, val_acc, seeds, eval_seconds, details,
+distill_phases`` plus ``data`` (the dataset), ``source`` (the directory it came from) and ``runs`` (absolute run
+directories of the evaluated set; several for Random in a bench, one per seed). Run directories are also read
+for their pictures and curves: ``synset/grid.png``, the loss curve and the phases of ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+from .evaluate import PROTOCOLS
+
+
+@dataclass
+class RunInfo:
+    """What a report shows of one run directory."""
+
+    path: Path
+    config: dict
+    metrics: dict
+
+    @property
+    def distill(self) -> dict:
+        return self.metrics.get("distill", {})
+
+    @property
+    def losses(self) -> list[float]:
+        return [float(x) for x in self.distill.get("losses") or [] if x is not None]
+
+    @property
+    def phases(self) -> dict:
+        return self.distill.get("phases", {})
+
+    @property
+    def grid(self) -> Path | None:
+        path = self.path / "synset" / "grid.png"
+        return path if path.exists() else None
+
+    @property
+    def classes(self) -> list[str]:
+        manifest = self.path / "synset" / "manifest.json"
+        return json.loads(manifest.read_text()).get("classes", []) if manifest.exists() else []
+
+
+@dataclass
+class Collection:
+    records: list[dict] = field(default_factory=list)
+    runs: dict[Path, RunInfo] = field(default_factory=dict)
+    sources: list[dict] = field(default_factory=list)  # one per input: path, kind, data, plan
+
+    def run(self, record: dict) -> RunInfo | None:
+        """The first run directory of a record that exists (Random: the first seed's set)."""
+        for path in record.get("runs") or []:
+            info = self.runs.get(Path(path)) or load_run(Path(path))
+            if info is not None:
+                self.runs[Path(path)] = info
+                return info
+        return None
+
+
+def _json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def load_run(path: Path) -> RunInfo | None:
+    if not (path / "config.json").exists():
+        return None
+    metrics = _json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    return RunInfo(path, _json(path / "config.json"), metrics)
+
+
+def _bench_records(path: Path) -> tuple[list[dict], dict]:
+    from .bench import run_dirs
+
+    plan = _json(path / "bench.json")
+    results = _json(path / "results.json") if (path / "results.json").exists() else []
+    records = []
+    for r in results:
+        r = {**r, "key": f"{path}|{r['key']}", "data": plan.get("data"), "source": str(path)}
+        if r.get("method") != "full-data":
+            # Benches before the "runs" field: the run directories follow the bench's layout.
+            rel = r.get("runs") or run_dirs(Path("."), r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
+            r["runs"] = [str(path / p) for p in rel]
+        records.append(r)
+    return records, plan
+
+
+def _run_records(info: RunInfo) -> list[dict]:
+    """One record per evaluation stored in a run directory's metrics.json."""
+    d = info.config.get("distill", {})
+    options = d.get("options", {})
+    records = []
+    for key, e in (info.metrics.get("eval") or {}).items():
+        proto = PROTOCOLS.get(e.get("protocol", ""))
+        has_eval_backbone = proto is not None and "eval_backbone" in proto.Options.__dataclass_fields__
+        details = e.get("details", {})
+        protocol = e.get("protocol", key.split("@")[0])
+        if details.get("augment") is False:  # the key metrics.json files it under does not say so
+            protocol += ":augment=false"
+        records.append({
+            "key": f"{info.path}|{key}", "ipc": d.get("ipc"), "method": d.get("method", "?"),
+            "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
+            "protocol": protocol, "eval_backbone": e.get("backbone") if has_eval_backbone else None,
+            "evaluated_with": e.get("backbone"), "data": d.get("data"), "source": str(info.path),
+            "runs": [str(info.path)], "distill_phases": info.phases,
+            "eval_seconds": (details.get("phases") or {}).get("eval", {}).get("seconds"),
+            **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
+            "details": {k: v for k, v in details.items() if k != "phases"}})
+    return records
+
+
+def collect(paths: list[str | Path]) -> Collection:
+    """Records from bench directories, run directories, or folders holding either (searched two levels deep)."""
+    out = Collection()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise DataError(f"{path} is not a directory (expected a bench directory or a run directory)")
+        found = _find(path)
+        if not found:
+            raise DataError(f"{path} holds no bench (bench.json) and no run directory (config.json)")
+        for kind, p in found:
+            if kind == "bench":
+                records, plan = _bench_records(p)
+                out.records += records
+                out.sources.append({"path": str(p), "kind": "bench", "data": plan.get("data"), "plan": plan})
+            else:
+                info = load_run(p)
+                out.runs[p] = info
+                out.records += _run_records(info)
+                out.sources.append({"path": str(p), "kind": "run", "data": info.config.get("distill", {}).get("data")})
+    if not out.records:
+        raise DataError("no evaluation results found in " + ", ".join(map(str, paths)) +
+                        " (run `datadistill bench`, or `datadistill eval RUN` on the run directories)")
+    keys = [r["key"] for r in out.records]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("the same results were given twice: " + ", ".join(sorted({k for k in keys
+                                                                                    if keys.count(k) > 1})))
+    return out
+
+
+def _find(path: Path, depth: int = 2) -> list[tuple[str, Path]]:
+    if (path / "bench.json").exists():
+        return [("bench", path)]
+    if (path / "config.json").exists():
+        return [("run", path)]
+    if depth == 0:
+        return []
+    return [f for child in sorted(p for p in path.iterdir() if p.is_dir()) for f in _find(child, depth - 1)]
