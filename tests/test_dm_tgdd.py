@@ -207,3 +207,19 @@ def test_bad_options_are_config_errors(digits):
         dd.distill("dm", "digits", ipc=1, dataset=digits, steps=1, dsa_strategy="color_blur")
     with pytest.raises(ConfigError, match="lr"):
         dd.distill("dm", "digits", ipc=1, dataset=digits, steps=1, lr=-1.0)
+
+
+def test_cli_pretrain_experts_is_cached(capsys):
+    from datadistill.cli import main
+
+    argv = ["-q", "pretrain", "experts", "--data", "digits", "--num-experts", "1", "--expert-epochs", "1",
+            "--expert-epoch-images", "64", "--expert-width", "8"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "experts model ready in" in first
+    assert main(argv) == 0 and capsys.readouterr().out == first  # cached: same folder, no retraining
+    folder = first.split("ready in ")[1].strip()
+    store = TrajectoryStore.load(folder)
+    assert store.num_experts == 1 and store.epochs == 1
+    with pytest.raises(SystemExit):  # experts are read functionally: no batch-norm architectures
+        main(argv[:-2] + ["--expert-arch", "resnet18-bn"])

@@ -34,8 +34,8 @@ def test_convnet_protocol_selects_on_validation(digits, random_set):
 
 def test_dm_recipe_and_cross_architecture(digits, random_set):
     r = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, recipe="dm", epochs=6, val_every=3,
-                    width=16)
-    assert r.details["batch_size"] == 256 and r.details["cutmix"] == 0 and "cutout" in r.details["dsa"]
+                    width=16, val_images=50)
+    assert r.details["val_images"] == 50 and r.details["batch_size"] == 256 and r.details["cutmix"] == 0 and "cutout" in r.details["dsa"]
     x = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, arch="resnet10-bn", epochs=3, width=8,
                     dsa=False)
     assert x.backbone == "resnet10-bn" and x.details["dsa"] is None
@@ -51,6 +51,8 @@ def test_multi_formation_sets_are_decoded(digits, random_set):
     assert r.details["train_images"] == 4 * 50
     raw = dd.evaluate(tiled, protocol="convnet", data=digits, seeds=1, epochs=2, width=8, decode=False)
     assert raw.details["train_images"] == 50
+    forced = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, epochs=2, width=8, factor=2)
+    assert forced.details["train_images"] == 4 * 50
 
 
 def test_full_data_convnet_is_the_experts(digits):

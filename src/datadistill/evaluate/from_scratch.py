@@ -22,7 +22,7 @@ import torch
 
 from ..augment import DSA
 from ..data import RealData
-from ..data.memory import in_memory
+from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
 from ..models.supervised import FloatImages, InputNorm, Recipe, accuracy, make_optimizer, train_epoch
@@ -59,10 +59,13 @@ class ConvNetOptions:
     width: int | None = option(None, "network width (default: 128 ConvNet, 64 ResNet)")
     depth: int | None = option(None, "ConvNet depth (default: from the resolution)")
     resolution: int | None = option(None, "training resolution (default: the synthetic set's)")
-    decode: bool = option(True, "decode multi-formation sets (meta 'factor') before training")
+    decode: bool = option(True, "decode multi-formation sets before training")
+    factor: int | None = option(None, "multi-formation factor of the set (default: its meta or run config, else 1)")
+    val_images: int | None = option(None, "periodic validation on a fixed class-balanced subset of this many "
+                                          "images (default: the whole validation split)")
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "val_every", "width", "depth", "resolution"):
+        for name in ("epochs", "batch_size", "val_every", "width", "depth", "resolution", "factor", "val_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -83,7 +86,7 @@ def synset_tensors(synset: SyntheticSet, resolution: int, decode: bool,
     """Training images of a set: decoded when it was made with multi-formation (its meta or run config say the
     factor), resized to ``resolution`` if needed."""
     images, labels = synset.images, synset.labels
-    factor = int(synset.meta.get("factor") or factor or 1)
+    factor = int(factor if factor and factor > 1 else synset.meta.get("factor") or 1)
     if decode and factor > 1:
         images, labels = decode_multi_formation(images, labels, factor)
     if images.shape[-1] != resolution or images.shape[-2] != resolution:
@@ -120,6 +123,13 @@ def fit_and_select(spec: ModelSpec, norm: InputNorm, source, recipe: Recipe, val
     return {"test": best_test, "val": best_val, "epoch": best_epoch, "test_last": last_test, "val_curve": curve}
 
 
+def balanced_subset(split: MemorySplit, n: int) -> FloatImages:
+    """The first ``n / C`` images of every class (index order, so the subset is fixed)."""
+    per = max(1, n // split.num_classes)
+    idx = torch.cat([members[:per] for members in split.by_class]).sort().values
+    return FloatImages(split.batch(idx), split.labels[idx])
+
+
 def _splits(data: RealData, resolution: int):
     train = in_memory(data.train, resolution, data.num_classes)
     val = in_memory(data.val, resolution, data.num_classes)
@@ -135,12 +145,14 @@ def run_convnet(job: EvalJob) -> EvalResult:
     recipe = opts.make_recipe()
     resolution = opts.resolution or job.synsets[0].images.shape[-1]
     train, val, test = _splits(job.data, resolution)
+    if opts.val_images and opts.val_images < len(val):
+        val = balanced_subset(val, opts.val_images)
     norm = InputNorm.of(train)
     spec = ModelSpec(opts.arch, job.data.num_classes, train.channels, resolution, opts.width, opts.depth)
     val_every = opts.val_every or max(1, recipe.epochs // 6)
     runs = []
     for seed, synset in zip(job.seeds, job.synsets, strict=True):
-        factor = job.run_config.get("options", {}).get("factor") or 1
+        factor = opts.factor or job.run_config.get("options", {}).get("factor") or 1
         images, labels = synset_tensors(synset, resolution, opts.decode, factor)
         source = FloatImages(images.to(job.device), labels)
         runs.append(fit_and_select(spec, norm, source, recipe, val, test, seed, val_every, job.device,
@@ -150,6 +162,7 @@ def run_convnet(job: EvalJob) -> EvalResult:
     details = {"recipe": opts.recipe, "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
                "dsa": recipe.dsa.strategy if recipe.dsa else None, "cutmix": recipe.cutmix, "val_every": val_every,
                "resolution": resolution, "train_images": len(labels), "channels": train.channels,
+               "val_images": len(val.labels),
                **_summary(runs)}
     return EvalResult("convnet", opts.arch, [r["test"] for r in runs], [r["val"] for r in runs], job.seeds, details)
 

@@ -25,7 +25,7 @@ from ..data import RealData
 from ..data.memory import in_memory
 from ..engine import train_resumable
 from ..errors import ConfigError, DatadistillError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, previous_checkpoint, write_json
 from ..options import option
 from ..pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ..progress import log
@@ -144,7 +144,7 @@ def train_expert(data: RealData, opts: ExpertOptions, k: int, device: torch.devi
         save_file(_snapshot(state.model), str(tmp))
         tmp.replace(staging / f"epoch{j}.safetensors")
 
-    if not ckpt.exists():
+    if not ckpt.exists() and not previous_checkpoint(ckpt).exists():
         save_epoch(0)
 
     def step(i: int) -> float:
@@ -167,6 +167,7 @@ def train_expert(data: RealData, opts: ExpertOptions, k: int, device: torch.devi
                                        "train_loss": state.train_loss, "options": ident})
     shutil.rmtree(staging, ignore_errors=True)
     ckpt.unlink(missing_ok=True)
+    previous_checkpoint(ckpt).unlink(missing_ok=True)
     return folder
 
 
