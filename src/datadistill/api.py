@@ -154,7 +154,7 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
     device = resolve_device(common.device)
     timer = PhaseTimer(device)
     with timer.phase("eval"):
-        result = proto.run(EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
+        result = _run_protocol(proto, EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
     result.details["phases"] = timer.phases
     if run is not None and dist.is_main():
         run.update_metrics(eval={f"{protocol}@{result.backbone}": result.to_dict()})
@@ -170,6 +170,27 @@ def pretrain(kind: str, data: str | RealData, *, root: str | None = None, val_fr
     if not isinstance(data, RealData):
         data = load_dataset(data, root, val_fraction, split_seed)
     return trainer.run(data, opts, resolve_device(device))
+
+
+def _run_protocol(proto, job: EvalJob) -> EvalResult:
+    """Run ``proto``; under torchrun its seeds are shared out and the per-seed results gathered in order.
+
+    A process left without a seed evaluates the last one again and drops it, so that every process runs the same
+    collective steps (statistics passes, the golden classifier) as the others.
+    """
+    seeds = job.seeds
+    if not (dist.active() and proto.shard_seeds and len(seeds) > 1):
+        return proto.run(job)
+    mine = list(range(len(seeds)))[dist.part(len(seeds))]
+    job.seed_list = [seeds[i] for i in mine or [-1]]
+    if job.synsets:
+        job.synsets = [job.synsets[i] for i in mine or [-1]]
+    result = proto.run(job)
+    shares = dist.all_gather_objects((mine, result.test_acc, result.val_acc) if mine else ([], [], []))
+    result.test_acc = [a for _, test, _ in shares for a in test]
+    result.val_acc = [a for _, _, val in shares for a in val]
+    result.seeds = [seeds[i] for share, _, _ in shares for i in share]
+    return result
 
 
 def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None) -> RealData:

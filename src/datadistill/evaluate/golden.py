@@ -135,4 +135,4 @@ def run_full(job: EvalJob) -> EvalResult:
 
 
 register_protocol(Protocol("full", "linear probe on the full real training set (its head is the golden classifier)",
-                           FullOptions, run_full, needs_synset=False))
+                           FullOptions, run_full, needs_synset=False, shard_seeds=False))

@@ -37,9 +37,12 @@ class EvalJob:
     device: torch.device
     run_config: dict = field(default_factory=dict)  # the distill config of the evaluated run, if any
     models: dict[str, Backbone] = field(default_factory=dict)  # backbones already loaded, by name
+    seed_list: list[int] | None = None  # this process's seeds when they are shared out under torchrun
 
     @property
     def seeds(self) -> list[int]:
+        if self.seed_list is not None:
+            return self.seed_list
         return [self.common.first_seed + k for k in range(self.common.seeds)]
 
     def backbone(self, name: str | None, weights: str | None = None) -> Backbone:
@@ -70,6 +73,9 @@ class Protocol:
     Options: type
     run: Callable[[EvalJob], EvalResult]
     needs_synset: bool = True
+    # Under torchrun the seeds are shared out over processes. A protocol that runs collective steps per seed
+    # (e.g. one cached model per seed built by rank 0) must say False.
+    shard_seeds: bool = True
 
 
 PROTOCOLS: dict[str, Protocol] = {}
