@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import dist
 from ..augment import aug_basic
 from ..data import resize_center_crop
 from ..errors import ConfigError, DataError
@@ -199,16 +198,14 @@ def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
     val = feature_bank(data, eval_bb, "val", crop=crop_e, device=job.device)
     test_x, val_x = test.tensor(), val.tensor()
     views = min(opts.views, opts.epochs) if opts.augment else 1  # without augmentation every view is the same
-    runs = list(zip(job.seeds, job.synsets, strict=True))
-    mine = []  # under torchrun each rank evaluates its share of the seeds
-    for seed, synset in progress(runs[dist.part(len(runs))], f"{mode} @ {eval_bb.name}"):
+    test_acc, val_acc = [], []
+    for seed, synset in progress(list(zip(job.seeds, job.synsets, strict=True)), f"{mode} @ {eval_bb.name}"):
         g = torch.Generator().manual_seed(seed)
         feats = view_features(models, synset.images, views, g, job.device, augment=opts.augment)
         z_e, z_d = feats[0], feats[-1]
         predict = train(z_e, z_d, synset.labels, data.num_classes, golden, opts, g)
-        mine.append((accuracy(predict, test_x, test.labels), accuracy(predict, val_x, val.labels)))
-    gathered = [acc for share in dist.all_gather_objects(mine) for acc in share]
-    test_acc, val_acc = [t for t, _ in gathered], [v for _, v in gathered]
+        test_acc.append(accuracy(predict, test_x, test.labels))
+        val_acc.append(accuracy(predict, val_x, val.labels))
     details.update(epochs=opts.epochs, views=views, augment=opts.augment, crop=crop_e, base_lr=opts.base_lr,
                    batch_size=opts.batch_size, backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
     if golden is not None:
