@@ -36,7 +36,7 @@ def parse() -> argparse.Namespace:
     # experts (TGDD trajectories and the full-data ConvNet)
     p.add_argument("--num-experts", type=int, default=3)
     p.add_argument("--expert-epochs", type=int, default=8)
-    p.add_argument("--expert-epoch-images", type=int, default=4000)
+    p.add_argument("--expert-epoch-images", type=int, default=4000, help="0: the whole train split per epoch")
     p.add_argument("--expert-val-every", type=int, default=2)
     # distillation
     p.add_argument("--dm-steps", default="200,200,100", help="DM iterations per IPC")
@@ -50,7 +50,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--recipe", default="idc")
     p.add_argument("--eval-epochs", default="300,80,24", help="evaluation epochs per IPC")
     p.add_argument("--val-points", type=int, default=4, help="validation checks per evaluation run")
-    p.add_argument("--val-images", type=int, default=2000)
+    p.add_argument("--val-images", type=int, default=2000, help="0: the whole validation split")
     p.add_argument("--dsa-strategy", default=None, help="evaluation DSA strategy (default: the recipe's)")
     return p.parse_args()
 
@@ -68,14 +68,13 @@ def _init_worker(threads: int) -> None:
 
 
 def _expert(job):
-    import torch
-
     from datadistill.data import load_dataset
+    from datadistill.engine import resolve_device
     from datadistill.models.trajectories import ExpertOptions, train_expert
 
     data_name, opts, k = job
     start = time.perf_counter()
-    folder = train_expert(load_dataset(data_name), ExpertOptions(**opts), k, torch.device("cpu"))
+    folder = train_expert(load_dataset(data_name), ExpertOptions(**opts), k, resolve_device("auto"))
     return {"expert": k, "folder": str(folder), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -132,7 +131,7 @@ def main() -> None:
         out_path.write_text(json.dumps(state, indent=1))
 
     expert_opts = {"num_experts": args.num_experts, "expert_epochs": args.expert_epochs,
-                   "expert_epoch_images": args.expert_epoch_images, "expert_val_every": args.expert_val_every}
+                   "expert_epoch_images": args.expert_epoch_images or None, "expert_val_every": args.expert_val_every}
     if args.stage in ("experts", "all"):
         done = run_pool(_expert, [(args.data, expert_opts, k) for k in range(args.num_experts)], args)
         state.setdefault("experts", {}).update({str(r["expert"]): r for r in done})
@@ -162,7 +161,7 @@ def main() -> None:
         finished = state.setdefault("eval", {})
         jobs = []
         for ipc in ipcs:
-            options = {"recipe": args.recipe, "epochs": epochs[ipc], "val_images": args.val_images,
+            options = {"recipe": args.recipe, "epochs": epochs[ipc], "val_images": args.val_images or None,
                        "val_every": max(1, epochs[ipc] // args.val_points)}
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy

@@ -20,6 +20,7 @@ import torch
 
 from datadistill.api import build_context, make_config
 from datadistill.data import load_dataset
+from datadistill.engine import resolve_device
 from datadistill.methods.dm import DM
 from datadistill.methods.tgdd import TGDD
 from datadistill.models.architectures import build_model
@@ -30,19 +31,21 @@ class DiskTrajectories:
     """The official code's access pattern behind the ``TrajectoryStore`` interface: one file per (expert, epoch),
     and per iteration two freshly built networks loaded from two files."""
 
-    def __init__(self, store: TrajectoryStore, folder: Path):
+    def __init__(self, store: TrajectoryStore, folder: Path, device: torch.device):
         self.spec, self.norm, self.epochs, self.num_experts = store.spec, store.norm, store.epochs, store.num_experts
-        self.folder = folder
+        self.folder, self.device = folder, device
         for i in range(store.num_experts):
             for j in range(store.epochs + 1):
-                torch.save({k: v.clone() for k, v in store.params(i, j).items()}, folder / f"expert{i}_epoch{j}.pt")
+                torch.save({k: v.cpu().clone() for k, v in store.params(i, j).items()},
+                           folder / f"expert{i}_epoch{j}.pt")
         self.model = store.model
         self.sample_indices = store.sample_indices
         self.run = store.run
 
     def _load(self, i: int, j: int) -> dict[str, torch.Tensor]:
-        net = build_model(self.spec)
-        net.load_state_dict(torch.load(self.folder / f"expert{i}_epoch{j}.pt", weights_only=True))
+        net = build_model(self.spec).to(self.device)
+        net.load_state_dict(torch.load(self.folder / f"expert{i}_epoch{j}.pt", weights_only=True,
+                                       map_location=self.device))
         return dict(net.named_parameters())
 
     def sample_pair(self, region: int, generator: torch.Generator):
@@ -72,23 +75,24 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--num-experts", type=int, default=3)
     p.add_argument("--expert-epochs", type=int, default=8)
-    p.add_argument("--expert-epoch-images", type=int, default=4000)
+    p.add_argument("--expert-epoch-images", type=int, default=4000, help="0: the whole train split per epoch")
     p.add_argument("--expert-val-every", type=int, default=2)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.data)
     experts = dict(num_experts=args.num_experts, expert_epochs=args.expert_epochs,
-                   expert_epoch_images=args.expert_epoch_images, expert_val_every=args.expert_val_every)
-    folder = train_experts(data, ExpertOptions(**experts), torch.device("cpu"))
+                   expert_epoch_images=args.expert_epoch_images or None, expert_val_every=args.expert_val_every)
+    device = resolve_device("auto")
+    folder = train_experts(data, ExpertOptions(**experts), device)
     start = time.perf_counter()
-    memory = TrajectoryStore.load(folder)
+    memory = TrajectoryStore.load(folder, device)
     load_seconds = time.perf_counter() - start
     bytes_held = sum(t.numel() * t.element_size() for traj in memory.trajectories for t in traj.values())
     result = {"args": vars(args), "threads": torch.get_num_threads(), "store_load_seconds": round(load_seconds, 3),
               "store_megabytes": round(bytes_held / 2**20, 1)}
     with tempfile.TemporaryDirectory() as tmp:
-        disk = DiskTrajectories(memory, Path(tmp))
+        disk = DiskTrajectories(memory, Path(tmp), device)
         g = torch.Generator().manual_seed(0)
         for name, store in (("memory", memory), ("disk", disk)):
             store.sample_pair(7, g)
