@@ -1,0 +1,163 @@
+"""Class-conditional latent noise-prediction networks for the DDPM sampler (``diffusion.py``).
+
+One architecture and one code path for real and offline weights: diffusers' ``DiTTransformer2DModel``.
+- For users: DiT-XL/2-256 (``facebook/DiT-XL-2-256``, ImageNet-1k, learned sigma) from the hub or a local
+  folder (a DiT pipeline folder with ``transformer/``, or a folder with the transformer's ``config.json`` and
+  weights).
+- Offline: a small DiT of the same class that ``datadistill pretrain diffusion --data D`` trains on the latents
+  of the shared latent space (``latent.py``) and caches (``dit_training.py``).
+
+``DiTDenoiser`` adapts it to the sampler's ``Denoiser`` protocol and exposes the class embedding to an
+``EmbeddingTransform`` (DMGD's semantic matching) through forward hooks on every ``LabelEmbedding``: diffusers
+keeps one label table per block (identical copies in converted DiT checkpoints), and the transform is applied
+to each with the same per-step randomness.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError, WeightsError
+from .diffusion import EmbeddingTransform
+
+HUB_ALIASES = {"DiT-XL-2-256": "facebook/DiT-XL-2-256", "DiT-XL-2-512": "facebook/DiT-XL-2-512"}
+
+
+class DiTDenoiser(nn.Module):
+    """A frozen diffusers DiT as the sampler's ``Denoiser``: ``forward(x, t, y, embedding_transform)``."""
+
+    def __init__(self, transformer: nn.Module, weights: str):
+        super().__init__()
+        cfg = transformer.config
+        self.model = transformer
+        self.weights = weights
+        self.num_classes = int(cfg.num_embeds_ada_norm)
+        self.in_channels = int(cfg.in_channels)
+        out = int(cfg.out_channels or cfg.in_channels)
+        if out not in (self.in_channels, 2 * self.in_channels):
+            raise WeightsError(f"DiT with {out} output channels for {self.in_channels} input channels: expected eps "
+                               "(same) or eps + learned variance (twice)")
+        self.learn_sigma = out == 2 * self.in_channels
+        self.sample_size = int(cfg.sample_size)
+        self._labels = [m for m in transformer.modules() if type(m).__name__ == "LabelEmbedding"]
+        rows = self._labels[0].embedding_table.num_embeddings if self._labels else 0
+        self.null_class = self.num_classes if rows > self.num_classes else -1  # -1: no null label, no CFG
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                embedding_transform: EmbeddingTransform | None = None) -> torch.Tensor:
+        handles = []
+        if embedding_transform is not None:
+            for module in self._labels:
+                handles.append(module.register_forward_hook(
+                    lambda mod, _args, out: embedding_transform(out, mod.embedding_table)))
+        try:
+            return self.model(x, timestep=t, class_labels=y).sample
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def tiny_dit(in_channels: int, sample_size: int, num_classes: int, width: int = 128, depth: int = 4,
+             heads: int = 4, patch_size: int | None = None, learn_sigma: bool = True) -> nn.Module:
+    """A small diffusers DiT for the offline latent space (patch 2 when the latent side is even, else 1).
+
+    Its label table has the null row for CFG; the model's own random label dropout is switched off, so the
+    training loop drops labels with its checkpointed generator instead."""
+    from diffusers import DiTTransformer2DModel
+
+    if width % heads:
+        raise ConfigError(f"DiT width {width} is not divisible by {heads} heads")
+    patch = patch_size or (2 if sample_size % 2 == 0 else 1)
+    if sample_size % patch:
+        raise ConfigError(f"latent size {sample_size} is not a multiple of the patch size {patch}")
+    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=width // heads,
+                                  in_channels=in_channels, out_channels=in_channels * (2 if learn_sigma else 1),
+                                  num_layers=depth, sample_size=sample_size, patch_size=patch,
+                                  num_embeds_ada_norm=num_classes)
+    _dit_init(model)
+    # One conditioning embedding for all blocks, as in DiT (diffusers keeps a copy per block: ``untie`` before
+    # saving; converted DiT checkpoints hold identical copies too).
+    for block in model.transformer_blocks[1:]:
+        block.norm1.emb = model.transformer_blocks[0].norm1.emb
+    model.transformer_blocks[0].norm1.emb.class_embedder.dropout_prob = 0.0
+    return model
+
+
+def untie(model: nn.Module) -> nn.Module:
+    """A copy of a ``tiny_dit`` whose per-block embeddings are separate (equal) modules, as diffusers saves them."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for block in model.transformer_blocks[1:]:
+        block.norm1.emb = copy.deepcopy(block.norm1.emb)
+    return model
+
+
+@torch.no_grad()
+def _dit_init(model: nn.Module) -> None:
+    """DiT's initialisation (diffusers leaves PyTorch defaults): xavier linears, N(0, 0.02) label tables and
+    timestep MLPs, and adaLN-Zero: every modulation and the output projection start at zero."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    proj = model.pos_embed.proj.weight
+    nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+    nn.init.zeros_(model.pos_embed.proj.bias)
+    for block in model.transformer_blocks:
+        emb = block.norm1.emb
+        nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_1.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_2.weight, std=0.02)
+        nn.init.zeros_(block.norm1.linear.weight)
+        nn.init.zeros_(block.norm1.linear.bias)
+    for layer in (model.proj_out_1, model.proj_out_2):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def _transformer_folder(path: Path) -> tuple[Path, str | None]:
+    if (path / "transformer" / "config.json").is_file():
+        return path, "transformer"
+    if (path / "config.json").is_file():
+        return path, None
+    raise WeightsError(f"{path} holds no DiT (expected transformer/config.json of a DiT pipeline folder, or the "
+                       "transformer's config.json and weights)")
+
+
+def load_dit(spec: str, device: str | torch.device = "cpu") -> DiTDenoiser:
+    """A diffusers DiT from a local folder or the hub (``DiT-XL-2-256`` is short for ``facebook/DiT-XL-2-256``).
+
+    Missing weights raise ``WeightsError``; nothing falls back to a random model."""
+    try:
+        from diffusers import DiTTransformer2DModel
+    except ImportError:
+        raise WeightsError("DiT weights need the diffusers package: pip install diffusers") from None
+    path = Path(spec).expanduser()
+    local = path.exists()
+    if local:
+        source, subfolder = _transformer_folder(path)
+        source = str(source)
+        config = json.loads(((path / subfolder) if subfolder else path).joinpath("config.json").read_text())
+        if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+            raise WeightsError(f"{path} is not a class-conditional DiT (norm_type {config.get('norm_type')})")
+    elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise WeightsError(f"DiT folder {path} not found")
+    else:
+        source, subfolder = HUB_ALIASES.get(spec, spec), "transformer"
+    try:
+        model = DiTTransformer2DModel.from_pretrained(source, subfolder=subfolder, local_files_only=local,
+                                                      low_cpu_mem_usage=False)
+    except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        where = f"the folder {source}" if local else f"the hub ({source})"
+        raise WeightsError(f"cannot load the DiT from {where}: {reason}. Without network access, download it "
+                           "elsewhere (e.g. huggingface-cli download facebook/DiT-XL-2-256 --local-dir DIR) and pass "
+                           "the folder") from None
+    model.eval().requires_grad_(False)
+    return DiTDenoiser(model.to(device), f"diffusers DiT {source}")
