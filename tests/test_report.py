@@ -144,3 +144,12 @@ def test_page_in_headless_chromium(tiny_bench, tmp_path):
     assert pixels.shape[1] == 1280 and pixels.shape[0] >= 900
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # not blank
     json.dumps(state)  # what the browser reported is plain data
+
+
+def test_no_augmentation_gets_its_own_column_however_it_was_set():
+    from datadistill.collect import _protocol_label
+
+    assert _protocol_label("linear-probe", {"augment": False}) == "linear-probe:augment=false"  # --set augment=false
+    assert _protocol_label("linear-probe:augment=false", {"augment": False}) == "linear-probe:augment=false"
+    assert _protocol_label("linear-probe", {"augment": True}) == "linear-probe"
+    assert _protocol_label("convnet", {"dsa": None}) == "convnet"

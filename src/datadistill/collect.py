@@ -86,7 +86,8 @@ def _bench_records(path: Path) -> tuple[list[dict], dict]:
     results = _json(path / "results.json") if (path / "results.json").exists() else []
     records = []
     for r in results:
-        r = {**r, "key": f"{path}|{r['key']}", "data": plan.get("data"), "source": str(path)}
+        r = {**r, "key": f"{path}|{r['key']}", "data": plan.get("data"), "source": str(path),
+             "protocol": _protocol_label(r["protocol"], r.get("details") or {})}
         if r.get("method") != "full-data":
             # Benches before the "runs" field: the run directories follow the bench's layout.
             rel = r.get("runs") or run_dirs(Path("."), r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
@@ -104,9 +105,7 @@ def _run_records(info: RunInfo) -> list[dict]:
         proto = PROTOCOLS.get(e.get("protocol", ""))
         has_eval_backbone = proto is not None and "eval_backbone" in proto.Options.__dataclass_fields__
         details = e.get("details", {})
-        protocol = e.get("protocol", key.split("@")[0])
-        if details.get("augment") is False:  # the key metrics.json files it under does not say so
-            protocol += ":augment=false"
+        protocol = _protocol_label(e.get("protocol", key.split("@")[0]), details)
         records.append({
             "key": f"{info.path}|{key}", "ipc": d.get("ipc"), "method": d.get("method", "?"),
             "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
@@ -117,6 +116,14 @@ def _run_records(info: RunInfo) -> list[dict]:
             **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
             "details": {k: v for k, v in details.items() if k != "phases"}})
     return records
+
+
+def _protocol_label(protocol: str, details: dict) -> str:
+    """The protocol as shown; an evaluation without augmentation says so even when set by ``--set augment=false``
+    or recorded under the plain protocol name, so it never shares a column with the augmented one."""
+    if details.get("augment") is False and "augment=false" not in protocol:
+        return protocol + ":augment=false"
+    return protocol
 
 
 def collect(paths: list[str | Path]) -> Collection:

@@ -104,6 +104,8 @@ class Section:
     methods: list[str]
     records: list[dict]  # evaluations of synthetic sets
     full: list[dict] = field(default_factory=list)  # evaluations on the full real data of the same dataset
+    columns: list[str] = field(default_factory=list)  # evaluations (protocol @ model), in run order
+    full_by_column: dict[str, dict] = field(default_factory=dict)  # the full-data evaluation of each column's model
     overview: Table | None = None
     accuracy: Table | None = None
     scores: Table | None = None
@@ -130,7 +132,8 @@ def column_label(record: dict) -> str:
     from .evaluate.ranking import model_of
 
     _, model, size = model_of(record)
-    label = record["protocol"] if model in (None, record["protocol"]) else f"{record['protocol']} @ {model}"
+    name = record["protocol"]
+    label = name if model in (None, name.split(":")[0]) else f"{name} @ {model}"
     return f"{label} ({size} px)" if size else label
 
 
@@ -165,7 +168,7 @@ def build_sections(collection) -> list[Section]:
 def _fill(s: Section, scores: dict, collection) -> None:
     from .evaluate.ranking import model_of
 
-    columns = list(dict.fromkeys(column_label(r) for r in s.records))
+    columns = s.columns = list(dict.fromkeys(column_label(r) for r in s.records))
     cell = {(r["method"], column_label(r)): r for r in s.records}
     best = {c: max(r["mean"] for (m, col), r in cell.items() if col == c) for c in columns}
     notes: dict[str, int] = {}
@@ -180,7 +183,7 @@ def _fill(s: Section, scores: dict, collection) -> None:
             r = cell.get((m, c))
             row.append(Cell(fmt_acc(r), r["mean"] == best[c], f"val {_pct(r.get('val_mean'))}") if r else Cell(""))
         acc_rows.append(row)
-    full_by_col = {}
+    full_by_col = s.full_by_column
     for c in columns:
         model = model_of(next(r for r in s.records if column_label(r) == c))
         match = next((f for f in s.full if model_of(f) == model), None)
@@ -294,19 +297,13 @@ def add_figures(s: Section) -> None:
     import numpy as np
 
     from . import plots
-    from .evaluate.ranking import model_of
 
     slug = _slug(f"{s.data}-ipc{s.ipc}-{s.group}")
-    columns = list(dict.fromkeys(column_label(r) for r in s.records))
+    columns = s.columns
     cell = {(r["method"], column_label(r)): r for r in s.records}
     means = np.array([[cell[(m, c)]["mean"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
     stds = np.array([[cell[(m, c)]["std"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
-    reference = {}
-    for c in columns:
-        model = model_of(next(r for r in s.records if column_label(r) == c))
-        match = next((f for f in s.full if model_of(f) == model), None)
-        if match is not None:
-            reference[c] = match["mean"]
+    reference = {c: r["mean"] for c, r in s.full_by_column.items()}
     candidates = [
         ("accuracy", "Test accuracy (%), mean ± std over seeds; dashed: the full real training set",
          plots.accuracy_bars(s.methods, columns, means, stds, reference)),
