@@ -48,14 +48,19 @@ def main() -> None:
     p.add_argument("--dit", default="tiny")
     p.add_argument("--guidance-scale", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE DMGD option (smoke tests: fewer steps)")
     p.add_argument("--out", default="benchmarks/results/dmgd_batching.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.data)
     method = DMGD()
+    extra = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        extra[key] = json.loads(value) if value.lstrip("-").replace(".", "").isdigit() else value
     contexts = {mode: build_context(make_config("dmgd", args.data, args.ipc, device="cpu", dit=args.dit,
-                                                guidance_scale=args.guidance_scale, batch=mode), data=data)
+                                                guidance_scale=args.guidance_scale, batch=mode, **extra), data=data)
                 for mode in ("classes", "one")}
     template = method.init_param(contexts["classes"])  # loads the model, latent space and k-means once
     generate(contexts["classes"], method, template)  # warm-up (first calls allocate)

@@ -2,8 +2,8 @@
 guidance scales, then the acceptance table (DMGD, semantic matching alone, OT matching alone, MGD3, plain
 sampling, random reals) evaluated with the from-scratch ConvNet protocol, mean ± std over training seeds.
 
-    python benchmarks/dmgd_fashion.py tune  --ipc 10 --epochs 300 --out benchmarks/results/dmgd_tune.json
-    python benchmarks/dmgd_fashion.py table --ipc 10 50 --seeds 3 --epochs 300 \
+    python benchmarks/dmgd_fashion.py tune  --ipc 10 --epochs 200 --width 64 --out benchmarks/results/dmgd_tune.json
+    python benchmarks/dmgd_fashion.py table --ipc 10 50 --seeds 3 --epochs 200 60 --width 64 \
         --settings benchmarks/results/dmgd_tune.json --out benchmarks/results/dmgd_fashion.json
 
 ``tune`` ranks settings by the protocol's VALIDATION accuracy only (one generated set, one training seed); the
@@ -21,8 +21,11 @@ from pathlib import Path
 
 from datadistill.api import distill, evaluate
 from datadistill.data import load_dataset
+from datadistill.methods import get_method
+from datadistill.options import fields_of
 
 BASE = {"device": "cpu"}
+EXTRA: dict = {}  # --set key=value: options for every generated set (smoke tests: fewer steps)
 DMGD_GRID = [0.05, 0.5, 2.0]  # OT guidance scale g (paper range 0.05-0.5, plus a stronger one)
 MGD3_GRID = [0.05, 0.1, 0.3]  # mode guidance lambda (paper default 0.1)
 VARIANTS = {  # name -> (method, options); the guidance scales come from the tuning
@@ -35,10 +38,30 @@ VARIANTS = {  # name -> (method, options); the guidance scales come from the tun
 }
 
 
-def _eval(synsets, data, args) -> dict:
-    result = evaluate(synsets, protocol="convnet", data=data, seeds=len(synsets), device="cpu", epochs=args.epochs)
+def _extra(method: str) -> dict:
+    fields = fields_of(get_method(method).Options)
+    return {k: v for k, v in EXTRA.items() if k in fields}
+
+
+def _epochs(args, ipc: int) -> int:
+    return args.epochs[args.ipc.index(ipc)] if len(args.epochs) > 1 else args.epochs[0]
+
+
+def _eval(synsets, data, args, ipc: int) -> dict:
+    epochs = _epochs(args, ipc)
+    extra = {"width": args.width} if args.width else {}
+    if args.val_images:
+        extra["val_images"] = args.val_images
+    result = evaluate(synsets, protocol="convnet", data=data, seeds=len(synsets), device="cpu", epochs=epochs,
+                      val_every=max(1, epochs // args.val_passes), **extra)
     return {"test": result.test_acc, "val": result.val_acc, "test_mean": result.mean, "test_std": result.std,
             "val_mean": result.val_mean, "selected_epoch": result.details.get("selected_epoch")}
+
+
+def _protocol(args) -> dict:
+    return {"name": "convnet", "recipe": "idc", "epochs": dict(zip(args.ipc, args.epochs, strict=False)) if
+            len(args.epochs) > 1 else args.epochs[0], "width": args.width or 128, "val_passes": args.val_passes,
+            "val_images": args.val_images or "all"}
 
 
 def _load(path: Path) -> dict:
@@ -46,9 +69,9 @@ def _load(path: Path) -> dict:
 
 
 def tune(args) -> None:
-    data = load_dataset("fashion-mnist")
+    data = load_dataset(args.data)
     out = Path(args.out)
-    log = _load(out) or {"runs": [], "ipc": args.ipc[0], "epochs": args.epochs}
+    log = _load(out) or {"runs": [], "ipc": args.ipc[0], "protocol": _protocol(args)}
 
     def run(method: str, settings: dict) -> float:
         key = json.dumps({"method": method, **settings}, sort_keys=True)
@@ -56,9 +79,9 @@ def tune(args) -> None:
             if r["key"] == key:
                 return r["val"]
         start = time.perf_counter()
-        synset = distill(method, "fashion-mnist", ipc=args.ipc[0], dataset=data, **BASE, **settings)
+        synset = distill(method, args.data, ipc=args.ipc[0], dataset=data, **BASE, **_extra(method), **settings)
         seconds = time.perf_counter() - start
-        res = _eval([synset], data, args)
+        res = _eval([synset], data, args, args.ipc[0])
         log["runs"].append({"key": key, "method": method, "settings": settings, "val": res["val_mean"],
                             "generation_s": round(seconds, 1)})
         out.write_text(json.dumps(log, indent=1) + "\n")
@@ -73,10 +96,10 @@ def tune(args) -> None:
 
 
 def table(args) -> None:
-    data = load_dataset("fashion-mnist")
+    data = load_dataset(args.data)
     chosen = _load(Path(args.settings)).get("chosen", {}) if args.settings else {}
     out = Path(args.out)
-    results = _load(out) or {"epochs": args.epochs, "seeds": args.seeds, "gen_seeds": args.gen_seeds,
+    results = _load(out) or {"protocol": _protocol(args), "seeds": args.seeds, "gen_seeds": args.gen_seeds,
                              "chosen": chosen, "rows": {}}
     for ipc in args.ipc:
         for name, (method, extra) in VARIANTS.items():
@@ -86,14 +109,14 @@ def table(args) -> None:
             settings = {**chosen.get(method, {}), **extra} if method != "random" else {}
             start = time.perf_counter()
             if method == "random":
-                synsets = [distill("random", "fashion-mnist", ipc=ipc, dataset=data, seed=k, **BASE)
+                synsets = [distill("random", args.data, ipc=ipc, dataset=data, seed=k, **BASE)
                            for k in range(args.seeds)]
             else:
-                made = [distill(method, "fashion-mnist", ipc=ipc, dataset=data, seed=3407 + k, **BASE, **settings)
-                        for k in range(args.gen_seeds)]
+                made = [distill(method, args.data, ipc=ipc, dataset=data, seed=3407 + k, **BASE, **_extra(method),
+                                **settings) for k in range(args.gen_seeds)]
                 synsets = [made[k % len(made)] for k in range(args.seeds)]
             generation = time.perf_counter() - start
-            res = _eval(synsets, data, args)
+            res = _eval(synsets, data, args, ipc)
             results["rows"][key] = {"method": method, "ipc": ipc, "settings": settings, **res,
                                     "generation_s": round(generation, 1),
                                     "seconds_per_image": round(generation / (len(synsets[0]) * (
@@ -106,13 +129,25 @@ def table(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["tune", "table"])
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE option for every generated set")
     p.add_argument("--ipc", type=int, nargs="+", default=[10])
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, nargs="+", default=[200], help="ConvNet epochs (one per --ipc, or one)")
+    p.add_argument("--width", type=int, default=None, help="ConvNet width (default: the protocol's 128)")
+    p.add_argument("--val-passes", type=int, default=4, help="validation passes for epoch selection")
+    p.add_argument("--val-images", type=int, default=2000, help="class-balanced validation subset for the periodic "
+                   "selection passes (0: the whole split)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--gen-seeds", type=int, default=1, help="generated sets per diffusion method (table)")
     p.add_argument("--settings", default=None, help="the tune stage's JSON (its 'chosen' settings)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            EXTRA[key] = json.loads(value)
+        except json.JSONDecodeError:
+            EXTRA[key] = value
     tune(args) if args.stage == "tune" else table(args)
 
 
