@@ -128,7 +128,8 @@ class OTGuidance(SamplerHook):
         self.window = (opts.window_low, opts.window_high)
 
     def mean_shift(self, state: StepState) -> torch.Tensor:
-        with torch.enable_grad():
+        # float32 even under bf16 autocast: exp(-C / eps) and the scalings need the precision
+        with torch.enable_grad(), torch.autocast(state.x.device.type, enabled=False):
             x = state.x.detach().float().requires_grad_(True)
             x0 = state.predict_x0(x).flatten(1)[:, None]
             source = torch.cat([self.memory, x0], dim=1) if self.memory.shape[1] else x0
