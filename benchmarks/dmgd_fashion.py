@@ -6,8 +6,9 @@ sampling, random reals) evaluated with the from-scratch ConvNet protocol, mean Â
     python benchmarks/dmgd_fashion.py table --ipc 10 50 --seeds 3 --epochs 200 60 --width 64 \
         --settings benchmarks/results/dmgd_tune.json --out benchmarks/results/dmgd_fashion.json
 
-``tune`` ranks settings by the protocol's VALIDATION accuracy only (one generated set, one training seed); the
-test split is never looked at for a choice. ``table`` generates each diffusion set once per generation seed
+``tune`` ranks settings by the protocol's VALIDATION accuracy only (one generated set, one training seed): first
+the sampler's CFG scale on plain sampling, then DMGD's OT guidance scale and MGD3's mode guidance scale at that
+CFG; the test split is never looked at for a choice. ``table`` generates each diffusion set once per generation seed
 (``--gen-seeds``; set k is trained with seed 3407 + k, cycling over the generated sets) and redraws the random
 reals per training seed. Results are appended as they finish, so a killed run continues where it stopped.
 """
@@ -26,6 +27,7 @@ from datadistill.options import fields_of
 
 BASE = {"device": "cpu"}
 EXTRA: dict = {}  # --set key=value: options for every generated set (smoke tests: fewer steps)
+CFG_GRID = [2.0, 4.0]  # classifier-free guidance of the sampler (DiT/DMGD: 4.0)
 DMGD_GRID = [0.05, 0.5, 2.0]  # OT guidance scale g (paper range 0.05-0.5, plus a stronger one)
 MGD3_GRID = [0.05, 0.1, 0.3]  # mode guidance lambda (paper default 0.1)
 VARIANTS = {  # name -> (method, options); the guidance scales come from the tuning
@@ -88,9 +90,12 @@ def tune(args) -> None:
         print(f"{method} {settings}: val {100 * res['val_mean']:.2f}", flush=True)
         return res["val_mean"]
 
-    g = max(DMGD_GRID, key=lambda s: run("dmgd", {"guidance_scale": s}))
-    lam = max(MGD3_GRID, key=lambda s: run("mgd3", {"mode_guidance_scale": s}))
-    log["chosen"] = {"dmgd": {"guidance_scale": g}, "mgd3": {"mode_guidance_scale": lam}}
+    # CFG of the shared sampler first, on plain sampling; then each method's guidance scale at that CFG.
+    cfg = max(CFG_GRID, key=lambda w: run("dmgd", {"semantic": "off", "ot": False, "cfg_scale": w}))
+    g = max(DMGD_GRID, key=lambda s: run("dmgd", {"cfg_scale": cfg, "guidance_scale": s}))
+    lam = max(MGD3_GRID, key=lambda s: run("mgd3", {"cfg_scale": cfg, "mode_guidance_scale": s}))
+    log["chosen"] = {"dmgd": {"cfg_scale": cfg, "guidance_scale": g},
+                     "mgd3": {"cfg_scale": cfg, "mode_guidance_scale": lam}}
     out.write_text(json.dumps(log, indent=1) + "\n")
     print("chosen on validation:", log["chosen"])
 
