@@ -199,7 +199,7 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
     manifest = json.loads((out / "synset" / "manifest.json").read_text())
     assert manifest["meta"]["guidance"]["warm_start"] == 0.2 and manifest["meta"]["nfe"] == 8
     assert main(["distill", "pgfm", "--data", "digits", "--ipc", "1", "--out", str(tmp_path / "x"), "--flow",
-                 str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+                 str(tmp_path / "missing.pt"), "--vae-steps", "7", "--device", "cpu"]) == 2
     assert "not found" in capsys.readouterr().err
     if "convnet" in PROTOCOLS:
         assert main(["eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "2", "--width", "8",

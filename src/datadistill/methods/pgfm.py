@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..evaluate.metrics import mode_coverage
-from ..models.generative.flow_training import FlowOptions, flow_model_from
+from ..models.generative.flow_training import FlowOptions, check_flow_spec, flow_model_from
 from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_space_from
 from ..models.generative.samplers import PathToPrototype, ode_sample, warm_start
 from ..options import option
@@ -71,6 +71,8 @@ class PGFM(Method):
 
     def select(self, ctx: RunContext) -> SyntheticSet:
         opts, data = ctx.opts, ctx.data
+        if opts.mode in ("pgfm", "plain"):
+            check_flow_spec(opts)  # a missing model fails before the latent space is trained
         space = latent_space_from(opts, data, ctx.device)
         bank = latent_bank(data, space, "train")
         labels = ctx.class_labels()

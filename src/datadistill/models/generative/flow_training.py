@@ -20,7 +20,7 @@ from torch import nn
 
 from ...data import RealData
 from ...engine import train_resumable
-from ...errors import ConfigError
+from ...errors import ConfigError, WeightsError
 from ...io import atomic_dir
 from ...options import option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
@@ -199,12 +199,19 @@ class FlowOptions:
     finetune_lr: float = option(1e-4, "fine-tuning learning rate")
 
 
+def check_flow_spec(opts: FlowOptions) -> Path | None:
+    """The flow model's path (None for the offline one); a missing path fails here, before anything is trained."""
+    if opts.flow in ("tiny", "offline"):
+        return None
+    path = Path(opts.flow).expanduser()
+    if not path.exists():
+        raise WeightsError(f"flow model {path} not found (a datadistill flow folder or a SiT checkpoint file)")
+    return path
+
+
 def flow_model_from(opts: FlowOptions, latent: LatentOptions, data: RealData, space: LatentSpace,
                     device: torch.device, seed: int = 0) -> FlowModel:
     """The flow model the options ask for, on ``device``: trained offline or loaded, then optionally fine-tuned."""
-    from pathlib import Path
-
-    from ...errors import WeightsError
     from .flow import load_sit_checkpoint
 
     if opts.flow in ("tiny", "offline"):
@@ -212,13 +219,8 @@ def flow_model_from(opts: FlowOptions, latent: LatentOptions, data: RealData, sp
         folder = train_flow(data, FlowTrainOptions(**lat, steps=opts.flow_steps), device)
         flow = load_flow_folder(folder, data)
     else:
-        path = Path(opts.flow).expanduser()
-        if path.is_dir():
-            flow = load_flow_folder(path, data)
-        elif path.is_file():
-            flow = load_sit_checkpoint(path, data, opts.flow_heads)
-        else:
-            raise WeightsError(f"flow model {path} not found (a datadistill flow folder or a SiT checkpoint file)")
+        path = check_flow_spec(opts)
+        flow = load_flow_folder(path, data) if path.is_dir() else load_sit_checkpoint(path, data, opts.flow_heads)
     if tuple(flow.latent_shape) != tuple(space.latent_shape):
         raise ConfigError(f"the flow model works on latents {tuple(flow.latent_shape)} but the latent space gives "
                           f"{tuple(space.latent_shape)}: pick a matching --vae / --vae-image-size")
