@@ -121,6 +121,12 @@ def table(args) -> None:
                                 **settings) for k in range(args.gen_seeds)]
                 synsets = [made[k % len(made)] for k in range(args.seeds)]
             generation = time.perf_counter() - start
+            if args.grids:
+                from PIL import Image
+
+                Path(args.grids).mkdir(parents=True, exist_ok=True)
+                slug = key.replace(" @ ", "-ipc").replace(" ", "-").lower()
+                Image.fromarray(synsets[0].grid()).save(Path(args.grids) / f"{slug}.png")
             res = _eval(synsets, data, args, ipc)
             results["rows"][key] = {"method": method, "ipc": ipc, "settings": settings, **res,
                                     "generation_s": round(generation, 1),
@@ -145,6 +151,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--gen-seeds", type=int, default=1, help="generated sets per diffusion method (table)")
     p.add_argument("--settings", default=None, help="the tune stage's JSON (its 'chosen' settings)")
+    p.add_argument("--grids", default=None, help="folder for a PNG grid of each set (table)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     for item in args.set:
