@@ -119,5 +119,6 @@ def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
         pretrain("vae", digits, steps=24, checkpoint_every=5)
     monkeypatch.setattr(tv, "train_resumable", real)
     resumed = _config(pretrain("vae", digits, steps=24, checkpoint_every=5))
+    assert not list((tmp_path / "run" / "models" / "vae").glob("*checkpoint*"))  # cleaned up once the model is saved
     assert resumed["final_train_mse"] == pytest.approx(ref["final_train_mse"], abs=1e-6)
     assert resumed["val_mse"] == pytest.approx(ref["val_mse"], abs=1e-6)

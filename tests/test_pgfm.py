@@ -157,6 +157,7 @@ def test_pretrain_flow_learns_and_resumes(digits, tmp_path, monkeypatch):
         pretrain("flow", digits, steps=25, **common)
     monkeypatch.setattr(ft, "train_resumable", real)
     resumed = json.loads((pretrain("flow", digits, steps=25, **common) / "config.json").read_text())
+    assert not list((tmp_path / "run" / "models" / "flow").glob("*checkpoint*"))
     assert resumed["final_train_loss"] == pytest.approx(ref["final_train_loss"], abs=1e-6)
     assert resumed["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-6)
 
