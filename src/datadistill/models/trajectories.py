@@ -177,8 +177,8 @@ def train_experts(data: RealData, opts: ExpertOptions, device: torch.device) -> 
     ident = {"experts": [f.name for f in folders]}
     out = model_dir("expert-sets", ident)
     if not (out / "set.json").exists():
-        with atomic_dir(out) as tmp:
-            write_json(tmp / "set.json", {"experts": [str(f) for f in folders], "options": asdict(opts)})
+        with atomic_dir(out) as tmp:  # names, not paths: the cache stays valid when moved
+            write_json(tmp / "set.json", {"experts": [f.name for f in folders], "options": asdict(opts)})
     return out
 
 
@@ -209,7 +209,8 @@ class TrajectoryStore:
 
         folder = Path(folder)
         if (folder / "set.json").exists():
-            expert_dirs = [Path(p) for p in json.loads((folder / "set.json").read_text())["experts"]]
+            names = json.loads((folder / "set.json").read_text())["experts"]
+            expert_dirs = [folder.parent.parent / "experts" / name for name in names]
         else:
             expert_dirs = [folder]
         trajectories, infos = [], []
