@@ -5,10 +5,14 @@ protocol (seed 3407 + k for set k): test mean ± std, validation mean, mode cove
 
     python benchmarks/pgfm_fashion.py tune  --ipc 10 --epochs 100 --out benchmarks/results/pgfm_tune.json
     python benchmarks/pgfm_fashion.py table --ipc 10 50 --epochs 200 60 --seeds 3 \
-        --settings benchmarks/results/pgfm_tune.json --out benchmarks/results/pgfm_fashion.json
+        --settings benchmarks/results/pgfm_tune.json --reuse-random benchmarks/results/dmgd_fashion.json \
+        --out benchmarks/results/pgfm_fashion.json
 
-Scale-down for the 2-core CPU (documented in BENCHMARKS.md): ConvNet-3 of width ``--width`` (32; the protocol's
-default is 128) and ``--epochs`` per IPC instead of the IDC recipe's 1500 (same recipe otherwise).
+Scale-down for the 2-core CPU (documented in BENCHMARKS.md), the same as the DMGD table's so the two compare:
+ConvNet-3 of width ``--width`` 64 (the protocol's default is 128), ``--epochs`` per IPC instead of the IDC recipe's
+1500, ``--val-passes`` 4 periodic validations on a class-balanced ``--val-images`` 2000 subset for the epoch
+selection (same IDC recipe otherwise). ``--reuse-random`` takes the random-real rows of the DMGD table when its
+protocol settings are identical (same selection seeds 0..S-1 and training seeds), instead of training them again.
 
 Selection never looks at the test split: ``tune`` ranks settings by the protocol's validation accuracy.
 """
@@ -27,12 +31,17 @@ from datadistill.data import load_dataset
 BASE = {"device": "cpu"}
 # The staged grid: CFG for the sampler (shared by plain sampling and PGFM), then PGFM's guidance.
 CFG_GRID = [1.0, 2.0, 4.0]
-GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.3, 0.6, 1.0) for t in (0.5, 0.8)]
+GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.5, 1.0) for t in (0.5, 0.8)]
+
+
+def _protocol(args, epochs: int) -> dict:
+    return {"name": "convnet", "recipe": "idc", "epochs": epochs, "width": args.width, "val_passes": args.val_passes,
+            "val_images": args.val_images}
 
 
 def _eval(synsets, data, args, seeds: int, epochs: int) -> dict:
     result = evaluate(synsets, protocol="convnet", data=data, seeds=seeds, device="cpu", epochs=epochs,
-                      width=args.width)
+                      width=args.width, val_every=max(1, epochs // args.val_passes), val_images=args.val_images)
     return {"test": result.test_acc, "val": result.val_acc, "test_mean": result.mean, "test_std": result.std,
             "val_mean": result.val_mean, "selected_epoch": result.details.get("selected_epoch")}
 
@@ -60,8 +69,8 @@ def tune(args) -> None:
     extra = [{**best, "warm_start": 0.2}, {**best, "trust_region": 0.0}]
     scores = {json.dumps(s, sort_keys=True): run({"mode": "pgfm", **s}) for s in [best, *extra]}
     chosen = json.loads(max(scores, key=scores.get))
-    log.update(chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen}, ipc=args.ipc[0], epochs=args.epochs[0],
-               width=args.width)
+    log.update(chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen}, ipc=args.ipc[0],
+               protocol=_protocol(args, args.epochs[0]))
     out.write_text(json.dumps(log, indent=1))
     print("chosen", log["chosen"])
 
@@ -79,6 +88,11 @@ def table(args) -> None:
             key = f"ipc{ipc}/{name}"
             if key in results or name not in args.sets:
                 continue
+            reused = _reused_random(args, ipc, epochs[ipc]) if name == "random" else None
+            if reused is not None:
+                results[key] = reused
+                out.write_text(json.dumps(results, indent=1))
+                continue
             start = time.perf_counter()
             synsets = [distill("random", "fashion-mnist", ipc=ipc, dataset=data, seed=k) if settings is None else
                        distill("pgfm", "fashion-mnist", ipc=ipc, dataset=data, seed=k, **BASE, **settings)
@@ -87,7 +101,7 @@ def table(args) -> None:
             meta = [s.meta for s in synsets]
             cov = [m["mode_coverage"]["mean"] for m in meta if "mode_coverage" in m]
             results[key] = {**res, "settings": settings, "seconds": round(time.perf_counter() - start, 1),
-                            "epochs": epochs[ipc], "width": args.width,
+                            "protocol": _protocol(args, epochs[ipc]),
                             "coverage_mean": statistics.mean(cov) if cov else None,
                             "coverage_std": statistics.pstdev(cov) if cov else None,
                             "nfe": meta[0].get("nfe"),
@@ -99,6 +113,23 @@ def table(args) -> None:
                   f"val {100 * r['val_mean']:.2f}  coverage {r['coverage_mean']}  nfe {r['nfe']}")
 
 
+def _reused_random(args, ipc: int, epochs: int) -> dict | None:
+    """The DMGD table's random-real row at this IPC if its protocol and seeds are exactly ours."""
+    if not args.reuse_random or not Path(args.reuse_random).exists():
+        return None
+    other = json.loads(Path(args.reuse_random).read_text())
+    row = other.get("rows", {}).get(f"random reals @ IPC {ipc}")
+    proto = other.get("protocol", {})
+    theirs = {"epochs": proto.get("epochs", {}).get(str(ipc)) if isinstance(proto.get("epochs"), dict)
+              else proto.get("epochs"), "width": proto.get("width"), "val_passes": proto.get("val_passes"),
+              "val_images": proto.get("val_images")}
+    ours = {"epochs": epochs, "width": args.width, "val_passes": args.val_passes, "val_images": args.val_images}
+    if row is None or theirs != ours or other.get("seeds") != args.seeds:
+        return None
+    return {**{k: row[k] for k in ("test", "val", "test_mean", "test_std", "val_mean", "selected_epoch")},
+            "settings": None, "protocol": _protocol(args, epochs), "reused_from": args.reuse_random}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["tune", "table"])
@@ -106,7 +137,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, nargs="+", default=[100], help="ConvNet protocol epochs, one per --ipc or "
                    "one for all (scaled down from the recipe's 1500)")
-    p.add_argument("--width", type=int, default=32, help="ConvNet width (scaled down from 128)")
+    p.add_argument("--width", type=int, default=64, help="ConvNet width (scaled down from 128)")
+    p.add_argument("--val-passes", type=int, default=4, help="periodic validations for the epoch selection")
+    p.add_argument("--val-images", type=int, default=2000, help="class-balanced validation subset for them")
+    p.add_argument("--reuse-random", default=None, help="the DMGD table JSON whose random-real rows to reuse")
     p.add_argument("--sets", nargs="+", default=["pgfm", "plain", "prototypes", "real-recon", "random"])
     p.add_argument("--settings", default=None, help="the tune output whose chosen settings the table uses")
     p.add_argument("--out", required=True)
