@@ -150,13 +150,18 @@ def test_embedding_transform_reaches_every_block_of_the_dit():
     assert not torch.allclose(plain, moved) and torch.equal(plain, again)  # hooks are removed afterwards
 
 
-@pytest.mark.parametrize("layout", ["flat", "pipeline"])
+@pytest.mark.parametrize("layout", ["flat", "pipeline", "hub"])
 def test_load_dit_weights_in_diffusers_format_from_a_local_folder(tmp_path, layout):
     model = _tiny(seed=1)
     folder = tmp_path / "dit"
-    untie(model).save_pretrained(folder / "transformer" if layout == "pipeline" else folder)
-    if layout == "pipeline":
+    untie(model).save_pretrained(folder if layout == "flat" else folder / "transformer")
+    if layout != "flat":
         (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    if layout == "hub":  # facebook/DiT-XL-2-256's transformer config still names the legacy class and keys
+        config = json.loads((folder / "transformer" / "config.json").read_text())
+        config.update(_class_name="Transformer2DModel", cross_attention_dim=None, num_vector_embeds=None,
+                      only_cross_attention=False, use_linear_projection=False)
+        (folder / "transformer" / "config.json").write_text(json.dumps(config))
     loaded = load_dit(str(folder))
     x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([3, 700]), torch.tensor([2, 5])
     with torch.no_grad():
