@@ -33,13 +33,16 @@ def test_lgm_both_gradients_give_the_same_run(digits, lite0):
 
 
 def test_lgm_matches_real_gradients_better_after_training(digits, lite0, tmp_path):
+    # The default real batch (IPC x A x C = 20 images) makes the per-step loss too noisy to compare
+    # across a short run; 160 real images per step give a clear trend.
     out = tmp_path / "lgm"
-    dd.distill("lgm", "digits", out=out, ipc=1, dataset=digits, model=lite0, steps=30, augs=2, lr=0.05, **SMALL)
+    dd.distill("lgm", "digits", out=out, ipc=1, dataset=digits, model=lite0, steps=40, augs=2, lr=0.1,
+               real_batch=160, **SMALL)
     import json
 
     losses = json.loads((out / "metrics.json").read_text())["distill"]["losses"]
-    assert len(losses) == 30 and all(0 <= x <= 2 for x in losses)
-    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    assert len(losses) == 40 and all(0 <= x <= 2 for x in losses)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.03
 
 
 def test_lgm_rejects_bad_options(digits):
