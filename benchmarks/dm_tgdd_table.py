@@ -48,7 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dm-extra", default="", help="extra DM options as JSON")
     # evaluation
     p.add_argument("--recipe", default="idc")
-    p.add_argument("--eval-epochs", default="300,80,24", help="evaluation epochs per IPC")
+    p.add_argument("--eval-epochs", default="300,160,48", help="evaluation epochs per IPC")
     p.add_argument("--val-points", type=int, default=4, help="validation checks per evaluation run")
     p.add_argument("--val-images", type=int, default=2000, help="0: the whole validation split")
     p.add_argument("--dsa-strategy", default=None, help="evaluation DSA strategy (default: the recipe's)")
