@@ -79,7 +79,8 @@ def test_checkpoint_with_a_valid_checksum_still_refuses_pickled_code(tmp_path, m
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     payload = pickle.dumps({"step": Evil()})
-    (tmp_path / "last.pt").write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    (tmp_path / "last.pt").write_bytes(CHECKPOINT_MAGIC + digest + b"\n" + payload)
     with pytest.raises(DatadistillError):
         load_checkpoint(tmp_path / "last.pt")
     assert not (tmp_path / "pwned").exists()

@@ -383,6 +383,14 @@ def _section_markdown(s: Section) -> list[str]:
     return parts
 
 
+
+def plan_summary(plan: dict) -> str:
+    """One line naming a bench plan's methods, protocols, seeds, crops and settings."""
+    return (f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}; "
+            f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
+            f"settings {plan.get('settings') or 'defaults'}")
+
+
 def comparison_markdown(collection, sections: list[Section]) -> str:
     from . import __version__
 
@@ -390,9 +398,7 @@ def comparison_markdown(collection, sections: list[Section]) -> str:
     parts = [f"# Comparison on {datasets}", "", f"datadistill {__version__}. Inputs:", ""]
     for src in collection.sources:
         plan = src.get("plan")
-        extra = (f" (methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}; seeds "
-                 f"{plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; settings "
-                 f"{plan.get('settings') or 'defaults'})") if plan else ""
+        extra = f" ({plan_summary(plan)})" if plan else ""
         parts.append(f"- {src['kind']} `{src['path']}`{extra}")
     parts.append("")
     for s in sections:

@@ -8,7 +8,7 @@ import html
 import struct
 
 from . import __version__
-from .report import COST_HELP, SCORES_HELP, Cell, Figure, Section, Table
+from .report import COST_HELP, SCORES_HELP, Cell, Figure, Section, Table, plan_summary
 
 GRID_ROW_PX = 40  # displayed height of one class row of an image grid
 
@@ -151,9 +151,7 @@ def render_html(collection, sections: list[Section]) -> str:
     sources = []
     for src in collection.sources:
         plan = src.get("plan")
-        extra = (f" — methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}; "
-                 f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
-                 f"settings {plan.get('settings') or 'defaults'}") if plan else ""
+        extra = f" — {plan_summary(plan)}" if plan else ""
         sources.append(f"<li>{_e(src['kind'])} <code>{_e(src['path'])}</code>{_e(extra)}</li>")
     toc = "".join(f'<li><a href="#s{i}">{_e(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "\n".join(section_html(s, i) for i, s in enumerate(sections))
