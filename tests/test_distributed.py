@@ -1,5 +1,5 @@
-"""The same code under torchrun (2 CPU processes, gloo) and as one process: statistics, SFM and LGM steps and the
-evaluation table agree."""
+"""The same code under torchrun (2 CPU processes, gloo) and as one process: statistics, SFM and LGM steps, PGFM
+generation (classes shared out) and the evaluation table agree; DMGD generation shares classes out too."""
 
 import json
 import os
@@ -26,11 +26,17 @@ SCRIPT = textwrap.dedent('''
     sfm = dd.distill("sfm", "digits", out=f"{out}/sfm", steps=6, augs=3, **small)
     lgm = dd.distill("lgm", "digits", steps=3, augs=2, **small)
     ev = dd.evaluate(f"{out}/sfm", seeds=3, epochs=20, views=3)
+    # Generation: rank 0 trains the tiny VAE / flow / DiT into the cache alone, then classes are shared out.
+    gen = dict(dataset=data, ipc=2, device="cpu", vae_steps=20)
+    pgfm = dd.distill("pgfm", "digits", flow_steps=40, **gen)
+    dmgd = dd.distill("dmgd", "digits", dit_train_steps=20, sampling_steps=6, window_low=2, window_high=5, **gen)
     if dist.is_main():
         losses = json.load(open(f"{out}/sfm/metrics.json"))["distill"]["losses"]
         np.save(f"{out}/features.npy", np.asarray(bank.features))
         json.dump({"means": bank.means.tolist(), "sfm_losses": losses, "sfm_images": sfm.images.flatten().tolist(),
                    "lgm_images": lgm.images.flatten().tolist(), "test_acc": ev.test_acc, "val_acc": ev.val_acc,
+                   "pgfm_images": pgfm.images.flatten().tolist(), "dmgd_images": dmgd.images.flatten(1).tolist(),
+                   "dmgd_labels": dmgd.labels.tolist(),
                    "world": dist.world()}, open(f"{out}/result.json", "w"))
 ''')
 
@@ -59,3 +65,10 @@ def test_two_processes_match_one(tmp_path):
     assert np.abs(np.array(single["sfm_images"]) - np.array(multi["sfm_images"])).max() < 1e-3
     assert np.abs(np.array(single["lgm_images"]) - np.array(multi["lgm_images"])).max() < 1e-3
     assert single["test_acc"] == multi["test_acc"] and single["val_acc"] == multi["val_acc"]
+    assert np.abs(np.array(single["pgfm_images"]) - np.array(multi["pgfm_images"])).max() < 1e-4
+    # DMGD's processes draw their own noise streams, so only the shape of the result is comparable: every class,
+    # every slot filled (no two images alike), finite.
+    dmgd = np.array(multi["dmgd_images"])
+    assert multi["dmgd_labels"] == single["dmgd_labels"] and dmgd.shape == np.array(single["dmgd_images"]).shape
+    distances = np.abs(dmgd[:, None] - dmgd[None]).max(axis=2) + np.eye(len(dmgd))
+    assert np.isfinite(dmgd).all() and distances.min() > 1e-3

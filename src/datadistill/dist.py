@@ -9,9 +9,11 @@ gathered; only rank 0 writes files. Gathering features keeps autograd (``torch.d
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -26,8 +28,11 @@ def init_from_env() -> None:
         tdist.init_process_group("nccl" if cuda else "gloo")
 
 
+_alone = False  # inside ``main_alone``: this process acts as if it were the only one
+
+
 def active() -> bool:
-    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    return not _alone and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 
 
 def world() -> int:
@@ -57,6 +62,41 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
+@contextmanager
+def main_alone() -> Iterator[None]:
+    """Rank 0 runs the block as a single process (no collectives: e.g. training a model into the cache, whose
+    statistics passes would otherwise wait for the other ranks), then the others run it, finding the cache full
+    (or, without a shared cache folder, training their own copy). Nested blocks run plainly."""
+    global _alone
+    if not active():
+        yield
+        return
+    main = is_main()
+    if not main:
+        tdist.barrier()
+    _alone = True
+    try:
+        yield
+    finally:
+        _alone = False
+        if main:
+            tdist.barrier()
+
+
+Fn = TypeVar("Fn", bound=Callable)
+
+
+def on_main_alone_first(fn: Fn) -> Fn:
+    """Decorator: ``fn`` runs under ``main_alone`` (model trainers that fill a cache)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with main_alone():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def part(n: int, of_rank: int | None = None) -> slice:
     """A rank's contiguous share of n items (the first ranks take one more when n is not divisible)."""
     r = rank() if of_rank is None else of_rank
@@ -80,6 +120,27 @@ def gather_parts(local: torch.Tensor, n: int) -> torch.Tensor:
         tdist.all_gather(pieces, padded.contiguous())
     counts = [len(range(n)[part(n, r)]) for r in range(world())]
     return torch.cat([p[:c] for p, c in zip(pieces, counts, strict=True)])
+
+
+def class_share(labels: torch.Tensor) -> torch.Tensor:
+    """Row indices of ``labels`` whose class is in this rank's share of the classes present (generation shards
+    classes, so per-class guidance never spans processes); every row as one process."""
+    if not active():
+        return torch.arange(len(labels))
+    classes = labels.unique()
+    return torch.nonzero(torch.isin(labels.cpu(), classes[part(len(classes))].cpu())).flatten()
+
+
+def gather_rows(local: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The n-row tensor whose ``rows`` (per rank, as from ``class_share``) each rank computed as ``local``."""
+    if not active():
+        return local
+    out = None
+    for their_rows, theirs in all_gather_objects((rows, local.detach().cpu())):
+        if out is None:
+            out = theirs.new_zeros(n, *theirs.shape[1:])
+        out[their_rows] = theirs
+    return out.to(local.device)
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:

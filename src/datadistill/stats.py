@@ -175,8 +175,10 @@ def _compute(tmp: Path | None, data: RealData, split: str, backbone: Backbone, r
         for k, batch in enumerate(progress(batches, f"{what} {data.name}/{split} @ {backbone.name}",
                                            total=len(starts))):
             images = batch.images
+            batch_index = dist.rank() + k * dist.world()
+            if hasattr(backbone, "begin_batch"):  # a stochastic encoder (latent space) reseeds per batch
+                backbone.begin_batch(batch_index)
             if view_seed is not None:  # one generator per batch: the same views whichever rank draws them
-                batch_index = dist.rank() + k * dist.world()
                 images = aug_basic(crop)(images, torch.Generator().manual_seed(view_seed * 1_000_003 + batch_index))
             f = backbone(images.to(device)).cpu()
             if not torch.isfinite(f).all():

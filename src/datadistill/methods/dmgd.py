@@ -155,16 +155,16 @@ class DMGD(GuidedDDPM):
             return [[(k, n)] for k in range(c) for n in range(ipc)]
         return [[(k, n) for k in range(c)] for n in range(ipc)]
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor,
-              slots: torch.Tensor) -> list[SamplerHook]:
+    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
+              generator: torch.Generator) -> list[SamplerHook]:
         opts, s = ctx.opts, state.sampler
         hooks: list[SamplerHook] = []
         num_classes = ctx.data.num_classes
         # y* != c, uniform over the other classes (drawn even when unused, so ablations share the noise stream)
-        other = torch.randint(max(1, num_classes - 1), (len(classes),), generator=ctx.generator)
+        other = torch.randint(max(1, num_classes - 1), (len(classes),), generator=generator)
         other = other + (other >= classes).long() if num_classes > 1 else classes
         if opts.semantic != "off":
-            hooks.append(SemanticMatching(s.class_ids[other.to(s.class_ids.device)], opts, ctx.generator))
+            hooks.append(SemanticMatching(s.class_ids[other.to(s.class_ids.device)], opts, generator))
         if opts.ot:
             n = int(slots[0]) if opts.memory else 0  # every row of a chunk is at the same slot
             rows = classes.to(state.latents.device)

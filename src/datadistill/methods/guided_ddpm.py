@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data.classlists import SUBSETS
 from ..errors import ConfigError, WeightsError
 from ..models.generative.diffusion import GaussianDiffusion, SamplerHook, ddpm_sample
@@ -165,8 +166,9 @@ class GuidedDDPM(Method):
         """The (class, slot) pairs each step samples, in order."""
         raise NotImplementedError
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor,
-              slots: torch.Tensor) -> list[SamplerHook]:
+    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
+              generator: torch.Generator) -> list[SamplerHook]:
+        """Guidance for the rows (classes, slots) sampled now; random draws come from ``generator``."""
         return []
 
     def steps(self, ctx: RunContext) -> int:
@@ -188,13 +190,21 @@ class GuidedDDPM(Method):
         slots = torch.tensor([s for _, s in chunk])
         s = param.sampler
         noise = torch.randn(len(chunk), *s.space.latent_shape, generator=ctx.generator).to(ctx.device)
-        hooks = self.hooks(ctx, param, classes, slots)
-        labels = s.class_ids[classes.to(ctx.device)]
-        cfg_channels = None if ctx.opts.cfg_all_channels else 3
-        with autocast:
-            x = ddpm_sample(s.model, s.diffusion, labels, noise, ctx.generator, ctx.opts.cfg_scale, cfg_channels,
-                            hooks)
-        param.latents[classes, slots] = x.float()
+        generator, rows = ctx.generator, dist.class_share(classes)
+        if dist.active():
+            # Each process samples its share of the chunk's classes with its own stream, seeded from the shared
+            # generator (which every process advances alike); the latents are then gathered everywhere.
+            seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+            generator = torch.Generator().manual_seed(seed + dist.rank())
+        x = noise.new_zeros(0, *s.space.latent_shape)
+        if len(rows):
+            hooks = self.hooks(ctx, param, classes[rows], slots[rows], generator)
+            labels = s.class_ids[classes[rows].to(ctx.device)]
+            cfg_channels = None if ctx.opts.cfg_all_channels else 3
+            with autocast:
+                x = ddpm_sample(s.model, s.diffusion, labels, noise[rows.to(noise.device)], generator,
+                                ctx.opts.cfg_scale, cfg_channels, hooks)
+        param.latents[classes, slots] = dist.gather_rows(x.float(), rows, len(chunk))
         param.done += 1
         return self.progress_value(ctx, param, classes, slots)
 

@@ -74,8 +74,8 @@ class MGD3(GuidedDDPM):
         b = ctx.opts.batch_size
         return [pairs[i : i + b] for i in range(0, len(pairs), b)]
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor,
-              slots: torch.Tensor) -> list[SamplerHook]:
+    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
+              generator: torch.Generator) -> list[SamplerHook]:
         s = state.sampler
         modes = s.supports[classes.to(s.supports.device), slots.to(s.supports.device)]
         modes = modes.view(len(classes), *s.space.latent_shape)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..errors import ConfigError
 from ..evaluate.metrics import mode_coverage
 from ..models.generative.flow_training import FlowOptions, check_flow_spec, flow_model_from
@@ -114,9 +115,10 @@ class PGFM(Method):
         noise = torch.randn(len(labels), *space.latent_shape, generator=ctx.generator)
         guided = opts.mode == "pgfm"
         t_start = opts.warm_start if guided else 0.0
-        out, nfe, passes = [], 0, 0
+        out, nfe, passes = [torch.zeros(0, *space.latent_shape)], 0, 0
+        mine = dist.class_share(labels)  # under torchrun each process samples its share of the classes
         start = time.perf_counter()
-        for rows in torch.arange(len(labels)).split(opts.batch_size):
+        for rows in mine.split(opts.batch_size):
             hooks = []
             x0 = noise[rows]
             if guided:
@@ -135,7 +137,7 @@ class PGFM(Method):
             meta["guidance"] = {"strength": opts.strength, "stop": opts.guidance_stop, "schedule": opts.schedule,
                                 "trust_region": opts.trust_region, "warm_start": opts.warm_start,
                                 "prototype": opts.prototype}
-        return torch.cat(out)
+        return dist.gather_rows(torch.cat(out), mine, len(labels))
 
     def coverage(self, ctx: RunContext, space: LatentSpace, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """Mode coverage of the final images (encoded with the posterior mean) against K_eval k-means clusters

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .. import dist
 from ..augment import DSA
 from ..data import RealData
 from ..data.memory import in_memory
@@ -171,6 +172,7 @@ def train_expert(data: RealData, opts: ExpertOptions, k: int, device: torch.devi
     return folder
 
 
+@dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_experts(data: RealData, opts: ExpertOptions, device: torch.device) -> Path:
     """Train (or reuse) experts 0..N-1; returns the set's folder, which lists the experts' folders."""
     folders = [train_expert(data, opts, k, device) for k in range(opts.num_experts)]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ... import dist
 from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
@@ -61,6 +62,7 @@ def _identity(data: RealData, space: LatentSpace, opts: DiffusionTrainOptions) -
             **train}
 
 
+@dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the cached offline diffusion model for ``data``; returns its folder."""
     space = latent_space_from(opts, data, device)

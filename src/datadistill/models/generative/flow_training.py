@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ... import dist
 from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
@@ -119,6 +120,7 @@ def _drop_checkpoints(ckpt: Path) -> None:
         done.unlink(missing_ok=True)
 
 
+@dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the offline velocity network for ``data``; returns its folder."""
     space = latent_space_from(opts, data, device)

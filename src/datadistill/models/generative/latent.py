@@ -97,6 +97,11 @@ class LatentSpace(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def begin_batch(self, index: int) -> None:
+        """Reseed the posterior samples for batch ``index`` of a statistics pass, so that a batch encodes the same
+        whichever process (under torchrun) or earlier pass drew the batches before it."""
+        self._generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Flattened latents (B, F) of images in [0,1] (the statistics pass's encoder call)."""
         return self.encode(images, generator=self._generator).flatten(1).float()

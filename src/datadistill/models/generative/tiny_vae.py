@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import dist
 from ...data import LabelledImages, RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
@@ -120,6 +121,7 @@ def _identity(data: RealData, opts: VAEOptions) -> dict:
     return {"data": data.fingerprint(), "dataset": data.name, "format": TINY_FORMAT, **train}
 
 
+@dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the cached tiny VAE for ``data``; returns its folder."""
     ident = _identity(data, opts)
