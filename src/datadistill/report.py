@@ -212,23 +212,25 @@ def _fill(s: Section, scores: dict, collection) -> None:
     s.scores = Table(["method", "evaluation", "test acc (%)", "IOR (pp)", "HLR (pp)", "LRS (%)", "ARS (%)"],
                      score_rows, text_columns=2)
 
-    first = columns[0]
     over_rows = []
     for m in s.methods:
+        # Each method's first evaluation in column order (the linear probe for probe-family methods, the ConvNet
+        # for pixel / generative ones), so methods evaluated differently all show their accuracy here.
+        first = next((c for c in columns if (m, c) in cell), None)
         r = cell.get((m, first))
         sc = scores[r["key"]] if r else None
         phases = (r or next(x for x in s.records if x["method"] == m)).get("distill_phases") or {}
         total = sum(p.get("seconds") or 0.0 for p in phases.values())
         lrs = sc.lrs if sc else None
         over_rows.append([
-            Cell(m), Cell(fmt_acc(r) if r else "", r is not None and r["mean"] == best[first]),
+            Cell(m), Cell(first or ""), Cell(fmt_acc(r) if r else "", r is not None and r["mean"] == best[first]),
             Cell(_stat_text(sc.ior, True) if sc and sc.ior else "–"),
             Cell(_stat_text(lrs) if lrs else "–", note=None if lrs or not sc else note(f"LRS: {sc.missing['lrs']}")),
             Cell(_stat_text(sc.ars) if sc and sc.ars else "–"),
             Cell(f"{total:.1f}" if phases else ""),
             Cell(_num(_peak(phases, "peak_rss_mb"))), Cell(_num(_peak(phases, "peak_cuda_mb")))])
-    s.overview = Table([f"method (evaluation: {first})", "test acc (%)", "IOR (pp)", "LRS (%)", "ARS (%)",
-                        "distill time (s)", "peak RSS (MB)", "peak CUDA (MB)"], over_rows)
+    s.overview = Table(["method", "evaluation", "test acc (%)", "IOR (pp)", "LRS (%)", "ARS (%)",
+                        "distill time (s)", "peak RSS (MB)", "peak CUDA (MB)"], over_rows, text_columns=2)
 
     # Phase names in run order, taken first from the runs with the most phases (e.g. with a statistics pass).
     by_size = sorted(s.records, key=lambda r: -len(r.get("distill_phases") or {}))
