@@ -70,6 +70,12 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(f"previous-{path.name}")
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint and the previous copy ``save_checkpoint`` keeps (once the trained result is saved)."""
+    for stale in (path, previous_checkpoint(path)):
+        stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | Path, obj: object) -> None:
     """Write a checksummed checkpoint atomically, keeping the one before it as ``previous-NAME``."""
     path = Path(path)

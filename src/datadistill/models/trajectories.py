@@ -26,7 +26,7 @@ from ..data import RealData
 from ..data.memory import in_memory
 from ..engine import train_resumable
 from ..errors import ConfigError, DatadistillError
-from ..io import atomic_dir, previous_checkpoint, write_json
+from ..io import atomic_dir, previous_checkpoint, remove_checkpoint, write_json
 from ..options import option
 from ..pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ..progress import log
@@ -167,8 +167,7 @@ def train_expert(data: RealData, opts: ExpertOptions, k: int, device: torch.devi
                                        "seed": seed, "dataset": data.name, "val_acc": state.val_acc,
                                        "train_loss": state.train_loss, "options": ident})
     shutil.rmtree(staging, ignore_errors=True)
-    ckpt.unlink(missing_ok=True)
-    previous_checkpoint(ckpt).unlink(missing_ok=True)
+    remove_checkpoint(ckpt)
     return folder
 
 

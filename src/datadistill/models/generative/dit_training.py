@@ -22,7 +22,7 @@ from ... import dist
 from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
-from ...io import atomic_dir, previous_checkpoint, write_json
+from ...io import atomic_dir, remove_checkpoint, write_json
 from ...options import option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
@@ -111,8 +111,7 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
     with atomic_dir(folder) as tmp:
         untie(ema).save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "datadistill.json", info)
-    for stale in (ckpt, previous_checkpoint(ckpt)):
-        stale.unlink(missing_ok=True)
+    remove_checkpoint(ckpt)
     log.info("tiny DiT for %s in %s (final loss %.4f)", data.name, folder, info["final_loss"])
     return folder
 

@@ -22,7 +22,7 @@ from ... import dist
 from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
-from ...io import atomic_dir, previous_checkpoint
+from ...io import atomic_dir, remove_checkpoint
 from ...options import option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
@@ -114,12 +114,6 @@ def validation_loss(net: nn.Module, lat: _Latents, ids: torch.Tensor, null_class
     return sum(losses) / max(1, len(x1))
 
 
-def _drop_checkpoints(ckpt: Path) -> None:
-    """The resumable state (and the engine's previous copy) once the model folder is written."""
-    for done in (ckpt, previous_checkpoint(ckpt)):
-        done.unlink(missing_ok=True)
-
-
 @dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the offline velocity network for ``data``; returns its folder."""
@@ -145,7 +139,7 @@ def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> 
             "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
                        f"key {folder.name})",
             "train_options": ident, "final_train_loss": losses[-1] if losses else None, "val_loss": val})
-    _drop_checkpoints(checkpoint_path("flow", ident))
+    remove_checkpoint(checkpoint_path("flow", ident))
     log.info("flow model for %s in %s (val loss %.4f)", data.name, folder, val)
     return folder
 
@@ -183,7 +177,7 @@ def finetune_flow(flow: FlowModel, data: RealData, space: LatentSpace, steps: in
                 "latent_shape": list(flow.latent_shape), "class_ids": flow.class_ids.tolist(),
                 "weights": f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {folder.name})",
                 "train_options": ident, "val_loss": val})
-        _drop_checkpoints(checkpoint_path("flow-finetune", ident))
+        remove_checkpoint(checkpoint_path("flow-finetune", ident))
     return load_flow_folder(folder, data)
 
 

@@ -23,7 +23,7 @@ from ... import dist
 from ...data import LabelledImages, RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
-from ...io import atomic_dir, previous_checkpoint, write_json
+from ...io import atomic_dir, remove_checkpoint, write_json
 from ...options import option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
@@ -161,8 +161,7 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
               "steps": opts.steps, "train_options": ident, "final_train_mse": losses[-1] if losses else None,
               "val_mse": val_mse}
     _save(folder, model, config)
-    for done in (ckpt, previous_checkpoint(ckpt)):
-        done.unlink(missing_ok=True)
+    remove_checkpoint(ckpt)
     log.info("tiny VAE for %s in %s (val MSE %.5f, scale %.4f)", data.name, folder, val_mse, scale)
     return folder
 
