@@ -38,6 +38,21 @@ def test_missing_dataset_names_the_command(tmp_path):
         load_dataset("mnist", root=str(tmp_path))
 
 
+def test_mnist_from_datadistill_data(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 20)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
+    monkeypatch.delenv("DATADISTILL_DATA", raising=False)
+    with pytest.raises(DataError, match="DATADISTILL_DATA"):
+        load_dataset("mnist")
+    monkeypatch.setenv("DATADISTILL_DATA", str(tmp_path))
+    data = load_dataset("mnist")
+    assert len(data.test) == 20 and len(data.train) + len(data.val) == 40 and str(raw) in data.source
+
+
 def test_image_folder_and_corrupt_image(tiny_folder):
     data = load_dataset(f"imagefolder:{tiny_folder}", val_fraction=0.25)
     assert data.classes == ["ant", "bee", "cat"] and len(data.test) == 12

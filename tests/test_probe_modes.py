@@ -18,7 +18,7 @@ from datadistill.evaluate.linear_probe import (
     _vanilla,
     view_features,
 )
-from datadistill.evaluate.training import new_head
+from datadistill.evaluate.training import new_head, new_projector
 
 C, FE, FD, V, N = 4, 6, 5, 3, 40
 
@@ -52,6 +52,24 @@ def test_ci_projector_learns_the_map_between_backbones(features):
     short = InheritOptions(epochs=1, views=V, batch_size=N, projector_lr=1e-4)
     untrained = _ci(z_e, z_d, labels, C, golden, short, torch.Generator().manual_seed(1))
     assert _agreement(untrained, golden, mix, held_out) < 0.8
+
+
+def test_projector_init(features):
+    z_e, z_d, labels, golden, mix, held_out = features
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(new_projector(FE, FD, g, "identity").weight, torch.eye(FD, FE))
+    zero = new_projector(FE, FD, g, "zero")
+    assert zero.weight.abs().sum() == 0 and zero.bias.abs().sum() == 0
+    assert float(new_projector(FE, FD, g).weight.abs().min()) > 0  # PyTorch's default: dense random
+    # Same features on both sides: from identity the MSE gradient is zero, so CI *is* the golden classifier;
+    # from PyTorch's default start a short fit on N images is not.
+    same = InheritOptions(epochs=5, views=V, batch_size=N, projector_lr=0.1, projector_init="identity")
+    ci = _ci(z_d, z_d, labels, C, golden, same, torch.Generator().manual_seed(1))
+    unseen = held_out @ mix.T
+    assert torch.allclose(ci(unseen), golden(unseen), atol=1e-5)
+    default = InheritOptions(epochs=5, views=V, batch_size=N, projector_lr=0.1)
+    ci = _ci(z_d, z_d, labels, C, golden, default, torch.Generator().manual_seed(1))
+    assert not torch.allclose(ci(unseen), golden(unseen), atol=1e-2)
 
 
 def test_st_ip_with_a_frozen_classifier_is_ci(features):

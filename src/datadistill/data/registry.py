@@ -73,7 +73,13 @@ def _idx_pair(folder: Path, prefix: str) -> TensorImages:
     raise FileNotFoundError(folder / f"{prefix}-images-idx3-ubyte[.gz]")
 
 
+def _torchvision_root(root: str | None) -> str | None:
+    """``--root``, else ``$DATADISTILL_DATA``: where torchvision-format datasets (MNIST, CIFAR) live."""
+    return root or os.environ.get("DATADISTILL_DATA") or None
+
+
 def _mnist_like(root: str | None, name: str, folder_name: str, debian: str | None, classes: list[str]) -> Loaded:
+    root = _torchvision_root(root)
     candidates = []
     if root:
         candidates += [Path(root), Path(root) / folder_name / "raw", Path(root) / folder_name]
@@ -85,12 +91,12 @@ def _mnist_like(root: str | None, name: str, folder_name: str, debian: str | Non
         except FileNotFoundError:
             continue
         return train, test, classes, 28, f"{name} IDX files in {folder}"
-    where = ", ".join(str(c) for c in candidates) or "(no --root given)"
+    where = ", ".join(str(c) for c in candidates) or "(no --root given, DATADISTILL_DATA unset)"
     raise DataError(
         f"{name} not found (looked in {where}). Get it with: "
         + (f"apt-get install dataset-{name}  (Debian, offline mirror) or " if debian else "")
         + f"python -c \"import torchvision; torchvision.datasets.{folder_name}('DIR', download=True)\" "
-        "then pass --root DIR"
+        "then pass --root DIR (or set DATADISTILL_DATA=DIR)"
     )
 
 
@@ -106,9 +112,11 @@ def _load_cifar(root: str | None, which: str) -> Loaded:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if which == "cifar10" else torchvision.datasets.CIFAR100
+    root = _torchvision_root(root)
     if not root:
-        raise DataError(f"{which} needs --root DIR holding torchvision's files. Get them with: python -c "
-                        f"\"import torchvision; torchvision.datasets.{cls.__name__}('DIR', download=True)\"")
+        raise DataError(f"{which} needs --root DIR (or DATADISTILL_DATA=DIR) holding torchvision's files. "
+                        f"Get them with: python -c \"import torchvision; "
+                        f"torchvision.datasets.{cls.__name__}('DIR', download=True)\"")
     try:
         tr, te = cls(root, train=True, download=False), cls(root, train=False, download=False)
     except RuntimeError:

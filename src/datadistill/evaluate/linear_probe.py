@@ -31,7 +31,7 @@ from ..synset import SyntheticSet
 from .golden import FullProbeOptions, golden_classifier
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
-from .training import accuracy, copy_head, fit, new_head, new_projector
+from .training import PROJECTOR_INITS, accuracy, copy_head, fit, new_head, new_projector
 
 
 @dataclass
@@ -55,6 +55,9 @@ class InheritOptions(ProbeOptions, FullProbeOptions):
     distill_weights: str | None = option(None, "local weights for the distillation backbone")
     distill_crop: int | None = option(None, "input size of the distillation backbone (default: the run's crop)")
     projector_lr: float = option(0.01, "projector lr before the batch/256 scaling (CI, JT, ST)")
+    projector_init: str = option("default", "projector start: PyTorch's default (the original), identity "
+                                            "(rectangular when the feature sizes differ) or zero",
+                                 choices=PROJECTOR_INITS)
 
     def validate(self) -> None:
         ProbeOptions.validate(self)
@@ -104,7 +107,7 @@ def train_projector(source: torch.Tensor, target: torch.Tensor, opts: InheritOpt
                     generator: torch.Generator) -> nn.Linear:
     """CI's projector P: F_e -> F_d, MSE between P(phi_e(view)) and phi_d(view); no labels."""
     views, n, dim = source.shape
-    proj = new_projector(dim, target.shape[-1], generator)
+    proj = new_projector(dim, target.shape[-1], generator, opts.projector_init)
     fit([(proj, opts.projector_lr)], n, views, opts.epochs, opts.batch_size,
         lambda i, v: F.mse_loss(proj(source[v, i]), target[v, i]), generator)
     return proj
@@ -151,7 +154,7 @@ def _kd(z_e, z_d, labels, num_classes, golden, opts, g):
 def _joint(ip: bool) -> Mode:
     def run(z_e, z_d, labels, num_classes, golden, opts, g):
         views, n, dim = z_e.shape
-        proj = new_projector(dim, z_d.shape[-1], g)
+        proj = new_projector(dim, z_d.shape[-1], g, opts.projector_init)
         cls = copy_head(golden) if ip else new_head(z_d.shape[-1], num_classes, g)
 
         def loss(i, v):
@@ -209,7 +212,7 @@ def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
     details.update(epochs=opts.epochs, views=views, augment=opts.augment, crop=crop_e, base_lr=opts.base_lr,
                    batch_size=opts.batch_size, backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
     if golden is not None:
-        details["projector_lr"] = opts.projector_lr
+        details.update(projector_lr=opts.projector_lr, projector_init=opts.projector_init)
     return EvalResult(mode, eval_bb.name, test_acc, val_acc, job.seeds, details)
 
 

@@ -21,13 +21,26 @@ def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> nn.Li
     return head
 
 
-def new_projector(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
-    """``nn.Linear(F_e, F_d)`` with PyTorch's default initialisation, drawn from ``generator``."""
+PROJECTOR_INITS = ("default", "identity", "zero")
+
+
+def new_projector(in_dim: int, out_dim: int, generator: torch.Generator, init: str = "default") -> nn.Linear:
+    """``nn.Linear(F_e, F_d)``. ``default``: PyTorch's initialisation (the original), drawn from ``generator``;
+    ``identity``: W = I (rectangular when the sizes differ: the first min(F_e, F_d) features pass through), b = 0;
+    ``zero``: W = 0, b = 0. A projector fitted on a few images only moves W along the directions their features
+    span, so the start decides what every other direction of a test feature maps to."""
     proj = nn.Linear(in_dim, out_dim)
     with torch.no_grad():
-        nn.init.kaiming_uniform_(proj.weight, a=math.sqrt(5), generator=generator)
-        bound = 1 / math.sqrt(in_dim)
-        proj.bias.uniform_(-bound, bound, generator=generator)
+        if init == "default":
+            nn.init.kaiming_uniform_(proj.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(in_dim)
+            proj.bias.uniform_(-bound, bound, generator=generator)
+            return proj
+        if init == "identity":
+            nn.init.eye_(proj.weight)
+        else:
+            proj.weight.zero_()
+        proj.bias.zero_()
     return proj
 
 
