@@ -153,3 +153,23 @@ def test_no_augmentation_gets_its_own_column_however_it_was_set():
     assert _protocol_label("linear-probe:augment=false", {"augment": False}) == "linear-probe:augment=false"
     assert _protocol_label("linear-probe", {"augment": True}) == "linear-probe"
     assert _protocol_label("convnet", {"dsa": None}) == "convnet"
+
+
+def test_overview_shows_each_method_by_its_own_first_evaluation(tiny_bench, tmp_path):
+    """Methods evaluated with different protocols (a probe for one, only another protocol for the other) both get
+    their accuracy in the overview, each naming the evaluation it comes from."""
+    import shutil
+
+    out, records = tiny_bench
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    kept = [r for r in records if not (r["method"] == "sfm" and r["protocol"] == "linear-probe")]
+    (mixed / "results.json").write_text(json.dumps(kept))
+    (section,) = build_sections(collect([mixed]))
+    rows = {row[0].text: [c.text for c in row] for row in section.overview.rows}
+    header = section.overview.header
+    evaluation, acc = header.index("evaluation"), header.index("test acc (%)")
+    assert rows["random"][evaluation].startswith("linear-probe") and "augment" not in rows["random"][evaluation]
+    assert rows["sfm"][evaluation].startswith("linear-probe:augment=false")
+    sfm = next(r for r in kept if r["method"] == "sfm" and r["protocol"] == "linear-probe:augment=false")
+    assert rows["sfm"][acc] == f"{100 * sfm['mean']:.2f} ± {100 * sfm['std']:.2f}"
