@@ -84,3 +84,20 @@ def test_checkpoint_with_a_valid_checksum_still_refuses_pickled_code(tmp_path, m
     with pytest.raises(DatadistillError):
         load_checkpoint(tmp_path / "last.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_phase_peak_rss_is_per_phase():
+    import numpy as np
+
+    from datadistill.engine import PhaseTimer, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("the resident high-water mark cannot be reset here (not Linux)")
+    timer = PhaseTimer()
+    with timer.phase("big"):
+        block = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+        del block
+    with timer.phase("small"):
+        np.ones(8)
+    big, small = timer.phases["big"]["peak_rss_mb"], timer.phases["small"]["peak_rss_mb"]
+    assert big - small > 300, (big, small)

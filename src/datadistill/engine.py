@@ -33,8 +33,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak_rss() -> bool:
+    """Restart the process's resident-memory high-water mark (Linux: ``5`` into /proc/self/clear_refs), so the
+    next reading is the peak of one phase, not of everything the process did before. False where unsupported."""
+    try:
+        PROC_CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The high-water mark since the last reset (VmHWM), else the whole process's (ru_maxrss)."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def peak_memory_mb(device: torch.device | None = None) -> dict:
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out = {"peak_rss_mb": peak_rss_mb()}
     if device is not None and device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
@@ -49,6 +73,7 @@ class PhaseTimer:
     def phase(self, name: str):
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_rss()
         start = time.perf_counter()
         try:
             yield self.phases.setdefault(name, {})

@@ -353,9 +353,10 @@ SCORES_HELP = [
 ]
 
 COST_HELP = ("Seconds are wall time of each phase of the distillation (load, statistics pass, distillation, save); "
-             "a cached statistics pass costs nothing here. Peak RSS is the process's high-water mark at the end of the "
-             "phase: a bench runs every method in one process, so a method listed later may show an earlier "
-             "method's peak. Peak CUDA is measured per phase.")
+             "a cached statistics pass costs nothing here. Peak RSS and peak CUDA memory are measured per phase (on "
+             "Linux the resident high-water mark restarts at each phase; elsewhere it is the process's, so in a bench "
+             "a method listed later may show an earlier method's peak). Peak RSS includes what the process already "
+             "held (backbone, data).")
 
 
 def _section_markdown(s: Section) -> list[str]:
