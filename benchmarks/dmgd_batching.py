@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from datadistill.api import build_context, make_config
 from datadistill.data import load_dataset
+from datadistill.engine import process_peak_rss_mb
 from datadistill.methods.dmgd import DMGD
 
 
@@ -95,7 +95,7 @@ def main() -> None:
         "speedup": round(best["one"] / best["classes"], 2),
         "model_call_ms_by_rows": forward_ms,
         "model_call_speedup_per_image": round(forward_ms[2] * c / forward_ms[2 * c], 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": process_peak_rss_mb(),
     }
     print(json.dumps({k: result[k] for k in ("images_per_s", "speedup", "model_call_ms_by_rows",
                                              "model_call_speedup_per_image", "peak_rss_mb")}))

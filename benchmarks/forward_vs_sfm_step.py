@@ -6,7 +6,6 @@ python benchmarks/forward_vs_sfm_step.py --crop 224 --steps 5
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
@@ -23,7 +22,7 @@ def main() -> None:
     args = p.parse_args()
 
     from datadistill.augment import StandardAugment
-    from datadistill.engine import resolve_device
+    from datadistill.engine import process_peak_rss_mb, resolve_device
     from datadistill.models.backbones import load_backbone
     from datadistill.synset import PyramidParam
 
@@ -57,7 +56,7 @@ def main() -> None:
     step = sum(times[1:]) / args.steps  # the first step warms up
     print(f"{args.backbone} crop {args.crop}: forward {fwd:.1f} images/s (batch {args.batch}); "
           f"SFM-shaped step ({args.classes} images x {args.augs} views) {step:.3f} s; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+          f"peak RSS {process_peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import tempfile
 import time
 
@@ -39,7 +38,7 @@ def main() -> None:
 
     import datadistill as dd
     from datadistill.data import load_dataset
-    from datadistill.engine import resolve_device
+    from datadistill.engine import process_peak_rss_mb, resolve_device
     from datadistill.models.backbones import load_backbone
     from datadistill.stats import feature_bank
 
@@ -86,7 +85,7 @@ def main() -> None:
         out["accuracy"][name] = {"test_mean": round(100 * r.mean, 2), "test_std": round(100 * r.std, 2),
                                  "val_mean": round(100 * r.val_mean, 2),
                                  "per_seed": [round(100 * a, 2) for a in r.test_acc]}
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = process_peak_rss_mb()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)

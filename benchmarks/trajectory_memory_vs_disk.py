@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from datadistill.api import build_context, make_config
 from datadistill.data import load_dataset
-from datadistill.engine import resolve_device
+from datadistill.engine import process_peak_rss_mb, resolve_device
 from datadistill.methods.dm import DM
 from datadistill.methods.tgdd import TGDD
 from datadistill.models.architectures import build_model
@@ -114,7 +113,7 @@ def main() -> None:
     result["pair_speedup"] = round(result["sample_pair_ms_disk"] / max(result["sample_pair_ms_memory"], 1e-6), 1)
     result["tgdd_iter_speedup"] = round(result["tgdd_seconds_per_iter_disk"] / result["tgdd_seconds_per_iter_memory"],
                                         3)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = process_peak_rss_mb()
     print(json.dumps({k: v for k, v in result.items() if "times" not in k}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -101,3 +101,19 @@ def test_phase_peak_rss_is_per_phase():
         np.ones(8)
     big, small = timer.phases["big"]["peak_rss_mb"], timer.phases["small"]["peak_rss_mb"]
     assert big - small > 300, (big, small)
+
+
+def test_process_peak_survives_the_per_phase_resets():
+    import numpy as np
+
+    from datadistill.engine import PhaseTimer, process_peak_rss_mb, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("the resident high-water mark cannot be reset here (not Linux)")
+    timer = PhaseTimer()
+    with timer.phase("big"):
+        block = np.ones(400 * 2**20 // 8)
+        del block
+    with timer.phase("small"):
+        np.ones(8)
+    assert process_peak_rss_mb() >= timer.phases["big"]["peak_rss_mb"] > timer.phases["small"]["peak_rss_mb"] + 300

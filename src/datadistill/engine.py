@@ -36,9 +36,14 @@ def resolve_device(name: str) -> torch.device:
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
+_peak_before_resets_mb = 0.0  # the kernel forgets the process peak on a reset (ru_maxrss too): keep it here
+
+
 def reset_peak_rss() -> bool:
     """Restart the process's resident-memory high-water mark (Linux: ``5`` into /proc/self/clear_refs), so the
     next reading is the peak of one phase, not of everything the process did before. False where unsupported."""
+    global _peak_before_resets_mb
+    _peak_before_resets_mb = max(_peak_before_resets_mb, peak_rss_mb())
     try:
         PROC_CLEAR_REFS.write_text("5")
         return True
@@ -55,6 +60,11 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def process_peak_rss_mb() -> float:
+    """The whole process's resident peak, across the per-phase resets (what ``ru_maxrss`` gives without them)."""
+    return max(_peak_before_resets_mb, peak_rss_mb())
 
 
 def peak_memory_mb(device: torch.device | None = None) -> dict:
