@@ -28,15 +28,19 @@ from pathlib import Path
 from datadistill.api import distill, evaluate
 from datadistill.data import load_dataset
 
-BASE = {"device": "cpu"}
+BASE = {"device": "cpu"}  # plus the --set options
 # The staged grid: CFG for the sampler (shared by plain sampling and PGFM), then PGFM's guidance.
 CFG_GRID = [1.0, 2.0, 4.0]
-GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.5, 1.0) for t in (0.5, 0.8)]
+GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.25, 0.5, 1.0) for t in (0.5, 0.8)]
 
 
 def _protocol(args, epochs: int) -> dict:
     return {"name": "convnet", "recipe": "idc", "epochs": epochs, "width": args.width, "val_passes": args.val_passes,
             "val_images": args.val_images}
+
+
+def _models() -> dict:
+    return {"vae": "tiny", "flow": "tiny", **{k: v for k, v in BASE.items() if k != "device"}}
 
 
 def _eval(synsets, data, args, seeds: int, epochs: int) -> dict:
@@ -66,24 +70,27 @@ def tune(args) -> None:
     best_cfg = max(CFG_GRID, key=lambda w: run({"mode": "plain", "cfg_scale": w}))
     best = max(GUIDANCE_GRID, key=lambda g: run({"mode": "pgfm", "cfg_scale": best_cfg, **g}))
     best = {"cfg_scale": best_cfg, **best}
-    extra = [{**best, "warm_start": 0.2}, {**best, "trust_region": 0.0}]
+    extra = [{**best, "warm_start": 0.2}, {**best, "trust_region": 0.0}, {**best, "prototype": "nearest-real"}]
     scores = {json.dumps(s, sort_keys=True): run({"mode": "pgfm", **s}) for s in [best, *extra]}
     chosen = json.loads(max(scores, key=scores.get))
     log.update(chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen}, ipc=args.ipc[0],
-               protocol=_protocol(args, args.epochs[0]))
+               protocol=_protocol(args, args.epochs[0]), models=_models())
     out.write_text(json.dumps(log, indent=1))
     print("chosen", log["chosen"])
 
 
 def table(args) -> None:
     data = load_dataset("fashion-mnist")
-    chosen = json.loads(Path(args.settings).read_text())["chosen"] if args.settings else {"plain": {}, "pgfm": {}}
-    sets = {"pgfm": {"mode": "pgfm", **chosen["pgfm"]}, "plain": {"mode": "plain", **chosen["plain"]},
-            "prototypes": {"mode": "prototypes"}, "real-recon": {"mode": "real-recon"}, "random": None}
+    tuned = [json.loads(Path(f).read_text()) for f in args.settings]
+    chosen_at = {t["ipc"]: t["chosen"] for t in tuned}
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     epochs = dict(zip(args.ipc, args.epochs * len(args.ipc) if len(args.epochs) == 1 else args.epochs, strict=True))
     for ipc in args.ipc:
+        # Settings tuned at this IPC if a tune file for it is given, else those of the first file.
+        chosen = chosen_at.get(ipc, tuned[0]["chosen"]) if tuned else {"plain": {}, "pgfm": {}}
+        sets = {"pgfm": {"mode": "pgfm", **chosen["pgfm"]}, "plain": {"mode": "plain", **chosen["plain"]},
+                "prototypes": {"mode": "prototypes"}, "real-recon": {"mode": "real-recon"}, "random": None}
         for name, settings in sets.items():
             key = f"ipc{ipc}/{name}"
             if key in results or name not in args.sets:
@@ -101,7 +108,7 @@ def table(args) -> None:
             meta = [s.meta for s in synsets]
             cov = [m["mode_coverage"]["mean"] for m in meta if "mode_coverage" in m]
             results[key] = {**res, "settings": settings, "seconds": round(time.perf_counter() - start, 1),
-                            "protocol": _protocol(args, epochs[ipc]),
+                            "protocol": _protocol(args, epochs[ipc]), "models": _models(),
                             "coverage_mean": statistics.mean(cov) if cov else None,
                             "coverage_std": statistics.pstdev(cov) if cov else None,
                             "nfe": meta[0].get("nfe"),
@@ -142,9 +149,18 @@ def main() -> None:
     p.add_argument("--val-images", type=int, default=2000, help="class-balanced validation subset for them")
     p.add_argument("--reuse-random", default=None, help="the DMGD table JSON whose random-real rows to reuse")
     p.add_argument("--sets", nargs="+", default=["pgfm", "plain", "prototypes", "real-recon", "random"])
-    p.add_argument("--settings", default=None, help="the tune output whose chosen settings the table uses")
+    p.add_argument("--settings", nargs="*", default=[], help="tune outputs whose chosen settings the table uses "
+                   "(each at the IPC it was tuned at; an IPC without one takes the first file's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PGFM option for every set, e.g. vae_levels=1 (the 14 x 14 latent space) or vae=FOLDER")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            BASE[key] = json.loads(value)
+        except json.JSONDecodeError:
+            BASE[key] = value
     tune(args) if args.what == "tune" else table(args)
 
 

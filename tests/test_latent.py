@@ -122,3 +122,15 @@ def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
     assert not list((tmp_path / "run" / "models" / "vae").glob("*checkpoint*"))  # cleaned up once the model is saved
     assert resumed["final_train_mse"] == pytest.approx(ref["final_train_mse"], abs=1e-6)
     assert resumed["val_mse"] == pytest.approx(ref["val_mse"], abs=1e-6)
+
+
+def test_tiny_vae_shape_options_reach_the_trainer(digits, kl_folder):
+    from datadistill.errors import ConfigError
+    from datadistill.models.generative.latent import LatentOptions, latent_space_from
+
+    default = latent_space_from(LatentOptions(vae_steps=5), digits)
+    finer = latent_space_from(LatentOptions(vae_steps=5, vae_levels=1, vae_latent_channels=2), digits)
+    assert default.latent_shape == (4, 2, 2) and finer.latent_shape == (2, 4, 4)
+    assert finer.weights != default.weights  # its own cache entry, so flow / diffusion models keyed by it differ too
+    with pytest.raises(ConfigError, match="offline 'tiny' autoencoder"):
+        latent_space_from(LatentOptions(vae=str(kl_folder[0]), vae_levels=1), digits)

@@ -202,6 +202,9 @@ class LatentOptions:
     vae_encode: str = option("sample", "encode real images with a posterior sample (DMGD/Minimax code) or its mean",
                              ("sample", "mean"))
     vae_steps: int = option(2000, "training steps of the offline 'tiny' autoencoder when it is not cached yet")
+    vae_levels: int | None = option(None, "downsampling levels of the offline 'tiny' autoencoder (default 2: 28 px "
+                                          "-> 7 x 7 latents; 1: 14 x 14, a near-lossless reconstruction)")
+    vae_latent_channels: int | None = option(None, "latent channels of the offline 'tiny' autoencoder (default 4)")
 
 
 def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | torch.device = "cpu") -> LatentSpace:
@@ -209,6 +212,11 @@ def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | 
     train = {"steps": opts.vae_steps}
     if opts.vae_image_size:
         train["image_size"] = opts.vae_image_size
+    shape = {"levels": opts.vae_levels, "latent_channels": opts.vae_latent_channels}
+    if any(v is not None for v in shape.values()) and opts.vae not in ("tiny", "offline"):
+        raise ConfigError("--vae-levels / --vae-latent-channels shape the offline 'tiny' autoencoder; "
+                          f"--vae {opts.vae} brings its own architecture")
+    train.update({k: v for k, v in shape.items() if v is not None})
     return load_latent_space(opts.vae, data, device, encode_mode=opts.vae_encode, image_size=opts.vae_image_size,
                              train_options=train)
 
