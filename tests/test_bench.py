@@ -23,6 +23,10 @@ def test_plan_checks_methods_and_neighbour_sources():
         BenchPlan("digits", ["neighbors:sfm"]).validate()
     with pytest.raises(ConfigError, match="unknown method"):
         BenchPlan("digits", ["magic"]).validate()
+    with pytest.raises(ConfigError, match="one of --protocols"):
+        BenchPlan("digits", ["random"], ["linear-probe"], evaluate_with={"random": ["ci"]}).validate()
+    with pytest.raises(ConfigError, match="not one of --methods"):
+        BenchPlan("digits", ["random"], evaluate_with={"sfm": ["linear-probe"]}).validate()
 
 
 @pytest.mark.slow
@@ -60,3 +64,22 @@ def test_bench_api_small(tmp_path, digits):
     records = bench(plan, tmp_path / "b")
     assert {r["method"] for r in records} == {"random", "centroids"} and all(len(r["test_acc"]) == 2 for r in records)
     assert "| centroids | linear-probe |" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_evaluate_with_narrows_one_methods_protocols(tmp_path, digits):
+    plan = BenchPlan("digits", ["random", "centroids"], ["linear-probe", "linear-probe:augment=false"], seeds=1,
+                     crops={"efficientnet_lite0": 32}, settings=["epochs=5", "views=2"],
+                     evaluate_with={"centroids": ["linear-probe:augment=false"]})
+    records = bench(plan, tmp_path / "b")
+    cells = sorted((r["method"], r["protocol"]) for r in records)
+    assert cells == [("centroids", "linear-probe:augment=false"), ("random", "linear-probe"),
+                     ("random", "linear-probe:augment=false")]
+    assert main(["-q", "bench", "--data", "digits", "--methods", "random,centroids", "--protocols",
+                 "linear-probe,linear-probe:augment=false", "--evaluate-with", "centroids=linear-probe:augment=false",
+                 "--seeds", "1", "--crop", "efficientnet_lite0=32", "--set", "epochs=5", "--set", "views=2",
+                 "--out", str(tmp_path / "b")]) == 0  # the same plan from the CLI: every cell is reused
+    assert len(json.loads((tmp_path / "b" / "results.json").read_text())) == 3
+    from datadistill.report import plan_summary
+
+    summary = plan_summary(json.loads((tmp_path / "b" / "bench.json").read_text()))
+    assert "(centroids: linear-probe:augment=false only)" in summary

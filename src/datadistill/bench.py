@@ -16,6 +16,9 @@ Layout of ``OUT``::
 
 A protocol may carry fixed options, ``NAME:KEY=VALUE[:KEY=VALUE]`` (e.g. ``linear-probe:augment=false`` next to
 ``linear-probe`` gives the evaluations with and without augmentation that DD-Ranking's ARS compares).
+``evaluate_with`` (``--evaluate-with METHOD=P1+P2``) narrows the protocols one method's sets are judged by, so a
+page comparing e.g. SFM under the linear probe and DM under the from-scratch ConvNet does not pay for the cells
+nobody reads (DM's images through a backbone's CI); the other methods keep every protocol.
 ``datadistill report OUT`` turns the results into a page with pictures (report.py, report_html.py).
 """
 
@@ -54,6 +57,7 @@ class BenchPlan:
     settings: list[str] = field(default_factory=list)  # "[scope.]key=value", scope = a method or protocol
     root: str | None = None
     device: str = "auto"
+    evaluate_with: dict[str, list[str]] = field(default_factory=dict)  # method spec -> its protocols (a subset)
 
     def validate(self) -> BenchPlan:
         for spec in self.methods:
@@ -63,10 +67,22 @@ class BenchPlan:
                 raise ConfigError(f"'{spec}' needs '{source or 'SRC'}' in --methods (neighbors:SRC)")
         for p in self.protocols:
             protocol_spec(p)
+        for spec, chosen in self.evaluate_with.items():
+            if spec not in self.methods:
+                raise ConfigError(f"--evaluate-with {spec}=...: '{spec}' is not one of --methods")
+            unknown = [p for p in chosen if p not in self.protocols]
+            if unknown or not chosen:
+                raise ConfigError(f"--evaluate-with {spec}={'+'.join(chosen)}: each protocol must be one of "
+                                  f"--protocols ({', '.join(self.protocols)})")
         if self.seeds < 1 or not self.ipcs or min(self.ipcs) < 1:
             raise ConfigError("--seeds and every --ipc must be at least 1")
         parse_settings(self.settings, self.methods, self.protocols)
         return self
+
+    def protocols_for(self, spec: str) -> list[str]:
+        """The protocols that judge method ``spec``'s sets, in --protocols order."""
+        chosen = self.evaluate_with.get(spec)
+        return [p for p in self.protocols if chosen is None or p in chosen]
 
 
 def protocol_spec(spec: str) -> tuple[str, dict]:
@@ -165,7 +181,7 @@ class Bench:
             for b_d in self.plan.backbones:
                 for spec in self.plan.methods:
                     synsets, phases = self.distill(spec, ipc, b_d)
-                    for protocol in self.plan.protocols:
+                    for protocol in self.plan.protocols_for(spec):
                         if get_protocol(protocol_spec(protocol)[0]).needs_synset:
                             self.evaluate(spec, synsets, phases, ipc, b_d, protocol)
         for protocol in (p for p in self.plan.protocols if not get_protocol(protocol_spec(p)[0]).needs_synset):

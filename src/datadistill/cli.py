@@ -99,6 +99,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--crop", action="append", default=[], metavar="BACKBONE=PX", help="input size per backbone")
     b.add_argument("--set", action="append", default=[], metavar="[SCOPE.]KEY=VALUE", dest="settings",
                    help="an option for every method/protocol that has it, or for one (scope = its name)")
+    b.add_argument("--evaluate-with", action="append", default=[], metavar="METHOD=P1+P2",
+                   help="judge METHOD's sets by these of --protocols only (default: all of them)")
     b.add_argument("--out", required=True)
     b.add_argument("--root", default=None)
     b.add_argument("--device", default="auto")
@@ -171,8 +173,14 @@ def _cmd_bench(args) -> int:
         if not eq or not px.isdigit():
             raise ConfigError(f"--crop expects BACKBONE=PX, got '{item}'")
         crops[name] = int(px)
+    evaluate_with = {}
+    for item in args.evaluate_with:
+        method, eq, protocols = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--evaluate-with expects METHOD=P1+P2, got '{item}'")
+        evaluate_with[method] = protocols.split("+")
     plan = BenchPlan(args.data, args.methods, args.protocols, args.backbones, args.eval_backbones, args.ipc,
-                     args.seeds, crops, args.settings, args.root, args.device)
+                     args.seeds, crops, args.settings, args.root, args.device, evaluate_with)
     records = bench(plan, args.out)
     say((Path(args.out) / "summary.md").read_text())
     say(f"{len(records)} results in {args.out}/results.json (and .csv)")

@@ -389,7 +389,8 @@ def _section_markdown(s: Section) -> list[str]:
 
 def plan_summary(plan: dict) -> str:
     """One line naming a bench plan's methods, protocols, seeds, crops and settings."""
-    return (f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}; "
+    narrowed = "".join(f" ({m}: {', '.join(ps)} only)" for m, ps in (plan.get("evaluate_with") or {}).items())
+    return (f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}{narrowed}; "
             f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
             f"settings {plan.get('settings') or 'defaults'}")
 
