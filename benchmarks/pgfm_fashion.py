@@ -8,6 +8,9 @@ protocol (seed 3407 + k for set k): test mean ± std, validation mean, mode cove
         --settings benchmarks/results/pgfm_tune.json --reuse-random benchmarks/results/dmgd_fashion.json \
         --out benchmarks/results/pgfm_fashion.json
 
+``--set KEY=VALUE`` passes a PGFM option to every set (``--set vae_levels=1`` for the 4 x 14 x 14 latent space);
+``--settings`` takes one tune output per IPC (each used at the IPC it was tuned at).
+
 Scale-down for the 2-core CPU (documented in BENCHMARKS.md), the same as the DMGD table's so the two compare:
 ConvNet-3 of width ``--width`` 64 (the protocol's default is 128), ``--epochs`` per IPC instead of the IDC recipe's
 1500, ``--val-passes`` 4 periodic validations on a class-balanced ``--val-images`` 2000 subset for the epoch
