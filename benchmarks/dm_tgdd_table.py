@@ -125,7 +125,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out_path = RESULTS / f"dm_tgdd_{args.data}{args.tag}.json"
     state = json.loads(out_path.read_text()) if out_path.exists() else {}
-    state["settings"] = vars(args)
+    # One entry per IPC list and stage, so a later invocation (another IPC) keeps the settings of the earlier rows.
+    state.setdefault("settings", {})[f"ipcs={args.ipcs} stage={args.stage}"] = vars(args)
 
     def save():
         out_path.write_text(json.dumps(state, indent=1))
