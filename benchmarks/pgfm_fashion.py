@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from datadistill.api import distill, evaluate
+from datadistill.bench import parse_settings
 from datadistill.data import load_dataset
 
 BASE = {"device": "cpu"}  # plus the --set options
@@ -158,12 +159,7 @@ def main() -> None:
                    help="a PGFM option for every set, e.g. vae_levels=1 (the 14 x 14 latent space) or vae=FOLDER")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            BASE[key] = json.loads(value)
-        except json.JSONDecodeError:
-            BASE[key] = value
+    BASE.update(parse_settings(args.set, ["pgfm"], []).get("", {}))  # typed and checked against PGFM's options
     tune(args) if args.what == "tune" else table(args)
 
 
