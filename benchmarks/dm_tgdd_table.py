@@ -33,6 +33,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=os.environ.get("DD_RUNS", "/tmp/dd-issue4-runs"))
     p.add_argument("--tag", default="", help="suffix of the results file (variants)")
+    p.add_argument("--sets-tag", default=None,
+                   help="suffix of the distilled sets to use (default: --tag); another evaluation of the same sets")
     # experts (TGDD trajectories and the full-data ConvNet)
     p.add_argument("--num-experts", type=int, default=3)
     p.add_argument("--expert-epochs", type=int, default=8)
@@ -167,7 +169,8 @@ def main() -> None:
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy
             for method in methods:
-                source = str(runs / f"{method}-ipc{ipc}{args.tag}")
+                sets_tag = args.tag if args.sets_tag is None else args.sets_tag
+                source = str(runs / f"{method}-ipc{ipc}{sets_tag}")
                 for k in range(args.seeds):
                     key = f"{method}-ipc{ipc}-seed{k}"
                     if key not in finished:
