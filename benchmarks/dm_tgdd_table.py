@@ -162,6 +162,7 @@ def main() -> None:
     epochs = per_ipc(args.eval_epochs, ipcs)
     if args.stage in ("eval", "all"):
         finished = state.setdefault("eval", {})
+        sets_tag = args.tag if args.sets_tag is None else args.sets_tag
         jobs = []
         for ipc in ipcs:
             options = {"recipe": args.recipe, "epochs": epochs[ipc], "val_images": args.val_images or None,
@@ -169,7 +170,6 @@ def main() -> None:
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy
             for method in methods:
-                sets_tag = args.tag if args.sets_tag is None else args.sets_tag
                 source = str(runs / f"{method}-ipc{ipc}{sets_tag}")
                 for k in range(args.seeds):
                     key = f"{method}-ipc{ipc}-seed{k}"
