@@ -87,4 +87,8 @@ def test_tgdd_run_directory_factor_is_decoded(digits, tmp_path):
                num_experts=1, expert_epochs=1, expert_epoch_images=64, expert_width=8)
     r = dd.evaluate(out, protocol="convnet", seeds=1, epochs=1, width=8)
     assert r.details["train_images"] == 40
-    assert torch.equal(SyntheticSet.load(out).labels, torch.arange(10))
+    loaded = SyntheticSet.load(out)
+    assert torch.equal(loaded.labels, torch.arange(10)) and loaded.meta["factor"] == 2
+    # A set handed over on its own (no run directory) still decodes its tiles.
+    alone = dd.evaluate(loaded, protocol="convnet", data=digits, seeds=1, epochs=1, width=8)
+    assert alone.details["train_images"] == 40

@@ -86,7 +86,7 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
         with timer.phase("distill"):
             if algo.optimises:
                 images, losses = optimise(algo, ctx, run)
-                synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx))
+                synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx), **algo.synset_meta(ctx))
             else:
                 synset = algo.select(ctx)
         if algo.optimises and losses:

@@ -132,6 +132,10 @@ class Method:
     def steps(self, ctx: RunContext) -> int:
         return ctx.opts.steps
 
+    def synset_meta(self, ctx: RunContext) -> dict:
+        """What an evaluator needs to know about the optimised images, saved with the set (not the run)."""
+        return {}
+
     def select(self, ctx: RunContext) -> SyntheticSet:
         raise NotImplementedError
 

@@ -103,6 +103,10 @@ class TGDD(Method):
         self.alpha = opts.loss_alpha(ctx.config.ipc)
         return RawPixelParam(initial_images(ctx, opts.init, opts.factor))
 
+    def synset_meta(self, ctx: RunContext) -> dict:
+        # The stored images are f x f tiles: a set loaded on its own (no run config) must still decode them.
+        return {"factor": ctx.opts.factor}
+
     def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
         lr = ctx.opts.image_lr(ctx.config.ipc, ctx.resolution)
         return torch.optim.SGD(param.parameters(), lr=lr, momentum=ctx.opts.momentum)
