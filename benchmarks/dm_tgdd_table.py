@@ -101,10 +101,7 @@ def _evaluate(job):
     if method == "random":
         synset = dd.distill("random", data_name, ipc=ipc, seed=seed - 3407)  # redrawn per seed (0, 1, 2)
     else:
-        synset = SyntheticSet.load(source)
-        # Sets saved before the factor went into their metadata carry it only in the run's config.
-        factor = json.loads((Path(source) / "config.json").read_text())["distill"]["options"].get("factor", 1)
-        options = {"factor": factor, **options}
+        synset = SyntheticSet.load(source)  # a multi-formation set names its factor in its metadata
     r = dd.evaluate(synset, protocol="convnet", data=data_name, seeds=1, first_seed=seed, **options)
     d = r.details
     return {"key": key, "method": method, "ipc": ipc, "seed": seed, "test": r.test_acc[0], "val": r.val_acc[0],
