@@ -28,8 +28,8 @@ from datadistill.options import fields_of
 BASE = {"device": "cpu"}
 EXTRA: dict = {}  # --set key=value: options for every generated set (smoke tests: fewer steps)
 CFG_GRID = [2.0, 4.0]  # classifier-free guidance of the sampler (DiT/DMGD: 4.0)
-DMGD_GRID = [0.05, 0.5, 2.0]  # OT guidance scale g (paper range 0.05-0.5, plus a stronger one)
-MGD3_GRID = [0.05, 0.1, 0.3]  # mode guidance lambda (paper default 0.1)
+DMGD_GRID = [0.05, 0.5, 2.0]  # OT guidance scale g (paper range 0.05-0.5, plus a stronger one): --dmgd-grid
+MGD3_GRID = [0.05, 0.1, 0.3]  # mode guidance lambda (paper default 0.1): --mgd3-grid
 VARIANTS = {  # name -> (method, options); the guidance scales come from the tuning
     "DMGD": ("dmgd", {}),
     "semantic matching only": ("dmgd", {"ot": False}),
@@ -92,8 +92,8 @@ def tune(args) -> None:
 
     # CFG of the shared sampler first, on plain sampling; then each method's guidance scale at that CFG.
     cfg = max(CFG_GRID, key=lambda w: run("dmgd", {"semantic": "off", "ot": False, "cfg_scale": w}))
-    g = max(DMGD_GRID, key=lambda s: run("dmgd", {"cfg_scale": cfg, "guidance_scale": s}))
-    lam = max(MGD3_GRID, key=lambda s: run("mgd3", {"cfg_scale": cfg, "mode_guidance_scale": s}))
+    g = max(args.dmgd_grid, key=lambda s: run("dmgd", {"cfg_scale": cfg, "guidance_scale": s}))
+    lam = max(args.mgd3_grid, key=lambda s: run("mgd3", {"cfg_scale": cfg, "mode_guidance_scale": s}))
     log["chosen"] = {"dmgd": {"cfg_scale": cfg, "guidance_scale": g},
                      "mgd3": {"cfg_scale": cfg, "mode_guidance_scale": lam}}
     out.write_text(json.dumps(log, indent=1) + "\n")
@@ -152,6 +152,8 @@ def main() -> None:
     p.add_argument("--gen-seeds", type=int, default=1, help="generated sets per diffusion method (table)")
     p.add_argument("--settings", default=None, help="the tune stage's JSON (its 'chosen' settings)")
     p.add_argument("--grids", default=None, help="folder for a PNG grid of each set (table)")
+    p.add_argument("--dmgd-grid", type=float, nargs="+", default=DMGD_GRID, help="OT guidance scales to tune")
+    p.add_argument("--mgd3-grid", type=float, nargs="+", default=MGD3_GRID, help="mode guidance scales to tune")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     for item in args.set:
