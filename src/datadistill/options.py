@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         help_text = f.metadata.get("help", "")
         if default is not None and "default" not in help_text:
             help_text = f"{help_text} (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
