@@ -26,6 +26,7 @@ def _cli(capsys, *argv):
     (["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{tmp}/o"], "larger than"),
     (["distill", "random", "--data", "digits", "--out", "{tmp}/file/o"], "not writable"),
     (["distill", "sfm", "--data", "mnist", "--root", "{tmp}", "--out", "{tmp}/o"], "download"),
+    (["eval", "{tmp}/missing-run", "--protocol", "convnet"], "does not exist"),
 ])
 def test_bad_input_gives_one_clear_line(capsys, tmp_path, argv, message):
     (tmp_path / "file").write_text("a file, not a folder")

@@ -137,6 +137,8 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
     run, run_cfg = None, {}
     if isinstance(synset, str | Path):
         path = Path(synset)
+        if not path.exists():  # say so before asking for data= (which a missing run cannot supply)
+            raise DataError(f"no synthetic set at {path}: the path does not exist")
         if (path / "config.json").exists():
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
