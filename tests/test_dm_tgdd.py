@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from datadistill.methods.dm import DM
 from datadistill.methods.tgdd import TGDD, TGDDOptions
 from datadistill.models.architectures import ModelSpec, build_model
 from datadistill.models.trajectories import TrajectoryStore, train_experts
-from datadistill.synset import RawPixelParam, decode_multi_formation, tile_images
+from datadistill.synset import RawPixelParam, SyntheticSet, decode_multi_formation, tile_images
 
 EXPERTS = dict(num_experts=2, expert_epochs=3, expert_epoch_images=512, expert_batch=32, expert_lr=0.05)
 TINY = dict(batch_real=16, width=16)
@@ -70,6 +71,17 @@ def test_dm_learns_and_keeps_pixels_in_range(digits):
                 means = class_feature_means(net.embed, norm(synset.images), synset.labels, 10)
                 gaps[name].append(float((means - target).pow(2).sum()))
     assert sum(gaps["dm"]) < sum(gaps["start"])
+
+
+def test_dm_no_clamp_keeps_what_it_optimised(digits, tmp_path):
+    # the DM code evaluates unclamped pixels: --no-clamp must save (and reload) them unclamped
+    opts = dict(ipc=2, dataset=digits, steps=15, lr=10.0, **TINY)
+    clamped = dd.distill("dm", "digits", **opts)
+    free = dd.distill("dm", "digits", clamp=False, out=tmp_path / "run", **opts)
+    assert clamped.images.min() >= 0 and clamped.images.max() <= 1 and "unbounded" not in clamped.meta
+    assert free.meta["unbounded"] and (free.images.min() < 0 or free.images.max() > 1)
+    loaded = SyntheticSet.load(tmp_path / "run")
+    assert torch.equal(loaded.images, free.images) and loaded.grid().dtype == np.uint8
 
 
 def test_dm_resume_after_kill_matches(digits, tmp_path, monkeypatch):

@@ -22,7 +22,11 @@ COLOR_DECORRELATION = _COLOR / _COLOR.norm(dim=0).max()
 
 @dataclass
 class SyntheticSet:
-    """Images in [0,1] (N x 3 x H x W, float32), hard labels, class names and free-form metadata."""
+    """Images in [0,1] (N x 3 x H x W, float32), hard labels, class names and free-form metadata.
+
+    ``meta["unbounded"]`` keeps pixel values outside [0, 1], for methods whose code evaluates what it optimised
+    without clamping (DM with ``--no-clamp``); the PNG grid shows them clamped.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -30,7 +34,9 @@ class SyntheticSet:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.images = self.images.detach().float().cpu().clamp(0, 1)
+        self.images = self.images.detach().float().cpu()
+        if not self.meta.get("unbounded"):
+            self.images = self.images.clamp(0, 1)
         self.labels = self.labels.detach().long().cpu()
         if self.images.ndim != 4 or self.images.shape[1] != 3 or len(self.images) != len(self.labels):
             raise DataError(f"a synthetic set needs N x 3 x H x W images and N labels, got "
@@ -52,7 +58,7 @@ class SyntheticSet:
         for img, y in zip(self.images, self.labels.tolist(), strict=True):
             r, k = y, slot[y]
             slot[y] += 1
-            arr = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = arr
         return canvas
 

@@ -6,8 +6,9 @@ shared by its real and synthetic images (Siamese). Loss = sum over classes of th
 means; one SGD step (lr 1, momentum 0.5) on the pixels per iteration.
 
 The DM code optimises normalised images; ``--space normalized`` (default) stores the pixels normalised so the
-same lr means the same step. The saved set lives in [0, 1]; ``--clamp`` (default) keeps the optimised pixels
-there so what is evaluated is what was optimised (the code does not clamp).
+same lr means the same step. ``--clamp`` (default) keeps the optimised pixels in [0, 1], where image files live.
+The code does not clamp and evaluates its unclamped tensors: ``--no-clamp`` does the same and saves the set
+unbounded (``meta["unbounded"]``), so what is evaluated is still what was optimised.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class DMOptions(MatchOptions):
     lr: float = option(1.0, "SGD lr on the pixels (DM code: 1.0, on normalised pixels with --space normalized)")
     space: str = option("normalized", "pixels optimised in normalised space (DM code) or raw [0, 1] space",
                         ("normalized", "raw"))
-    clamp: bool = option(True, "keep the pixels in [0, 1] after every step (the saved set is clamped anyway)")
+    clamp: bool = option(True, "keep the pixels in [0, 1] after every step; --no-clamp (the DM code) saves the set "
+                               "unbounded and evaluates it so")
     arch: str = option("convnet", "random embedding network (instance norm in the DM code)",
                        ("convnet", "convnet-bn", "convnet-nn"))
 
@@ -64,6 +66,9 @@ class DM(Method):
 
     def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
         return torch.optim.SGD(param.parameters(), lr=ctx.opts.lr, momentum=ctx.opts.momentum)
+
+    def synset_meta(self, ctx: RunContext) -> dict:
+        return {} if ctx.opts.clamp else {"unbounded": True}
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
         opts, c = ctx.opts, ctx.data.num_classes
