@@ -54,6 +54,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--val-points", type=int, default=4, help="validation checks per evaluation run")
     p.add_argument("--val-images", type=int, default=2000, help="0: the whole validation split")
     p.add_argument("--dsa-strategy", default=None, help="evaluation DSA strategy (default: the recipe's)")
+    p.add_argument("--pool-tags", default="",
+                   help="comma list of result tags, one per distilled set of one setting (e.g. distillation seeds "
+                        "via --dm-extra '{\"seed\": 1}'): the printed table pools their evaluations")
     return p.parse_args()
 
 
@@ -192,7 +195,27 @@ def main() -> None:
                          "epoch": r.details["selected_epoch"], "seconds": round(time.perf_counter() - start, 1),
                          "train_images": r.details["train_images"]}
         save()
+    if args.pool_tags:
+        state = pooled(args.data, args.pool_tags.split(","), ipcs, methods)
     print(table(state, ipcs, methods))
+
+
+def pooled(data: str, tags: list[str], ipcs: list[int], methods: list[str]) -> dict:
+    """The evaluations of several result files as one state (keys prefixed by their tag); prints each set's mean,
+    so the spread between distilled sets can be told from the spread between training seeds."""
+    import numpy as np
+
+    rows = {}
+    for tag in tags:
+        finished = json.loads((RESULTS / f"dm_tgdd_{data}{tag}.json").read_text()).get("eval", {})
+        for key, row in finished.items():
+            rows[f"{tag}:{key}"] = row
+        for m in methods:
+            for ipc in ipcs:
+                t = [100 * r["test"] for r in finished.values() if r["method"] == m and r["ipc"] == ipc]
+                if t:
+                    print(f"set {tag or '(default)'} {m} IPC {ipc}: {np.mean(t):.2f} ± {np.std(t):.2f} (n={len(t)})")
+    return {"eval": rows}
 
 
 def table(state: dict, ipcs: list[int], methods: list[str]) -> str:
