@@ -232,7 +232,7 @@ def table(state: dict, ipcs: list[int], methods: list[str]) -> str:
                 continue
             t = 100 * np.array([r["test"] for r in rows])
             last = 100 * np.array([r["test_last"] for r in rows])
-            cells.append(f"{t.mean():.2f} ± {t.std():.2f} (last {last.mean():.2f}, n={len(rows)})")
+            cells.append(f"{t.mean():.2f} ± {t.std():.2f} (last {last.mean():.2f} ± {last.std():.2f}, n={len(rows)})")
         lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
     if "full" in state:
         t = 100 * np.array(state["full"]["test"])
