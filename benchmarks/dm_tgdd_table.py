@@ -43,6 +43,9 @@ def parse() -> argparse.Namespace:
     # distillation
     p.add_argument("--dm-steps", default="200,200,100", help="DM iterations per IPC")
     p.add_argument("--dm-batch-real", type=int, default=32)
+    p.add_argument("--dm-clamp", action=argparse.BooleanOptionalAction, default=True,
+                   help="DM keeps its pixels in [0, 1], as in the tables' DM rows (default here); --no-dm-clamp is "
+                        "the DM code and the library's default")
     p.add_argument("--tgdd-steps", default="200,150,60", help="TGDD iterations per IPC")
     p.add_argument("--tgdd-batch-real", type=int, default=32)
     p.add_argument("--tgdd-factor", default="1,1,1", help="TGDD multi-formation factor per IPC")
@@ -148,8 +151,8 @@ def main() -> None:
     factors = per_ipc(args.tgdd_factor, ipcs)
     for ipc in ipcs:
         if "dm" in methods:
-            opts = {"steps": dm_steps[ipc], "batch_real": args.dm_batch_real, "checkpoint_every": 10,
-                    **json.loads(args.dm_extra or "{}")}
+            opts = {"steps": dm_steps[ipc], "batch_real": args.dm_batch_real, "clamp": args.dm_clamp,
+                    "checkpoint_every": 10, **json.loads(args.dm_extra or "{}")}
             distill_jobs.append(("dm", args.data, ipc, str(runs / f"dm-ipc{ipc}{args.tag}"), opts))
         if "tgdd" in methods:
             f = factors[ipc]
