@@ -98,7 +98,6 @@ def test_probe_is_deterministic_and_checks_classes(digits, lite0):
         dd.evaluate(wrong, **kw)
 
 
-
 def _help_commands() -> list[list[str]]:
     from datadistill.evaluate import PROTOCOLS
     from datadistill.methods import METHODS
