@@ -206,8 +206,6 @@ def main() -> None:
 def pooled(data: str, tags: list[str], ipcs: list[int], methods: list[str]) -> dict:
     """The evaluations of several result files as one state (keys prefixed by their tag); prints each set's mean,
     so the spread between distilled sets can be told from the spread between training seeds."""
-    import numpy as np
-
     rows = {}
     for tag in tags:
         finished = json.loads((RESULTS / f"dm_tgdd_{data}{tag}.json").read_text()).get("eval", {})
@@ -215,10 +213,21 @@ def pooled(data: str, tags: list[str], ipcs: list[int], methods: list[str]) -> d
             rows[f"{tag}:{key}"] = row
         for m in methods:
             for ipc in ipcs:
-                t = [100 * r["test"] for r in finished.values() if r["method"] == m and r["ipc"] == ipc]
-                if t:
-                    print(f"set {tag or '(default)'} {m} IPC {ipc}: {np.mean(t):.2f} ± {np.std(t):.2f} (n={len(t)})")
+                if cell := summary(finished, m, ipc):
+                    print(f"set {tag or '(default)'} {m} IPC {ipc}: {cell}")
     return {"eval": rows}
+
+
+def summary(finished: dict, method: str, ipc: int) -> str:
+    """Mean ± std of the selected-epoch and last-epoch test accuracy of one method and IPC ('' if none ran)."""
+    import numpy as np
+
+    rows = [v for v in finished.values() if v["method"] == method and v["ipc"] == ipc]
+    if not rows:
+        return ""
+    t = 100 * np.array([r["test"] for r in rows])
+    last = 100 * np.array([r["test_last"] for r in rows])
+    return f"{t.mean():.2f} ± {t.std():.2f} (last {last.mean():.2f} ± {last.std():.2f}, n={len(rows)})"
 
 
 def table(state: dict, ipcs: list[int], methods: list[str]) -> str:
@@ -227,15 +236,7 @@ def table(state: dict, ipcs: list[int], methods: list[str]) -> str:
     names = {"random": "Random real", "dm": "DM (ours)", "tgdd": "TGDD (ours)"}
     lines = ["| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
     for m in methods:
-        cells = []
-        for ipc in ipcs:
-            rows = [v for v in state.get("eval", {}).values() if v["method"] == m and v["ipc"] == ipc]
-            if not rows:
-                cells.append("-")
-                continue
-            t = 100 * np.array([r["test"] for r in rows])
-            last = 100 * np.array([r["test_last"] for r in rows])
-            cells.append(f"{t.mean():.2f} ± {t.std():.2f} (last {last.mean():.2f} ± {last.std():.2f}, n={len(rows)})")
+        cells = [summary(state.get("eval", {}), m, ipc) or "-" for ipc in ipcs]
         lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
     if "full" in state:
         t = 100 * np.array(state["full"]["test"])
