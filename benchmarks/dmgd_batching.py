@@ -45,7 +45,7 @@ def generate(ctx, method: DMGD, template) -> tuple[float, int]:
     optimizer = method.make_optimizer(ctx, state)
     start = time.perf_counter()
     for _ in range(method.steps(ctx)):
-        method.train_step(ctx, state, optimizer, torch.autocast("cpu", enabled=False))
+        method.train_step(ctx, state, optimizer, torch.autocast(ctx.device.type, enabled=False))
     images = state.render()
     synchronize(ctx.device)
     return time.perf_counter() - start, len(images)
@@ -109,8 +109,10 @@ def main() -> None:
         "speedup": round(best["one"] / best["classes"], 2),
         "model_call_ms_by_rows": forward_ms,
         "model_call_speedup_per_image": round(forward_ms[2] * c / forward_ms[2 * c], 2),
-        "peak_rss_mb": process_peak_rss_mb(), **{k: v for k, v in peak_memory_mb(device).items() if k != "peak_rss_mb"},
+        "peak_rss_mb": process_peak_rss_mb(),
     }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = peak_memory_mb(device)["peak_cuda_mb"]
     print(json.dumps({k: result[k] for k in ("images_per_s", "speedup", "model_call_ms_by_rows",
                                              "model_call_speedup_per_image", "peak_rss_mb")}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
