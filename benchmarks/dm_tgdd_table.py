@@ -46,6 +46,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dm-clamp", action=argparse.BooleanOptionalAction, default=True,
                    help="DM keeps its pixels in [0, 1], as in the tables' DM rows (default here); --no-dm-clamp is "
                         "the DM code and the library's default")
+    p.add_argument("--digit-flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep flip in DM's and the evaluation's DSA on digit datasets, as the committed MNIST rows did "
+                        "(default here); --no-digit-flip is the DSA / DM authors' strategy and the library's default")
     p.add_argument("--tgdd-steps", default="200,150,60", help="TGDD iterations per IPC")
     p.add_argument("--tgdd-batch-real", type=int, default=32)
     p.add_argument("--tgdd-factor", default="1,1,1", help="TGDD multi-formation factor per IPC")
@@ -115,6 +118,22 @@ def _evaluate(job):
             "train_images": d["train_images"], "seconds": round(time.perf_counter() - start, 1)}
 
 
+DM_FLIP_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def dataset_mirror_safe(name: str) -> bool:
+    from datadistill.data.registry import DATASETS
+
+    return DATASETS[name].mirror_safe if name in DATASETS else True
+
+
+def recipe_strategy(recipe: str) -> str:
+    """The evaluation recipe's DSA strategy with flip (what the library uses on mirror-safe datasets)."""
+    from datadistill.evaluate.from_scratch import RECIPES
+
+    return RECIPES[recipe]["dsa_strategy"]
+
+
 def run_pool(fn, jobs, args):
     if not jobs:
         return []
@@ -146,13 +165,16 @@ def main() -> None:
         state.setdefault("experts", {}).update({str(r["expert"]): r for r in done})
         save()
 
+    # The library leaves flip out on digit datasets; the committed MNIST rows kept it (see --digit-flip).
+    keep_flip = args.digit_flip and not dataset_mirror_safe(args.data)
     distill_jobs = []
     dm_steps, tgdd_steps = per_ipc(args.dm_steps, ipcs), per_ipc(args.tgdd_steps, ipcs)
     factors = per_ipc(args.tgdd_factor, ipcs)
     for ipc in ipcs:
         if "dm" in methods:
             opts = {"steps": dm_steps[ipc], "batch_real": args.dm_batch_real, "clamp": args.dm_clamp,
-                    "checkpoint_every": 10, **json.loads(args.dm_extra or "{}")}
+                    "checkpoint_every": 10, **({"dsa_strategy": DM_FLIP_STRATEGY} if keep_flip else {}),
+                    **json.loads(args.dm_extra or "{}")}
             distill_jobs.append(("dm", args.data, ipc, str(runs / f"dm-ipc{ipc}{args.tag}"), opts))
         if "tgdd" in methods:
             f = factors[ipc]
@@ -175,6 +197,8 @@ def main() -> None:
                        "val_every": max(1, epochs[ipc] // args.val_points)}
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy
+            elif keep_flip:
+                options["dsa_strategy"] = recipe_strategy(args.recipe)
             for method in methods:
                 source = str(runs / f"{method}-ipc{ipc}{sets_tag}")
                 for k in range(args.seeds):

@@ -84,6 +84,15 @@ def test_dm_no_clamp_keeps_what_it_optimised(digits, tmp_path):
     assert torch.equal(loaded.images, free.images) and loaded.grid().dtype == np.uint8
 
 
+def test_dm_leaves_flip_out_on_digits_unless_asked(digits):
+    assert not digits.mirror_safe  # the DSA / DM authors drop flip for digit datasets
+    opts = dict(ipc=1, dataset=digits, steps=3, **TINY)
+    default = dd.distill("dm", "digits", **opts)
+    no_flip = dd.distill("dm", "digits", dsa_strategy="color_crop_cutout_scale_rotate", **opts)
+    flip = dd.distill("dm", "digits", dsa_strategy="color_crop_cutout_flip_scale_rotate", **opts)
+    assert torch.equal(default.images, no_flip.images) and not torch.equal(default.images, flip.images)
+
+
 def test_dm_resume_after_kill_matches(digits, tmp_path, monkeypatch):
     opts = dict(ipc=1, dataset=digits, steps=12, checkpoint_every=4, **TINY)
     reference = dd.distill("dm", "digits", out=tmp_path / "ref", **opts)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from datadistill.augment import DSA
+from datadistill.augment import DSA, default_strategy
 from datadistill.errors import ConfigError
 
 ALL = "color_crop_cutout_flip_scale_rotate"
@@ -99,3 +99,10 @@ def test_strategy_validation_and_none():
         DSA("color_blur")
     with pytest.raises(ConfigError, match="mode"):
         DSA(ALL, mode="many")
+
+
+def test_default_strategy_drops_flip_only_where_mirroring_changes_the_image():
+    assert default_strategy(ALL, mirror_safe=True) == ALL
+    assert default_strategy(ALL, mirror_safe=False) == "color_crop_cutout_scale_rotate"
+    assert default_strategy("flip", mirror_safe=False) == "none"
+    assert DSA(default_strategy("flip", mirror_safe=False)).ops == ()

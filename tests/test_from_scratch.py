@@ -92,3 +92,13 @@ def test_tgdd_run_directory_factor_is_decoded(digits, tmp_path):
     # A set handed over on its own (no run directory) still decodes its tiles.
     alone = dd.evaluate(loaded, protocol="convnet", data=digits, seeds=1, epochs=1, width=8)
     assert alone.details["train_images"] == 40
+
+
+def test_recipes_leave_flip_out_on_digits_unless_asked(digits, random_set):
+    for recipe, strategy in (("dm", "color_crop_cutout_scale_rotate"), ("idc", "color_crop_scale_rotate")):
+        assert ConvNetOptions(recipe=recipe).make_recipe(mirror_safe=False).dsa.strategy == strategy
+        assert "flip" in ConvNetOptions(recipe=recipe).make_recipe(mirror_safe=True).dsa.strategy
+    asked = ConvNetOptions(recipe="dm", dsa_strategy="flip").make_recipe(mirror_safe=False)
+    assert asked.dsa.strategy == "flip"
+    r = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, **{**FAST, "epochs": 2, "val_every": 2})
+    assert r.details["dsa"] == "color_crop_scale_rotate"

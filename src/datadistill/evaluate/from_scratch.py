@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..augment import DSA
+from ..augment import DSA, default_strategy
 from ..data import RealData
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
@@ -51,8 +51,8 @@ class ConvNetOptions:
     lr: float = option(0.01, "SGD learning rate (momentum 0.9, weight decay 5e-4)")
     batch_size: int | None = option(None, "batch size (default: the recipe's, 256 dm / 64 idc)")
     dsa: bool = option(True, "per-sample DSA augmentation while training")
-    dsa_strategy: str | None = option(None, "DSA strategy (default: the recipe's; drop 'flip' for digits as the "
-                                            "IDC code does for MNIST)")
+    dsa_strategy: str | None = option(None, "DSA strategy (default: the recipe's, without flip on digit datasets "
+                                            "as the DSA / DM authors and the IDC code do)")
     cutmix: float | None = option(None, "CutMix probability per batch (default: the recipe's, 0 dm / 0.5 idc)")
     val_every: int | None = option(None, "validation accuracy every N epochs for model selection "
                                          "(default: epochs/6, as the code's test interval 250 of 1500)")
@@ -73,9 +73,11 @@ class ConvNetOptions:
             raise ConfigError("--lr must be positive and --cutmix in [0, 1]")
         self.make_recipe()
 
-    def make_recipe(self) -> Recipe:
+    def make_recipe(self, mirror_safe: bool = True) -> Recipe:
+        """The training recipe; ``mirror_safe`` is the dataset's (``RealData.mirror_safe``)."""
         base = RECIPES[self.recipe]
-        dsa = DSA(self.dsa_strategy or base["dsa_strategy"], mode=base["dsa_mode"]) if self.dsa else None
+        strategy = self.dsa_strategy or default_strategy(base["dsa_strategy"], mirror_safe)
+        dsa = DSA(strategy, mode=base["dsa_mode"]) if self.dsa else None
         return Recipe(epochs=self.epochs or base["epochs"], batch_size=self.batch_size or base["batch_size"],
                       lr=self.lr, milestones=base["milestones"], gamma=base["gamma"], dsa=dsa,
                       cutmix=base["cutmix"] if self.cutmix is None else self.cutmix)
@@ -142,7 +144,7 @@ def _splits(data: RealData, resolution: int):
 def run_convnet(job: EvalJob) -> EvalResult:
     opts: ConvNetOptions = job.opts
     check_compatible(job.synsets, job.data)
-    recipe = opts.make_recipe()
+    recipe = opts.make_recipe(job.data.mirror_safe)
     resolution = opts.resolution or job.synsets[0].images.shape[-1]
     train, val, test = _splits(job.data, resolution)
     if opts.val_images and opts.val_images < len(val):

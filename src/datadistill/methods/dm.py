@@ -2,7 +2,9 @@
 
 Every iteration draws a fresh randomly initialised ConvNet (frozen) and matches, for every class, the mean
 embedding of 256 augmented real images with that of the class's synthetic images; one DSA draw per class is
-shared by its real and synthetic images (Siamese). Loss = sum over classes of the squared L2 distance of the
+shared by its real and synthetic images (Siamese). The DSA strategy is the code's
+``color_crop_cutout_flip_scale_rotate``, without flip on digit datasets (the DSA / DM authors' advice for MNIST
+and SVHN: "flip augmentation is not good for digit datasets"). Loss = sum over classes of the squared L2 distance of the
 means; one SGD step (lr 1, momentum 0.5) on the pixels per iteration.
 
 The DM code optimises normalised images; ``--space normalized`` (default) stores the pixels normalised so the
@@ -23,6 +25,7 @@ from ..errors import ConfigError
 from ..models.architectures import ModelSpec, build_model, init_parameters_
 from ..models.supervised import no_grad_forward
 from ..options import option
+from ..progress import log
 from ..synset import ImageParam, RawPixelParam
 from .base import Method, RunContext, register
 from .matching import MatchOptions, class_feature_means, initial_images, norm_for, real_train, sample_real
@@ -57,7 +60,8 @@ class DM(Method):
         opts = ctx.opts
         self.real = real_train(ctx)
         self.norm = norm_for(ctx)
-        self.dsa = opts.dsa()
+        self.dsa = opts.dsa(ctx.data.mirror_safe)
+        log.info("DSA strategy %s, mode %s", self.dsa.strategy, self.dsa.mode)
         spec = ModelSpec(opts.arch, ctx.data.num_classes, self.real.channels, ctx.resolution, opts.width, opts.depth)
         self.net = build_model(spec, ctx.generator).to(ctx.device).requires_grad_(False)
         self.labels = ctx.class_labels()

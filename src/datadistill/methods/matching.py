@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..augment import DSA, DSA_MODES
+from ..augment import DSA, DSA_MODES, default_strategy
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
 from ..models.supervised import InputNorm
@@ -28,7 +28,8 @@ class MatchOptions:
     batch_real: int = option(256, "real images per class per iteration")
     init: str = option("real", "initial images: random real ones, noise, or 'mix' (factor^2 downscaled real "
                                "images tiled; multi-formation)", ("real", "noise", "mix"))
-    dsa_strategy: str = option("color_crop_cutout_flip_scale_rotate", "DSA strategy ('none': no augmentation)")
+    dsa_strategy: str | None = option(None, "DSA strategy ('none': no augmentation; default: "
+                                            "color_crop_cutout_flip_scale_rotate, without flip on digit datasets)")
     dsa_mode: str = option("one", "DSA operations per draw: all, one (DSA code), idc (flip+color, one geometric, "
                                   "cutout)", DSA_MODES)
     width: int | None = option(None, "ConvNet width (default 128)")
@@ -42,8 +43,10 @@ class MatchOptions:
             raise ConfigError("--momentum must lie in [0, 1)")
         self.dsa()
 
-    def dsa(self) -> DSA:
-        return DSA(self.dsa_strategy, mode=self.dsa_mode)
+    def dsa(self, mirror_safe: bool = True) -> DSA:
+        """The DSA of the run; ``mirror_safe`` is the dataset's (``RealData.mirror_safe``)."""
+        strategy = self.dsa_strategy or default_strategy("color_crop_cutout_flip_scale_rotate", mirror_safe)
+        return DSA(strategy, mode=self.dsa_mode)
 
 
 def real_train(ctx: RunContext) -> MemorySplit:

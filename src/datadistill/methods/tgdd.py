@@ -99,7 +99,7 @@ class TGDD(Method):
             raise ConfigError(f"--factor {opts.factor} must divide the resolution {ctx.resolution}")
         self.real = real_train(ctx)
         self.norm = self.store.norm
-        self.dsa = opts.dsa()
+        self.dsa = opts.dsa(ctx.data.mirror_safe)
         self.alpha = opts.loss_alpha(ctx.config.ipc)
         return RawPixelParam(initial_images(ctx, opts.init, opts.factor))
 
