@@ -118,20 +118,18 @@ def _evaluate(job):
             "train_images": d["train_images"], "seconds": round(time.perf_counter() - start, 1)}
 
 
-DM_FLIP_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-
-
 def dataset_mirror_safe(name: str) -> bool:
     from datadistill.data.registry import DATASETS
 
     return DATASETS[name].mirror_safe if name in DATASETS else True
 
 
-def recipe_strategy(recipe: str) -> str:
-    """The evaluation recipe's DSA strategy with flip (what the library uses on mirror-safe datasets)."""
+def flip_strategy(recipe: str | None = None) -> str:
+    """DM's DSA strategy (``recipe`` None) or an evaluation recipe's, with flip: the library's on mirror-safe data."""
+    from datadistill.augment import DSA_CODE_STRATEGY
     from datadistill.evaluate.from_scratch import RECIPES
 
-    return RECIPES[recipe]["dsa_strategy"]
+    return DSA_CODE_STRATEGY if recipe is None else RECIPES[recipe]["dsa_strategy"]
 
 
 def run_pool(fn, jobs, args):
@@ -173,7 +171,7 @@ def main() -> None:
     for ipc in ipcs:
         if "dm" in methods:
             opts = {"steps": dm_steps[ipc], "batch_real": args.dm_batch_real, "clamp": args.dm_clamp,
-                    "checkpoint_every": 10, **({"dsa_strategy": DM_FLIP_STRATEGY} if keep_flip else {}),
+                    "checkpoint_every": 10, **({"dsa_strategy": flip_strategy()} if keep_flip else {}),
                     **json.loads(args.dm_extra or "{}")}
             distill_jobs.append(("dm", args.data, ipc, str(runs / f"dm-ipc{ipc}{args.tag}"), opts))
         if "tgdd" in methods:
@@ -198,7 +196,7 @@ def main() -> None:
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy
             elif keep_flip:
-                options["dsa_strategy"] = recipe_strategy(args.recipe)
+                options["dsa_strategy"] = flip_strategy(args.recipe)
             for method in methods:
                 source = str(runs / f"{method}-ipc{ipc}{sets_tag}")
                 for k in range(args.seeds):

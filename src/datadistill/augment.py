@@ -65,6 +65,7 @@ def aug_basic(out_size: int) -> StandardAugment:
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DSA_MODES = ("all", "one", "idc")
+DSA_CODE_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # the DSA / DM code's default (every operation)
 # Columns of a draw: every parameter is one uniform number, mapped to its range when applied, so a draw does not
 # depend on the image size and real and synthetic batches of different sizes can share it.
 _BRIGHT, _SAT, _CONTRAST, _SHIFT_X, _SHIFT_Y, _CUT_X, _CUT_Y, _FLIP, _SCALE_X, _SCALE_Y, _ANGLE, _CHOICE = range(12)
@@ -86,7 +87,7 @@ class DSA:
     same draw to every batch: DM uses one group per class, TGDD one group for a class's real + synthetic batch.
     """
 
-    strategy: str = "color_crop_cutout_flip_scale_rotate"
+    strategy: str = DSA_CODE_STRATEGY
     mode: str = "one"
     flip_p: float = 0.5
     scale: float = 1.2

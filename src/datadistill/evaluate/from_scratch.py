@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..augment import DSA, default_strategy
+from ..augment import DSA, DSA_CODE_STRATEGY, default_strategy
 from ..data import RealData
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
@@ -36,7 +36,7 @@ from .results import EvalResult
 
 RECIPES = {
     "dm": {"epochs": 1000, "batch_size": 256, "milestones": (0.5,), "gamma": 0.1,
-           "dsa_strategy": "color_crop_cutout_flip_scale_rotate", "dsa_mode": "one", "cutmix": 0.0},
+           "dsa_strategy": DSA_CODE_STRATEGY, "dsa_mode": "one", "cutmix": 0.0},
     "idc": {"epochs": 1500, "batch_size": 64, "milestones": (2 / 3, 5 / 6), "gamma": 0.2,
             "dsa_strategy": "color_crop_flip_scale_rotate", "dsa_mode": "idc", "cutmix": 0.5},
 }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..augment import DSA, DSA_MODES, default_strategy
+from ..augment import DSA, DSA_CODE_STRATEGY, DSA_MODES, default_strategy
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
 from ..models.supervised import InputNorm
@@ -45,7 +45,7 @@ class MatchOptions:
 
     def dsa(self, mirror_safe: bool = True) -> DSA:
         """The DSA of the run; ``mirror_safe`` is the dataset's (``RealData.mirror_safe``)."""
-        strategy = self.dsa_strategy or default_strategy("color_crop_cutout_flip_scale_rotate", mirror_safe)
+        strategy = self.dsa_strategy or default_strategy(DSA_CODE_STRATEGY, mirror_safe)
         return DSA(strategy, mode=self.dsa_mode)
 
 
