@@ -118,12 +118,6 @@ def _evaluate(job):
             "train_images": d["train_images"], "seconds": round(time.perf_counter() - start, 1)}
 
 
-def dataset_mirror_safe(name: str) -> bool:
-    from datadistill.data.registry import DATASETS
-
-    return DATASETS[name].mirror_safe if name in DATASETS else True
-
-
 def flip_strategy(recipe: str | None = None) -> str:
     """DM's DSA strategy (``recipe`` None) or an evaluation recipe's, with flip: the library's on mirror-safe data."""
     from datadistill.augment import DSA_CODE_STRATEGY
@@ -163,8 +157,10 @@ def main() -> None:
         state.setdefault("experts", {}).update({str(r["expert"]): r for r in done})
         save()
 
+    from datadistill.data.registry import is_mirror_safe
+
     # The library leaves flip out on digit datasets; the committed MNIST rows kept it (see --digit-flip).
-    keep_flip = args.digit_flip and not dataset_mirror_safe(args.data)
+    keep_flip = args.digit_flip and not is_mirror_safe(args.data)
     distill_jobs = []
     dm_steps, tgdd_steps = per_ipc(args.dm_steps, ipcs), per_ipc(args.tgdd_steps, ipcs)
     factors = per_ipc(args.tgdd_factor, ipcs)

@@ -249,6 +249,11 @@ def available_datasets() -> list[DatasetEntry]:
     return list(DATASETS.values())
 
 
+def is_mirror_safe(name: str) -> bool:
+    """Whether a horizontal flip keeps the meaning of the dataset's images (registry entries say; others: True)."""
+    return DATASETS[name].mirror_safe if name in DATASETS else True
+
+
 def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> RealData:
     """Load a dataset by registry name, ``imagefolder:PATH`` or ``hf:NAME``, with a held-out validation split.
 
@@ -277,4 +282,4 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, 
     keep, held = stratified_split(train_full.targets, len(classes), val_fraction, split_seed)
     return RealData(name, classes, train_full.subset(keep), train_full.subset(held), test, size, source,
                     extras={"val_fraction": val_fraction, "split_seed": split_seed},
-                    mirror_safe=DATASETS[name].mirror_safe if name in DATASETS else True)
+                    mirror_safe=is_mirror_safe(name))
