@@ -92,8 +92,12 @@ def test_resume_after_kill_matches_uninterrupted(digits, lite0, tmp_path, monkey
     resumed = dd.distill("sfm", "digits", out=tmp_path / "run", **opts)
     assert torch.allclose(resumed.images, reference.images, atol=1e-5)
     ref_losses = json.loads((tmp_path / "ref" / "metrics.json").read_text())["distill"]["losses"]
-    losses = json.loads((tmp_path / "run" / "metrics.json").read_text())["distill"]["losses"]
-    assert losses == pytest.approx(ref_losses, abs=1e-5)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["distill"]
+    assert metrics["losses"] == pytest.approx(ref_losses, abs=1e-5)
+    # The resumed process ran steps 11-20 only, and its time per step counts those 10.
+    phase = metrics["phases"]["distill"]
+    assert phase["resumed_at_step"] == 10
+    assert phase["seconds_per_step"] == round(phase["seconds"] / 10, 4)
 
 
 def test_nan_loss_is_a_clear_error(digits, lite0, monkeypatch, tmp_path):

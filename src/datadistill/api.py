@@ -85,12 +85,17 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
         losses: list[float] = []
         with timer.phase("distill"):
             if algo.optimises:
-                images, losses = optimise(algo, ctx, run)
+                images, loop = optimise(algo, ctx, run)
+                losses = loop.losses
                 synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx), **algo.synset_meta(ctx))
             else:
                 synset = algo.select(ctx)
         if algo.optimises and losses:
-            timer.phases["distill"]["seconds_per_step"] = round(timer.phases["distill"]["seconds"] / len(losses), 4)
+            # A resumed run timed only the steps after its checkpoint.
+            phase = timer.phases["distill"]
+            phase["resumed_at_step"] = loop.resumed_at
+            if loop.step > loop.resumed_at:
+                phase["seconds_per_step"] = round(phase["seconds"] / (loop.step - loop.resumed_at), 4)
         if run is not None and dist.is_main():
             with timer.phase("save"):
                 synset.save(run.synset_path)

@@ -168,9 +168,10 @@ class RunDir:
 class LoopState:
     step: int
     losses: list[float]
+    resumed_at: int = 0  # the step this process started from (0 unless resumed), so timings count only its steps
 
 
-def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]]:
+def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
     """The shared optimisation loop: ``method.train_step`` per step, with growth, checkpoints and resume.
 
     A checkpoint holds the parameterisation, the optimizer, the RNG generator state, the step and the loss
@@ -190,7 +191,7 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
             optimizer = method.make_optimizer(ctx, param)
             optimizer.load_state_dict(saved["optimizer"])
             ctx.generator.set_state(saved["generator"])
-            state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]))
+            state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]), resumed_at=int(saved["step"]))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise DatadistillError(f"checkpoint {source} cannot be resumed ({exc}); delete it to start over") from None
         log.info("resumed from %s at step %d", source, state.step)
@@ -216,7 +217,7 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, list[float]
     bar.close()
     with torch.no_grad():
         images = param.render().float()
-    return images, state.losses
+    return images, state
 
 
 def train_resumable(name: str, total: int, step: Callable[[int], float], state: dict, checkpoint: Path | None,
