@@ -11,7 +11,7 @@ import torch
 from . import __version__, dist
 from .config import DistillConfig, EvalConfig
 from .data import RealData, load_dataset
-from .engine import PhaseTimer, RunDir, optimise, resolve_device
+from .engine import LoopState, PhaseTimer, RunDir, optimise, resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
 from .methods import RunContext, get_method
@@ -83,6 +83,7 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
             with timer.phase("stats"):
                 _ = ctx.stats
         losses: list[float] = []
+        loop: LoopState | None = None
         with timer.phase("distill"):
             if algo.optimises:
                 images, loop = optimise(algo, ctx, run)
@@ -90,7 +91,7 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
                 synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx), **algo.synset_meta(ctx))
             else:
                 synset = algo.select(ctx)
-        if algo.optimises and losses:
+        if loop is not None and losses:
             # A resumed run timed only the steps after its checkpoint.
             phase = timer.phases["distill"]
             phase["resumed_at_step"] = loop.resumed_at
