@@ -82,15 +82,14 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
         if algo.needs_stats:
             with timer.phase("stats"):
                 _ = ctx.stats
-        losses: list[float] = []
         loop: LoopState | None = None
         with timer.phase("distill"):
             if algo.optimises:
                 images, loop = optimise(algo, ctx, run)
-                losses = loop.losses
                 synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx), **algo.synset_meta(ctx))
             else:
                 synset = algo.select(ctx)
+        losses = loop.losses if loop is not None else []
         if loop is not None and losses:
             # A resumed run timed only the steps after its checkpoint.
             phase = timer.phases["distill"]
