@@ -37,8 +37,11 @@ def build(impl: str, resolution: int, channels: int, channels_last: bool) -> nn.
     model = ConvNet(10, channels, resolution)
     for i, m in enumerate(model.features):
         if isinstance(m, nn.GroupNorm) and impl != "groupnorm":
-            model.features[i] = (nn.InstanceNorm2d(m.num_channels, affine=True) if impl == "instancenorm2d"
-                                 else ManualInstanceNorm(m.num_channels))
+            model.features[i] = (
+                nn.InstanceNorm2d(m.num_channels, affine=True)
+                if impl == "instancenorm2d"
+                else ManualInstanceNorm(m.num_channels)
+            )
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -82,16 +85,31 @@ def main() -> None:
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             for batch in (64, 256):
                 x, y = torch.randn(batch, *shape).to(memory_format=fmt), torch.randint(10, (batch,))
-                record(impl=impl, channels_last=cl, mode="train", batch=batch,
-                       images_per_s=rate(lambda m=model, o=opt, x=x, y=y: train_step(m, o, x, y), batch, args.seconds))
+                record(
+                    impl=impl,
+                    channels_last=cl,
+                    mode="train",
+                    batch=batch,
+                    images_per_s=rate(lambda m=model, o=opt, x=x, y=y: train_step(m, o, x, y), batch, args.seconds),
+                )
             frozen = build(impl, args.resolution, args.channels, cl).requires_grad_(False)
             xs = torch.randn(256, *shape, requires_grad=True)
-            record(impl=impl, channels_last=cl, mode="input-grad", batch=256,
-                   images_per_s=rate(lambda m=frozen, x=xs: m(x).sum().backward(), 256, args.seconds))
+            record(
+                impl=impl,
+                channels_last=cl,
+                mode="input-grad",
+                batch=256,
+                images_per_s=rate(lambda m=frozen, x=xs: m(x).sum().backward(), 256, args.seconds),
+            )
             x = torch.randn(1000, *shape).to(memory_format=fmt)
             with torch.inference_mode():
-                record(impl=impl, channels_last=cl, mode="inference-eager", batch=1000,
-                       images_per_s=rate(lambda m=model, x=x: m(x), 1000, args.seconds))
+                record(
+                    impl=impl,
+                    channels_last=cl,
+                    mode="inference-eager",
+                    batch=1000,
+                    images_per_s=rate(lambda m=model, x=x: m(x), 1000, args.seconds),
+                )
     logging.basicConfig(level=logging.WARNING)
     model = ConvNet(10, args.channels, args.resolution).eval()
     x = torch.randn(1000, *shape)
@@ -101,15 +119,23 @@ def main() -> None:
     compiled_ok = os.environ.get("DATADISTILL_COMPILE", "1") != "0"  # no_grad_forward turns it off on failure
     with torch.no_grad():
         diff = float((compiled - model(x)).abs().max())
-    record(impl="groupnorm", channels_last=False, mode="inference-compiled (no_grad_forward)", batch=1000,
-           images_per_s=rate(lambda: no_grad_forward(model, x), 1000, args.seconds), compile_seconds=compile_s,
-           max_abs_diff_vs_eager=diff, compiled=compiled_ok)
+    record(
+        impl="groupnorm",
+        channels_last=False,
+        mode="inference-compiled (no_grad_forward)",
+        batch=1000,
+        images_per_s=rate(lambda: no_grad_forward(model, x), 1000, args.seconds),
+        compile_seconds=compile_s,
+        max_abs_diff_vs_eager=diff,
+        compiled=compiled_ok,
+    )
     g = torch.Generator().manual_seed(0)
     xa = torch.randn(256, *shape)
     for mode in ("all", "one"):
         dsa = DSA("color_crop_cutout_flip_scale_rotate", mode=mode)
-        record(impl=f"DSA {mode}", mode="augment", batch=256,
-               images_per_s=rate(lambda d=dsa: d(xa, g), 256, args.seconds))
+        record(
+            impl=f"DSA {mode}", mode="augment", batch=256, images_per_s=rate(lambda d=dsa: d(xa, g), 256, args.seconds)
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)

@@ -33,8 +33,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=os.environ.get("DD_RUNS", "/tmp/dd-issue4-runs"))
     p.add_argument("--tag", default="", help="suffix of the results file (variants)")
-    p.add_argument("--sets-tag", default=None,
-                   help="suffix of the distilled sets to use (default: --tag); another evaluation of the same sets")
+    p.add_argument(
+        "--sets-tag",
+        default=None,
+        help="suffix of the distilled sets to use (default: --tag); another evaluation of the same sets",
+    )
     # experts (TGDD trajectories and the full-data ConvNet)
     p.add_argument("--num-experts", type=int, default=3)
     p.add_argument("--expert-epochs", type=int, default=8)
@@ -43,12 +46,20 @@ def parse() -> argparse.Namespace:
     # distillation
     p.add_argument("--dm-steps", default="200,200,100", help="DM iterations per IPC")
     p.add_argument("--dm-batch-real", type=int, default=32)
-    p.add_argument("--dm-clamp", action=argparse.BooleanOptionalAction, default=True,
-                   help="DM keeps its pixels in [0, 1], as in the tables' DM rows (default here); --no-dm-clamp is "
-                        "the DM code and the library's default")
-    p.add_argument("--digit-flip", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep flip in DM's and the evaluation's DSA on digit datasets, as the committed MNIST rows did "
-                        "(default here); --no-digit-flip is the DSA / DM authors' strategy and the library's default")
+    p.add_argument(
+        "--dm-clamp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="DM keeps its pixels in [0, 1], as in the tables' DM rows (default here); --no-dm-clamp is "
+        "the DM code and the library's default",
+    )
+    p.add_argument(
+        "--digit-flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep flip in DM's and the evaluation's DSA on digit datasets, as the committed MNIST rows did "
+        "(default here); --no-digit-flip is the DSA / DM authors' strategy and the library's default",
+    )
     p.add_argument("--tgdd-steps", default="200,150,60", help="TGDD iterations per IPC")
     p.add_argument("--tgdd-batch-real", type=int, default=32)
     p.add_argument("--tgdd-factor", default="1,1,1", help="TGDD multi-formation factor per IPC")
@@ -60,9 +71,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--val-points", type=int, default=4, help="validation checks per evaluation run")
     p.add_argument("--val-images", type=int, default=2000, help="0: the whole validation split")
     p.add_argument("--dsa-strategy", default=None, help="evaluation DSA strategy (default: the recipe's)")
-    p.add_argument("--pool-tags", default="",
-                   help="comma list of result tags, one per distilled set of one setting (e.g. distillation seeds "
-                        "via --dm-extra '{\"seed\": 1}'): the printed table pools their evaluations")
+    p.add_argument(
+        "--pool-tags",
+        default="",
+        help="comma list of result tags, one per distilled set of one setting (e.g. distillation seeds "
+        "via --dm-extra '{\"seed\": 1}'): the printed table pools their evaluations",
+    )
     return p.parse_args()
 
 
@@ -96,9 +110,15 @@ def _distill(job):
     start = time.perf_counter()
     dd.distill(method, data_name, ipc=ipc, out=out, **options)
     metrics = json.loads((Path(out) / "metrics.json").read_text())["distill"]
-    return {"method": method, "ipc": ipc, "out": out, "seconds": round(time.perf_counter() - start, 1),
-            "seconds_per_step": metrics["phases"]["distill"].get("seconds_per_step"),
-            "loss_first": metrics.get("loss_first"), "loss_last": metrics.get("loss_last")}
+    return {
+        "method": method,
+        "ipc": ipc,
+        "out": out,
+        "seconds": round(time.perf_counter() - start, 1),
+        "seconds_per_step": metrics["phases"]["distill"].get("seconds_per_step"),
+        "loss_first": metrics.get("loss_first"),
+        "loss_last": metrics.get("loss_last"),
+    }
 
 
 def _evaluate(job):
@@ -113,9 +133,19 @@ def _evaluate(job):
         synset = SyntheticSet.load(source)  # a multi-formation set names its factor in its metadata
     r = dd.evaluate(synset, protocol="convnet", data=data_name, seeds=1, first_seed=seed, **options)
     d = r.details
-    return {"key": key, "method": method, "ipc": ipc, "seed": seed, "test": r.test_acc[0], "val": r.val_acc[0],
-            "test_last": d["test_last"][0], "epoch": d["selected_epoch"][0], "val_curve": d["val_curves"][0],
-            "train_images": d["train_images"], "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "key": key,
+        "method": method,
+        "ipc": ipc,
+        "seed": seed,
+        "test": r.test_acc[0],
+        "val": r.val_acc[0],
+        "test_last": d["test_last"][0],
+        "epoch": d["selected_epoch"][0],
+        "val_curve": d["val_curves"][0],
+        "train_images": d["train_images"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def flip_strategy(recipe: str | None = None) -> str:
@@ -150,8 +180,12 @@ def main() -> None:
     def save():
         out_path.write_text(json.dumps(state, indent=1))
 
-    expert_opts = {"num_experts": args.num_experts, "expert_epochs": args.expert_epochs,
-                   "expert_epoch_images": args.expert_epoch_images or None, "expert_val_every": args.expert_val_every}
+    expert_opts = {
+        "num_experts": args.num_experts,
+        "expert_epochs": args.expert_epochs,
+        "expert_epoch_images": args.expert_epoch_images or None,
+        "expert_val_every": args.expert_val_every,
+    }
     if args.stage in ("experts", "all"):
         done = run_pool(_expert, [(args.data, expert_opts, k) for k in range(args.num_experts)], args)
         state.setdefault("experts", {}).update({str(r["expert"]): r for r in done})
@@ -166,15 +200,26 @@ def main() -> None:
     factors = per_ipc(args.tgdd_factor, ipcs)
     for ipc in ipcs:
         if "dm" in methods:
-            opts = {"steps": dm_steps[ipc], "batch_real": args.dm_batch_real, "clamp": args.dm_clamp,
-                    "checkpoint_every": 10, **({"dsa_strategy": flip_strategy()} if keep_flip else {}),
-                    **json.loads(args.dm_extra or "{}")}
+            opts = {
+                "steps": dm_steps[ipc],
+                "batch_real": args.dm_batch_real,
+                "clamp": args.dm_clamp,
+                "checkpoint_every": 10,
+                **({"dsa_strategy": flip_strategy()} if keep_flip else {}),
+                **json.loads(args.dm_extra or "{}"),
+            }
             distill_jobs.append(("dm", args.data, ipc, str(runs / f"dm-ipc{ipc}{args.tag}"), opts))
         if "tgdd" in methods:
             f = factors[ipc]
-            opts = {"steps": tgdd_steps[ipc], "batch_real": args.tgdd_batch_real, "checkpoint_every": 10,
-                    "factor": f, "init": "mix" if f > 1 else "real", **expert_opts,
-                    **json.loads(args.tgdd_extra or "{}")}
+            opts = {
+                "steps": tgdd_steps[ipc],
+                "batch_real": args.tgdd_batch_real,
+                "checkpoint_every": 10,
+                "factor": f,
+                "init": "mix" if f > 1 else "real",
+                **expert_opts,
+                **json.loads(args.tgdd_extra or "{}"),
+            }
             distill_jobs.append(("tgdd", args.data, ipc, str(runs / f"tgdd-ipc{ipc}{args.tag}"), opts))
     if args.stage in ("distill", "all"):
         done = run_pool(_distill, distill_jobs, args)
@@ -187,8 +232,12 @@ def main() -> None:
         sets_tag = args.tag if args.sets_tag is None else args.sets_tag
         jobs = []
         for ipc in ipcs:
-            options = {"recipe": args.recipe, "epochs": epochs[ipc], "val_images": args.val_images or None,
-                       "val_every": max(1, epochs[ipc] // args.val_points)}
+            options = {
+                "recipe": args.recipe,
+                "epochs": epochs[ipc],
+                "val_images": args.val_images or None,
+                "val_every": max(1, epochs[ipc] // args.val_points),
+            }
             if args.dsa_strategy:
                 options["dsa_strategy"] = args.dsa_strategy
             elif keep_flip:
@@ -203,8 +252,11 @@ def main() -> None:
             for r in pool.imap_unordered(_evaluate, jobs):
                 finished[r["key"]] = r
                 save()
-                print(f"{r['key']}: test {100 * r['test']:.2f} (epoch {r['epoch']}, last {100 * r['test_last']:.2f}) "
-                      f"in {r['seconds']} s", flush=True)
+                print(
+                    f"{r['key']}: test {100 * r['test']:.2f} (epoch {r['epoch']}, last {100 * r['test_last']:.2f}) "
+                    f"in {r['seconds']} s",
+                    flush=True,
+                )
 
     if args.stage in ("full", "all"):
         import datadistill as dd
@@ -212,9 +264,14 @@ def main() -> None:
         _init_worker(max(args.threads, 1))
         start = time.perf_counter()
         r = dd.evaluate(None, protocol="convnet-full", data=args.data, seeds=args.num_experts, **expert_opts)
-        state["full"] = {"test": r.test_acc, "val": r.val_acc, "test_last": r.details["test_last"],
-                         "epoch": r.details["selected_epoch"], "seconds": round(time.perf_counter() - start, 1),
-                         "train_images": r.details["train_images"]}
+        state["full"] = {
+            "test": r.test_acc,
+            "val": r.val_acc,
+            "test_last": r.details["test_last"],
+            "epoch": r.details["selected_epoch"],
+            "seconds": round(time.perf_counter() - start, 1),
+            "train_images": r.details["train_images"],
+        }
         save()
     if args.pool_tags:
         state = pooled(args.data, args.pool_tags.split(","), ipcs, methods)

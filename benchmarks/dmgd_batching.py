@@ -40,8 +40,9 @@ def generate(ctx, method: DMGD, template) -> tuple[float, int]:
     from datadistill.methods.guided_ddpm import GenerationState
 
     synchronize(ctx.device)
-    state = GenerationState(ctx.data.num_classes, ctx.config.ipc, template.sampler.space.latent_shape,
-                            template.sampler, ctx.resolution)
+    state = GenerationState(
+        ctx.data.num_classes, ctx.config.ipc, template.sampler.space.latent_shape, template.sampler, ctx.resolution
+    )
     optimizer = method.make_optimizer(ctx, state)
     start = time.perf_counter()
     for _ in range(method.steps(ctx)):
@@ -71,15 +72,28 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         extra[key] = json.loads(value) if value.lstrip("-").replace(".", "").isdigit() else value
-    contexts = {mode: build_context(make_config("dmgd", args.data, args.ipc, device=args.device, dit=args.dit,
-                                                guidance_scale=args.guidance_scale, batch=mode, **extra), data=data)
-                for mode in ("classes", "one")}
+    contexts = {
+        mode: build_context(
+            make_config(
+                "dmgd",
+                args.data,
+                args.ipc,
+                device=args.device,
+                dit=args.dit,
+                guidance_scale=args.guidance_scale,
+                batch=mode,
+                **extra,
+            ),
+            data=data,
+        )
+        for mode in ("classes", "one")
+    }
     template = method.init_param(contexts["classes"])  # loads the model, latent space and k-means once
     generate(contexts["classes"], method, template)  # warm-up (first calls allocate)
     times: dict[str, list[float]] = {"classes": [], "one": []}
     images = 0
     for r in range(args.repeats):
-        for mode in (("classes", "one") if r % 2 == 0 else ("one", "classes")):
+        for mode in ("classes", "one") if r % 2 == 0 else ("one", "classes"):
             ctx = contexts[mode]
             ctx.generator.manual_seed(ctx.config.seed)
             seconds, images = generate(ctx, method, template)
@@ -102,10 +116,16 @@ def main() -> None:
             synchronize(device)
             forward_ms[rows] = round((time.perf_counter() - start) / 20 * 1000, 2)
     result = {
-        "args": vars(args), "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "images": images,
-        "sampling_steps": contexts["classes"].opts.sampling_steps, "model": template.sampler.model.weights,
-        "seconds": times, "images_per_s": {m: round(images / t, 3) for m, t in best.items()},
+        "args": vars(args),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "images": images,
+        "sampling_steps": contexts["classes"].opts.sampling_steps,
+        "model": template.sampler.model.weights,
+        "seconds": times,
+        "images_per_s": {m: round(images / t, 3) for m, t in best.items()},
         "speedup": round(best["one"] / best["classes"], 2),
         "model_call_ms_by_rows": forward_ms,
         "model_call_speedup_per_image": round(forward_ms[2] * c / forward_ms[2 * c], 2),
@@ -113,8 +133,20 @@ def main() -> None:
     }
     if device.type == "cuda":
         result["peak_cuda_mb"] = peak_memory_mb(device)["peak_cuda_mb"]
-    print(json.dumps({k: result[k] for k in ("images_per_s", "speedup", "model_call_ms_by_rows",
-                                             "model_call_speedup_per_image", "peak_rss_mb")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "images_per_s",
+                    "speedup",
+                    "model_call_ms_by_rows",
+                    "model_call_speedup_per_image",
+                    "peak_rss_mb",
+                )
+            }
+        )
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 

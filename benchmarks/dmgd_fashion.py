@@ -56,16 +56,35 @@ def _eval(synsets, data, args, ipc: int) -> dict:
     extra = {"width": args.width} if args.width else {}
     if args.val_images:
         extra["val_images"] = args.val_images
-    result = evaluate(synsets, protocol="convnet", data=data, seeds=len(synsets), device="cpu", epochs=epochs,
-                      val_every=max(1, epochs // args.val_passes), **extra)
-    return {"test": result.test_acc, "val": result.val_acc, "test_mean": result.mean, "test_std": result.std,
-            "val_mean": result.val_mean, "selected_epoch": result.details.get("selected_epoch")}
+    result = evaluate(
+        synsets,
+        protocol="convnet",
+        data=data,
+        seeds=len(synsets),
+        device="cpu",
+        epochs=epochs,
+        val_every=max(1, epochs // args.val_passes),
+        **extra,
+    )
+    return {
+        "test": result.test_acc,
+        "val": result.val_acc,
+        "test_mean": result.mean,
+        "test_std": result.std,
+        "val_mean": result.val_mean,
+        "selected_epoch": result.details.get("selected_epoch"),
+    }
 
 
 def _protocol(args) -> dict:
-    return {"name": "convnet", "recipe": "idc", "epochs": dict(zip(args.ipc, args.epochs, strict=False)) if
-            len(args.epochs) > 1 else args.epochs[0], "width": args.width or 128, "val_passes": args.val_passes,
-            "val_images": args.val_images or "all"}
+    return {
+        "name": "convnet",
+        "recipe": "idc",
+        "epochs": dict(zip(args.ipc, args.epochs, strict=False)) if len(args.epochs) > 1 else args.epochs[0],
+        "width": args.width or 128,
+        "val_passes": args.val_passes,
+        "val_images": args.val_images or "all",
+    }
 
 
 def _load(path: Path) -> dict:
@@ -86,8 +105,15 @@ def tune(args) -> None:
         synset = distill(method, args.data, ipc=args.ipc[0], dataset=data, **BASE, **_extra(method), **settings)
         seconds = time.perf_counter() - start
         res = _eval([synset], data, args, args.ipc[0])
-        log["runs"].append({"key": key, "method": method, "settings": settings, "val": res["val_mean"],
-                            "generation_s": round(seconds, 1)})
+        log["runs"].append(
+            {
+                "key": key,
+                "method": method,
+                "settings": settings,
+                "val": res["val_mean"],
+                "generation_s": round(seconds, 1),
+            }
+        )
         out.write_text(json.dumps(log, indent=1) + "\n")
         print(f"{method} {settings}: val {100 * res['val_mean']:.2f}", flush=True)
         return res["val_mean"]
@@ -96,8 +122,10 @@ def tune(args) -> None:
     cfg = max(CFG_GRID, key=lambda w: run("dmgd", {"semantic": "off", "ot": False, "cfg_scale": w}))
     g = max(args.dmgd_grid, key=lambda s: run("dmgd", {"cfg_scale": cfg, "guidance_scale": s}))
     lam = max(args.mgd3_grid, key=lambda s: run("mgd3", {"cfg_scale": cfg, "mode_guidance_scale": s}))
-    log["chosen"] = {"dmgd": {"cfg_scale": cfg, "guidance_scale": g},
-                     "mgd3": {"cfg_scale": cfg, "mode_guidance_scale": lam}}
+    log["chosen"] = {
+        "dmgd": {"cfg_scale": cfg, "guidance_scale": g},
+        "mgd3": {"cfg_scale": cfg, "mode_guidance_scale": lam},
+    }
     out.write_text(json.dumps(log, indent=1) + "\n")
     print("chosen on validation:", log["chosen"])
 
@@ -106,8 +134,13 @@ def table(args) -> None:
     data = load_dataset(args.data)
     chosen = _load(Path(args.settings)).get("chosen", {}) if args.settings else {}
     out = Path(args.out)
-    results = _load(out) or {"protocol": _protocol(args), "seeds": args.seeds, "gen_seeds": args.gen_seeds,
-                             "chosen": chosen, "rows": {}}
+    results = _load(out) or {
+        "protocol": _protocol(args),
+        "seeds": args.seeds,
+        "gen_seeds": args.gen_seeds,
+        "chosen": chosen,
+        "rows": {},
+    }
     for ipc in args.ipc:
         for name, (method, extra) in VARIANTS.items():
             key = f"{name} @ IPC {ipc}"
@@ -116,11 +149,16 @@ def table(args) -> None:
             settings = {**chosen.get(method, {}), **extra} if method != "random" else {}
             start = time.perf_counter()
             if method == "random":
-                synsets = [distill("random", args.data, ipc=ipc, dataset=data, seed=k, **BASE)
-                           for k in range(args.seeds)]
+                synsets = [
+                    distill("random", args.data, ipc=ipc, dataset=data, seed=k, **BASE) for k in range(args.seeds)
+                ]
             else:
-                made = [distill(method, args.data, ipc=ipc, dataset=data, seed=3407 + k, **BASE, **_extra(method),
-                                **settings) for k in range(args.gen_seeds)]
+                made = [
+                    distill(
+                        method, args.data, ipc=ipc, dataset=data, seed=3407 + k, **BASE, **_extra(method), **settings
+                    )
+                    for k in range(args.gen_seeds)
+                ]
                 synsets = [made[k % len(made)] for k in range(args.seeds)]
             generation = time.perf_counter() - start
             if args.grids:
@@ -130,13 +168,22 @@ def table(args) -> None:
                 slug = key.replace(" @ ", "-ipc").replace(" ", "-").lower()
                 Image.fromarray(synsets[0].grid()).save(Path(args.grids) / f"{slug}.png")
             res = _eval(synsets, data, args, ipc)
-            results["rows"][key] = {"method": method, "ipc": ipc, "settings": settings, **res,
-                                    "generation_s": round(generation, 1),
-                                    "seconds_per_image": round(generation / (len(synsets[0]) * (
-                                        args.seeds if method == "random" else args.gen_seeds)), 4)}
+            results["rows"][key] = {
+                "method": method,
+                "ipc": ipc,
+                "settings": settings,
+                **res,
+                "generation_s": round(generation, 1),
+                "seconds_per_image": round(
+                    generation / (len(synsets[0]) * (args.seeds if method == "random" else args.gen_seeds)), 4
+                ),
+            }
             out.write_text(json.dumps(results, indent=1) + "\n")
-            print(f"{key}: test {100 * res['test_mean']:.2f} ± {100 * res['test_std']:.2f} "
-                  f"(val {100 * res['val_mean']:.2f})", flush=True)
+            print(
+                f"{key}: test {100 * res['test_mean']:.2f} ± {100 * res['test_std']:.2f} "
+                f"(val {100 * res['val_mean']:.2f})",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -148,8 +195,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, nargs="+", default=[200], help="ConvNet epochs (one per --ipc, or one)")
     p.add_argument("--width", type=int, default=None, help="ConvNet width (default: the protocol's 128)")
     p.add_argument("--val-passes", type=int, default=4, help="validation passes for epoch selection")
-    p.add_argument("--val-images", type=int, default=2000, help="class-balanced validation subset for the periodic "
-                   "selection passes (0: the whole split)")
+    p.add_argument(
+        "--val-images",
+        type=int,
+        default=2000,
+        help="class-balanced validation subset for the periodic selection passes (0: the whole split)",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--gen-seeds", type=int, default=1, help="generated sets per diffusion method (table)")
     p.add_argument("--settings", default=None, help="the tune stage's JSON (its 'chosen' settings)")

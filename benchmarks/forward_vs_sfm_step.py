@@ -54,9 +54,11 @@ def main() -> None:
         opt.step()
         times.append(time.perf_counter() - t)
     step = sum(times[1:]) / args.steps  # the first step warms up
-    print(f"{args.backbone} crop {args.crop}: forward {fwd:.1f} images/s (batch {args.batch}); "
-          f"SFM-shaped step ({args.classes} images x {args.augs} views) {step:.3f} s; "
-          f"peak RSS {process_peak_rss_mb():.0f} MB")
+    print(
+        f"{args.backbone} crop {args.crop}: forward {fwd:.1f} images/s (batch {args.batch}); "
+        f"SFM-shaped step ({args.classes} images x {args.augs} views) {step:.3f} s; "
+        f"peak RSS {process_peak_rss_mb():.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,14 @@ GUIDANCE_GRID = [{"strength": s, "guidance_stop": t} for s in (0.25, 0.5, 1.0) f
 
 
 def _protocol(args, epochs: int) -> dict:
-    return {"name": "convnet", "recipe": "idc", "epochs": epochs, "width": args.width, "val_passes": args.val_passes,
-            "val_images": args.val_images}
+    return {
+        "name": "convnet",
+        "recipe": "idc",
+        "epochs": epochs,
+        "width": args.width,
+        "val_passes": args.val_passes,
+        "val_images": args.val_images,
+    }
 
 
 def _models() -> dict:
@@ -48,10 +54,25 @@ def _models() -> dict:
 
 
 def _eval(synsets, data, args, seeds: int, epochs: int) -> dict:
-    result = evaluate(synsets, protocol="convnet", data=data, seeds=seeds, device="cpu", epochs=epochs,
-                      width=args.width, val_every=max(1, epochs // args.val_passes), val_images=args.val_images)
-    return {"test": result.test_acc, "val": result.val_acc, "test_mean": result.mean, "test_std": result.std,
-            "val_mean": result.val_mean, "selected_epoch": result.details.get("selected_epoch")}
+    result = evaluate(
+        synsets,
+        protocol="convnet",
+        data=data,
+        seeds=seeds,
+        device="cpu",
+        epochs=epochs,
+        width=args.width,
+        val_every=max(1, epochs // args.val_passes),
+        val_images=args.val_images,
+    )
+    return {
+        "test": result.test_acc,
+        "val": result.val_acc,
+        "test_mean": result.mean,
+        "test_std": result.std,
+        "val_mean": result.val_mean,
+        "selected_epoch": result.details.get("selected_epoch"),
+    }
 
 
 def tune(args) -> None:
@@ -77,8 +98,12 @@ def tune(args) -> None:
     extra = [{**best, "warm_start": 0.2}, {**best, "trust_region": 0.0}, {**best, "prototype": "nearest-real"}]
     scores = {json.dumps(s, sort_keys=True): run({"mode": "pgfm", **s}) for s in [best, *extra]}
     chosen = json.loads(max(scores, key=scores.get))
-    log.update(chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen}, ipc=args.ipc[0],
-               protocol=_protocol(args, args.epochs[0]), models=_models())
+    log.update(
+        chosen={"plain": {"cfg_scale": best_cfg}, "pgfm": chosen},
+        ipc=args.ipc[0],
+        protocol=_protocol(args, args.epochs[0]),
+        models=_models(),
+    )
     out.write_text(json.dumps(log, indent=1))
     print("chosen", log["chosen"])
 
@@ -93,8 +118,13 @@ def table(args) -> None:
     for ipc in args.ipc:
         # Settings tuned at this IPC if a tune file for it is given, else those of the first file.
         chosen = chosen_at.get(ipc, tuned[0]["chosen"]) if tuned else {"plain": {}, "pgfm": {}}
-        sets = {"pgfm": {"mode": "pgfm", **chosen["pgfm"]}, "plain": {"mode": "plain", **chosen["plain"]},
-                "prototypes": {"mode": "prototypes"}, "real-recon": {"mode": "real-recon"}, "random": None}
+        sets = {
+            "pgfm": {"mode": "pgfm", **chosen["pgfm"]},
+            "plain": {"mode": "plain", **chosen["plain"]},
+            "prototypes": {"mode": "prototypes"},
+            "real-recon": {"mode": "real-recon"},
+            "random": None,
+        }
         for name, settings in sets.items():
             key = f"ipc{ipc}/{name}"
             if key in results or name not in args.sets:
@@ -105,23 +135,33 @@ def table(args) -> None:
                 out.write_text(json.dumps(results, indent=1))
                 continue
             start = time.perf_counter()
-            synsets = [distill("random", "fashion-mnist", ipc=ipc, dataset=data, seed=k) if settings is None else
-                       distill("pgfm", "fashion-mnist", ipc=ipc, dataset=data, seed=k, **BASE, **settings)
-                       for k in range(args.seeds)]
+            synsets = [
+                distill("random", "fashion-mnist", ipc=ipc, dataset=data, seed=k)
+                if settings is None
+                else distill("pgfm", "fashion-mnist", ipc=ipc, dataset=data, seed=k, **BASE, **settings)
+                for k in range(args.seeds)
+            ]
             res = _eval(synsets, data, args, args.seeds, epochs[ipc])
             meta = [s.meta for s in synsets]
             cov = [m["mode_coverage"]["mean"] for m in meta if "mode_coverage" in m]
-            results[key] = {**res, "settings": settings, "seconds": round(time.perf_counter() - start, 1),
-                            "protocol": _protocol(args, epochs[ipc]), "models": _models(),
-                            "coverage_mean": statistics.mean(cov) if cov else None,
-                            "coverage_std": statistics.pstdev(cov) if cov else None,
-                            "nfe": meta[0].get("nfe"),
-                            "forward_passes_per_image": meta[0].get("forward_passes_per_image"),
-                            "seconds_per_image": statistics.mean(m.get("seconds_per_image", 0.0) for m in meta)}
+            results[key] = {
+                **res,
+                "settings": settings,
+                "seconds": round(time.perf_counter() - start, 1),
+                "protocol": _protocol(args, epochs[ipc]),
+                "models": _models(),
+                "coverage_mean": statistics.mean(cov) if cov else None,
+                "coverage_std": statistics.pstdev(cov) if cov else None,
+                "nfe": meta[0].get("nfe"),
+                "forward_passes_per_image": meta[0].get("forward_passes_per_image"),
+                "seconds_per_image": statistics.mean(m.get("seconds_per_image", 0.0) for m in meta),
+            }
             out.write_text(json.dumps(results, indent=1))
             r = results[key]
-            print(f"IPC {ipc} {name:11s} test {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}  "
-                  f"val {100 * r['val_mean']:.2f}  coverage {r['coverage_mean']}  nfe {r['nfe']}")
+            print(
+                f"IPC {ipc} {name:11s} test {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}  "
+                f"val {100 * r['val_mean']:.2f}  coverage {r['coverage_mean']}  nfe {r['nfe']}"
+            )
 
 
 def _reused_random(args, ipc: int, epochs: int) -> dict | None:
@@ -131,14 +171,23 @@ def _reused_random(args, ipc: int, epochs: int) -> dict | None:
     other = json.loads(Path(args.reuse_random).read_text())
     row = other.get("rows", {}).get(f"random reals @ IPC {ipc}")
     proto = other.get("protocol", {})
-    theirs = {"epochs": proto.get("epochs", {}).get(str(ipc)) if isinstance(proto.get("epochs"), dict)
-              else proto.get("epochs"), "width": proto.get("width"), "val_passes": proto.get("val_passes"),
-              "val_images": proto.get("val_images")}
+    theirs = {
+        "epochs": proto.get("epochs", {}).get(str(ipc))
+        if isinstance(proto.get("epochs"), dict)
+        else proto.get("epochs"),
+        "width": proto.get("width"),
+        "val_passes": proto.get("val_passes"),
+        "val_images": proto.get("val_images"),
+    }
     ours = {"epochs": epochs, "width": args.width, "val_passes": args.val_passes, "val_images": args.val_images}
     if row is None or theirs != ours or other.get("seeds") != args.seeds:
         return None
-    return {**{k: row[k] for k in ("test", "val", "test_mean", "test_std", "val_mean", "selected_epoch")},
-            "settings": None, "protocol": _protocol(args, epochs), "reused_from": args.reuse_random}
+    return {
+        **{k: row[k] for k in ("test", "val", "test_mean", "test_std", "val_mean", "selected_epoch")},
+        "settings": None,
+        "protocol": _protocol(args, epochs),
+        "reused_from": args.reuse_random,
+    }
 
 
 def main() -> None:
@@ -146,17 +195,32 @@ def main() -> None:
     p.add_argument("what", choices=["tune", "table"])
     p.add_argument("--ipc", type=int, nargs="+", default=[10])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, nargs="+", default=[100], help="ConvNet protocol epochs, one per --ipc or "
-                   "one for all (scaled down from the recipe's 1500)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="ConvNet protocol epochs, one per --ipc or one for all (scaled down from the recipe's 1500)",
+    )
     p.add_argument("--width", type=int, default=64, help="ConvNet width (scaled down from 128)")
     p.add_argument("--val-passes", type=int, default=4, help="periodic validations for the epoch selection")
     p.add_argument("--val-images", type=int, default=2000, help="class-balanced validation subset for them")
     p.add_argument("--reuse-random", default=None, help="the DMGD table JSON whose random-real rows to reuse")
     p.add_argument("--sets", nargs="+", default=["pgfm", "plain", "prototypes", "real-recon", "random"])
-    p.add_argument("--settings", nargs="*", default=[], help="tune outputs whose chosen settings the table uses "
-                   "(each at the IPC it was tuned at; an IPC without one takes the first file's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a PGFM option for every set, e.g. vae_levels=1 (the 14 x 14 latent space) or vae=FOLDER")
+    p.add_argument(
+        "--settings",
+        nargs="*",
+        default=[],
+        help="tune outputs whose chosen settings the table uses "
+        "(each at the IPC it was tuned at; an IPC without one takes the first file's)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PGFM option for every set, e.g. vae_levels=1 (the 14 x 14 latent space) or vae=FOLDER",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     BASE.update(parse_settings(args.set, ["pgfm"], []).get("", {}))  # typed and checked against PGFM's options

@@ -63,10 +63,16 @@ def main() -> None:
 
     def flow_row(steps: int, n: int = b) -> dict:
         hook = PathToPrototype(protos[:n], args.strength, args.stop)
-        sec = _time(lambda: ode_sample(flow, labels[:n], noise[:n], steps, "euler", args.cfg, hooks=[hook]),
-                    args.repeats)
-        return {"nfe": steps, "forward_passes": 2 * steps, "batch": n, "seconds_per_image": sec / n,
-                "model": flow.weights}
+        sec = _time(
+            lambda: ode_sample(flow, labels[:n], noise[:n], steps, "euler", args.cfg, hooks=[hook]), args.repeats
+        )
+        return {
+            "nfe": steps,
+            "forward_passes": 2 * steps,
+            "batch": n,
+            "seconds_per_image": sec / n,
+            "model": flow.weights,
+        }
 
     rows["pgfm"] = flow_row(args.steps)
     rows["flow_50_euler"] = flow_row(50)
@@ -75,8 +81,10 @@ def main() -> None:
     rows["decode_seconds_per_image"] = _time(lambda: space.decode(latents), args.repeats) / b
     folder = _cached_dit(space)
     if folder is None:
-        rows["diffusion"] = "not available: no offline DiT for this latent space in the cache (datadistill pretrain " \
-                            "diffusion --data fashion-mnist)"
+        rows["diffusion"] = (
+            "not available: no offline DiT for this latent space in the cache (datadistill pretrain "
+            "diffusion --data fashion-mnist)"
+        )
     else:
         from datadistill.methods.mgd3 import ModeGuidance
         from datadistill.models.generative.diffusion import GaussianDiffusion, ddpm_sample
@@ -87,8 +95,9 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         mode = ModeGuidance(protos, 0.1, 25, 50)
         for name, hooks in (("mgd3_50_ddpm", [mode]), ("ddpm_50", [])):
-            sec = _time(lambda hooks=hooks: ddpm_sample(model, diffusion, labels, noise, g, 4.0, 3, hooks),
-                        args.repeats)
+            sec = _time(
+                lambda hooks=hooks: ddpm_sample(model, diffusion, labels, noise, g, 4.0, 3, hooks), args.repeats
+            )
             rows[name] = {"nfe": 50, "forward_passes": 100, "seconds_per_image": sec / b, "model": model.weights}
         rows["dmgd"] = _dmgd(data, args.dmgd_ipc)
     for name in ("flow_50_euler", "mgd3_50_ddpm", "ddpm_50", "dmgd"):
@@ -124,8 +133,13 @@ def _dmgd(data, ipc: int) -> dict:
     # the "distill" phase includes loading the sampler once; the decode happens in render at the end
     seconds = phases["distill"]["seconds"]
     n = ipc * data.num_classes
-    return {"nfe": 50, "forward_passes": 100, "batch": data.num_classes, "seconds_per_image": seconds / n,
-            "note": "whole generation phase (sampler loading and decoding included) / images"}
+    return {
+        "nfe": 50,
+        "forward_passes": 100,
+        "batch": data.num_classes,
+        "seconds_per_image": seconds / n,
+        "note": "whole generation phase (sampler loading and decoding included) / images",
+    }
 
 
 if __name__ == "__main__":

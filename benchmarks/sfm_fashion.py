@@ -45,8 +45,15 @@ def main() -> None:
     device = resolve_device("auto")
     data = load_dataset(args.data)
     bb = load_backbone(args.backbone, device=device)
-    out: dict = {"data": args.data, "backbone": args.backbone, "weights": bb.weights, "crop": args.crop,
-                 "device": str(device), "threads": torch.get_num_threads(), "args": vars(args)}
+    out: dict = {
+        "data": args.data,
+        "backbone": args.backbone,
+        "weights": bb.weights,
+        "crop": args.crop,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "args": vars(args),
+    }
 
     x = torch.rand(100, 3, args.crop, args.crop, device=device)
     with torch.inference_mode():
@@ -62,29 +69,50 @@ def main() -> None:
     t = time.perf_counter()
     feature_bank(data, bb, "train", crop=args.crop, device=device)
     dt = time.perf_counter() - t
-    out["stats_pass"] = {"images": len(data.train), "seconds": round(dt, 2),
-                         "images_per_s": round(len(data.train) / dt, 1)}
+    out["stats_pass"] = {
+        "images": len(data.train),
+        "seconds": round(dt, 2),
+        "images_per_s": round(len(data.train) / dt, 1),
+    }
 
     with tempfile.TemporaryDirectory() as run:
         t = time.perf_counter()
-        sfm = dd.distill("sfm", args.data, dataset=data, model=bb, crop=args.crop, steps=args.steps, lr=args.lr,
-                         init=args.init, augs=args.augs, out=f"{run}/sfm")
+        sfm = dd.distill(
+            "sfm",
+            args.data,
+            dataset=data,
+            model=bb,
+            crop=args.crop,
+            steps=args.steps,
+            lr=args.lr,
+            init=args.init,
+            augs=args.augs,
+            out=f"{run}/sfm",
+        )
         with open(f"{run}/sfm/metrics.json") as f:
             metrics = json.load(f)["distill"]["phases"]
-    out["sfm"] = {"steps": args.steps, "seconds_per_step": metrics["distill"]["seconds_per_step"],
-                  "distill_seconds": metrics["distill"]["seconds"], "peak_rss_mb": metrics["distill"]["peak_rss_mb"],
-                  "total_seconds": round(time.perf_counter() - t, 2)}
+    out["sfm"] = {
+        "steps": args.steps,
+        "seconds_per_step": metrics["distill"]["seconds_per_step"],
+        "distill_seconds": metrics["distill"]["seconds"],
+        "peak_rss_mb": metrics["distill"]["peak_rss_mb"],
+        "total_seconds": round(time.perf_counter() - t, 2),
+    }
 
     probe = {"seeds": args.seeds, "epochs": args.epochs, "views": args.views, "crop": args.crop}
     centroids = dd.distill("centroids", args.data, dataset=data, model=bb, crop=args.crop)
-    randoms = [dd.distill("random", args.data, dataset=data, model=bb, crop=args.crop, seed=k)
-               for k in range(args.seeds)]
+    randoms = [
+        dd.distill("random", args.data, dataset=data, model=bb, crop=args.crop, seed=k) for k in range(args.seeds)
+    ]
     out["accuracy"] = {}
     for name, s in [("random", randoms), ("centroids", centroids), ("sfm", sfm)]:
         r = dd.evaluate(s, data=data, backbone=bb, **probe)
-        out["accuracy"][name] = {"test_mean": round(100 * r.mean, 2), "test_std": round(100 * r.std, 2),
-                                 "val_mean": round(100 * r.val_mean, 2),
-                                 "per_seed": [round(100 * a, 2) for a in r.test_acc]}
+        out["accuracy"][name] = {
+            "test_mean": round(100 * r.mean, 2),
+            "test_std": round(100 * r.std, 2),
+            "val_mean": round(100 * r.val_mean, 2),
+            "per_seed": [round(100 * a, 2) for a in r.test_acc],
+        }
     out["peak_rss_mb"] = process_peak_rss_mb()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -69,8 +69,15 @@ def load(args):
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         targets = torch.arange(args.classes).repeat_interleave(args.per_class)
         split = TensorImages(images, targets)
-        data = RealData("random-images", [str(c) for c in range(args.classes)], split, split, split, 32,
-                        "uniform random uint8 images (timing only)")
+        data = RealData(
+            "random-images",
+            [str(c) for c in range(args.classes)],
+            split,
+            split,
+            split,
+            32,
+            "uniform random uint8 images (timing only)",
+        )
     else:
         data = load_dataset(args.data)
     if args.random_init:
@@ -98,8 +105,17 @@ def worker(args) -> dict:
         t = time.perf_counter()
         feature_bank(data, backbone, "train", crop=args.crop, device=device)
         stats_seconds = round(time.perf_counter() - t, 2)
-    opts = dict(ipc=args.ipc, dataset=data, model=backbone, backbone=backbone.name, crop=args.crop,
-                steps=args.steps, augs=int(augs), device=str(device), checkpoint_every=10**9)
+    opts = dict(
+        ipc=args.ipc,
+        dataset=data,
+        model=backbone,
+        backbone=backbone.name,
+        crop=args.crop,
+        steps=args.steps,
+        augs=int(augs),
+        device=str(device),
+        checkpoint_every=10**9,
+    )
     if method == "lgm":
         opts["grad"] = grad
     dd.distill(method, args.data, **{**opts, "steps": 2})  # warm-up (allocator, kernels) outside the measurement
@@ -118,11 +134,19 @@ def worker(args) -> dict:
     seconds = time.perf_counter() - t
     sampler.running = False
     sampler.join()
-    out = {"method": method, "augs": int(augs), "grad": grad if method == "lgm" else None,
-           "seconds": round(seconds, 3), "seconds_per_step": round(seconds / args.steps, 4),
-           "loop_working_rss_mb": round(max(sampler.peak, rss_mb()) - before, 1),
-           "process_peak_rss_mb": round(max(sampler.peak, rss_mb()), 1), "stats_pass_seconds": stats_seconds,
-           "weights": backbone.weights, "device": str(device), "threads": torch.get_num_threads()}
+    out = {
+        "method": method,
+        "augs": int(augs),
+        "grad": grad if method == "lgm" else None,
+        "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / args.steps, 4),
+        "loop_working_rss_mb": round(max(sampler.peak, rss_mb()) - before, 1),
+        "process_peak_rss_mb": round(max(sampler.peak, rss_mb()), 1),
+        "stats_pass_seconds": stats_seconds,
+        "weights": backbone.weights,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["loop_working_cuda_mb"] = round(out["cuda_peak_mb"] - cuda_before, 1)
@@ -192,14 +216,19 @@ def main() -> None:
         "lgm10_over_sfm1_loop_memory": round(lgm["loop_working_rss_mb"] / max(sfm["loop_working_rss_mb"], 1e-9), 2),
         "lgm10_over_sfm1_process_peak": round(lgm["process_peak_rss_mb"] / sfm["process_peak_rss_mb"], 2),
         "autograd_over_closed_form_time": round(lgm_auto["seconds"] / lgm["seconds"], 2),
-        "autograd_over_closed_form_loop_memory": round(lgm_auto["loop_working_rss_mb"] /
-                                                       max(lgm["loop_working_rss_mb"], 1e-9), 2),
+        "autograd_over_closed_form_loop_memory": round(
+            lgm_auto["loop_working_rss_mb"] / max(lgm["loop_working_rss_mb"], 1e-9), 2
+        ),
     }
     if "cuda_peak_mb" in sfm:
         ratios["lgm10_over_sfm1_cuda_peak"] = round(lgm["cuda_peak_mb"] / sfm["cuda_peak_mb"], 2)
         ratios["lgm10_over_sfm1_cuda_loop"] = round(lgm["loop_working_cuda_mb"] / sfm["loop_working_cuda_mb"], 2)
-    result = {"args": {k: v for k, v in vars(args).items() if k != "worker"}, "runs": rows, "ratios": ratios,
-              "head_gradient_only": head_gradient_timings()}
+    result = {
+        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "runs": rows,
+        "ratios": ratios,
+        "head_gradient_only": head_gradient_timings(),
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -35,16 +35,18 @@ class DiskTrajectories:
         self.folder, self.device = folder, device
         for i in range(store.num_experts):
             for j in range(store.epochs + 1):
-                torch.save({k: v.cpu().clone() for k, v in store.params(i, j).items()},
-                           folder / f"expert{i}_epoch{j}.pt")
+                torch.save(
+                    {k: v.cpu().clone() for k, v in store.params(i, j).items()}, folder / f"expert{i}_epoch{j}.pt"
+                )
         self.model = store.model
         self.sample_indices = store.sample_indices
         self.run = store.run
 
     def _load(self, i: int, j: int) -> dict[str, torch.Tensor]:
         net = build_model(self.spec).to(self.device)
-        net.load_state_dict(torch.load(self.folder / f"expert{i}_epoch{j}.pt", weights_only=True,
-                                       map_location=self.device))
+        net.load_state_dict(
+            torch.load(self.folder / f"expert{i}_epoch{j}.pt", weights_only=True, map_location=self.device)
+        )
         return dict(net.named_parameters())
 
     def sample_pair(self, region: int, generator: torch.Generator):
@@ -80,16 +82,24 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.data)
-    experts = dict(num_experts=args.num_experts, expert_epochs=args.expert_epochs,
-                   expert_epoch_images=args.expert_epoch_images or None, expert_val_every=args.expert_val_every)
+    experts = dict(
+        num_experts=args.num_experts,
+        expert_epochs=args.expert_epochs,
+        expert_epoch_images=args.expert_epoch_images or None,
+        expert_val_every=args.expert_val_every,
+    )
     device = resolve_device("auto")
     folder = train_experts(data, ExpertOptions(**experts), device)
     start = time.perf_counter()
     memory = TrajectoryStore.load(folder, device)
     load_seconds = time.perf_counter() - start
     bytes_held = sum(t.numel() * t.element_size() for traj in memory.trajectories for t in traj.values())
-    result = {"args": vars(args), "threads": torch.get_num_threads(), "store_load_seconds": round(load_seconds, 3),
-              "store_megabytes": round(bytes_held / 2**20, 1)}
+    result = {
+        "args": vars(args),
+        "threads": torch.get_num_threads(),
+        "store_load_seconds": round(load_seconds, 3),
+        "store_megabytes": round(bytes_held / 2**20, 1),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         disk = DiskTrajectories(memory, Path(tmp), device)
         g = torch.Generator().manual_seed(0)
@@ -105,14 +115,16 @@ def main() -> None:
             mean, times = time_steps(TGDD(store=store), ctx, args.iters)
             result[f"tgdd_seconds_per_iter_{name}"] = round(mean, 3)
             result[f"tgdd_times_{name}"] = [round(t, 3) for t in times]
-        ctx = build_context(make_config("dm", args.data, ipc=args.ipc, steps=args.iters,
-                                        batch_real=args.batch_real), data)
+        ctx = build_context(
+            make_config("dm", args.data, ipc=args.ipc, steps=args.iters, batch_real=args.batch_real), data
+        )
         mean, times = time_steps(DM(), ctx, args.iters)
         result["dm_seconds_per_iter"] = round(mean, 3)
         result["dm_times"] = [round(t, 3) for t in times]
     result["pair_speedup"] = round(result["sample_pair_ms_disk"] / max(result["sample_pair_ms_memory"], 1e-6), 1)
-    result["tgdd_iter_speedup"] = round(result["tgdd_seconds_per_iter_disk"] / result["tgdd_seconds_per_iter_memory"],
-                                        3)
+    result["tgdd_iter_speedup"] = round(
+        result["tgdd_seconds_per_iter_disk"] / result["tgdd_seconds_per_iter_memory"], 3
+    )
     result["peak_rss_mb"] = process_peak_rss_mb()
     print(json.dumps({k: v for k, v in result.items() if "times" not in k}, indent=1))
     if args.out:

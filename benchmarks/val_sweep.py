@@ -67,15 +67,35 @@ def main() -> None:
         opts = {**fixed, **dict(zip(grid, point, strict=True))}
         name = "_".join(f"{k}{v}" for k, v in sorted({**opts, **crop}.items())) or "default"
         run = Path(args.runs) / args.data / f"{args.method}-{args.backbone}-ipc{args.ipc}" / name
-        dd.distill(args.method, args.data, out=run, ipc=args.ipc, dataset=data, model=model, backbone=args.backbone,
-                   **crop, **opts)
+        dd.distill(
+            args.method,
+            args.data,
+            out=run,
+            ipc=args.ipc,
+            dataset=data,
+            model=model,
+            backbone=args.backbone,
+            **crop,
+            **opts,
+        )
         for epoint in itertools.product(*eval_grid.values()) if eval_grid else [()]:
             eopts = {**eval_fixed, **dict(zip(eval_grid, epoint, strict=True))}
-            r = dd.evaluate(run, protocol=args.protocol, data=data, backbone=model, seeds=args.seeds, models=[model],
-                            **eopts)
-            row = {"data": args.data, "method": args.method, "backbone": args.backbone, "ipc": args.ipc, **crop,
-                   "options": opts, "protocol": args.protocol, "eval_options": eopts, "seeds": r.seeds,
-                   "val_mean": round(100 * r.val_mean, 2), "val_per_seed": [round(100 * a, 2) for a in r.val_acc]}
+            r = dd.evaluate(
+                run, protocol=args.protocol, data=data, backbone=model, seeds=args.seeds, models=[model], **eopts
+            )
+            row = {
+                "data": args.data,
+                "method": args.method,
+                "backbone": args.backbone,
+                "ipc": args.ipc,
+                **crop,
+                "options": opts,
+                "protocol": args.protocol,
+                "eval_options": eopts,
+                "seeds": r.seeds,
+                "val_mean": round(100 * r.val_mean, 2),
+                "val_per_seed": [round(100 * a, 2) for a in r.val_acc],
+            }
             print(json.dumps(row), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -17,9 +17,21 @@ import subprocess
 import tempfile
 import time
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-         "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 PAGE_STATE = """(() => {
   const imgs = Array.from(document.images);
@@ -43,8 +55,12 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="dd-chromium-")
         cmd = [executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
         # The browser reads commands on fd 3 and writes replies on fd 4: our stdin / stdout pipes, moved there.
-        self.proc = subprocess.Popen(["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', "sh", *cmd],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', "sh", *cmd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         self.timeout = timeout
         self.buffer = b""
         self.events: list[dict] = []
@@ -109,15 +125,20 @@ def open_page(executable: str, url: str, width: int = 1280) -> dict:
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
-        browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
-                                                            "mobile": False}, session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         browser.send("Page.navigate", {"url": url}, session)
         browser.wait_for("Page.loadEventFired")
-        state = browser.send("Runtime.evaluate", {"expression": PAGE_STATE, "returnByValue": True},
-                             session)["result"]["value"]
+        state = browser.send("Runtime.evaluate", {"expression": PAGE_STATE, "returnByValue": True}, session)["result"][
+            "value"
+        ]
         clip = {"x": 0, "y": 0, "width": width, "height": min(int(state["height"]), 16000), "scale": 1}
-        shot = browser.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
-                            session)
+        shot = browser.send(
+            "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session
+        )
         errors, requests = [], []
         for e in browser.events:
             method, p = e.get("method"), e.get("params", {})
@@ -131,7 +152,6 @@ def open_page(executable: str, url: str, width: int = 1280) -> dict:
                 errors.append(f"failed to load: {p.get('errorText')}")
             elif method == "Network.requestWillBeSent":
                 requests.append(p["request"]["url"])
-        return {"state": state, "errors": errors, "requests": requests,
-                "screenshot": base64.b64decode(shot["data"])}
+        return {"state": state, "errors": errors, "requests": requests, "screenshot": base64.b64decode(shot["data"])}
     finally:
         browser.close()

@@ -52,8 +52,22 @@ def _empty_dataset(root: Path) -> str:
 
 def _synset_of_other_dataset(root: Path) -> str:
     folder = _folder(root / "other", classes=("x", "y", "z"))
-    assert main(["-q", "distill", "random", "--data", f"imagefolder:{folder}", "--val-fraction", "0",
-                 "--out", str(root / "foreign")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "distill",
+                "random",
+                "--data",
+                f"imagefolder:{folder}",
+                "--val-fraction",
+                "0",
+                "--out",
+                str(root / "foreign"),
+            ]
+        )
+        == 0
+    )
     return str(root / "foreign")
 
 
@@ -82,37 +96,75 @@ def _disk_full(monkeypatch) -> None:
 
 # (case id, argv template, preparation, expected words in the one-line error)
 CASES = [
-    ("missing dataset", ["distill", "random", "--data", "mnist", "--root", "{tmp}/none", "--out", "{out}"], None,
-     "download"),
+    (
+        "missing dataset",
+        ["distill", "random", "--data", "mnist", "--root", "{tmp}/none", "--out", "{out}"],
+        None,
+        "download",
+    ),
     ("unknown dataset", ["distill", "random", "--data", "nope", "--out", "{out}"], None, "unknown dataset"),
-    ("empty dataset", ["distill", "random", "--data", "{prep}", "--out", "{out}"], _empty_dataset,
-     "no class sub-folders"),
+    (
+        "empty dataset",
+        ["distill", "random", "--data", "{prep}", "--out", "{out}"],
+        _empty_dataset,
+        "no class sub-folders",
+    ),
     ("empty class", ["distill", "random", "--data", "{prep}", "--out", "{out}"], _empty_class, "has no images"),
-    ("corrupt image", ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0",
-                       "--out", "{out}"], _corrupt, "9.png"),
-    ("truncated image", ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0",
-                         "--out", "{out}"], _truncated, "0.png"),
-    ("ipc larger than a class", ["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{out}"], None,
-     "larger than"),
+    (
+        "corrupt image",
+        ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0", "--out", "{out}"],
+        _corrupt,
+        "9.png",
+    ),
+    (
+        "truncated image",
+        ["distill", "centroids", "--data", "{prep}", "--crop", "32", "--val-fraction", "0", "--out", "{out}"],
+        _truncated,
+        "0.png",
+    ),
+    (
+        "ipc larger than a class",
+        ["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{out}"],
+        None,
+        "larger than",
+    ),
     ("ipc zero", ["distill", "random", "--data", "digits", "--ipc", "0", "--out", "{out}"], None, "at least 1"),
-    ("unknown backbone", ["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{out}"], None,
-     "unknown backbone"),
-    ("missing weights", ["distill", "sfm", "--data", "digits", "--weights", "{tmp}/w.pth", "--out", "{out}"], None,
-     "not found"),
-    ("unknown option value", ["distill", "lgm", "--data", "digits", "--grad", "magic", "--out", "{out}"], None,
-     None),
+    (
+        "unknown backbone",
+        ["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{out}"],
+        None,
+        "unknown backbone",
+    ),
+    (
+        "missing weights",
+        ["distill", "sfm", "--data", "digits", "--weights", "{tmp}/w.pth", "--out", "{out}"],
+        None,
+        "not found",
+    ),
+    ("unknown option value", ["distill", "lgm", "--data", "digits", "--grad", "magic", "--out", "{out}"], None, None),
     ("nan in a loss", ["distill", "sfm", "--data", "digits", *SFM_FAST, "--out", "{out}"], _nan_in_loss, "inf"),
-    ("unwritable output", ["distill", "random", "--data", "digits", "--out", "{tmp}/a-file/out"], None,
-     "not writable"),
+    ("unwritable output", ["distill", "random", "--data", "digits", "--out", "{tmp}/a-file/out"], None, "not writable"),
     ("disk full", ["distill", "random", "--data", "digits", "--out", "{out}"], _disk_full, "no space left"),
-    ("synset of another dataset", ["eval", "{prep}", "--data", "digits", "--epochs", "2", "--views", "1"],
-     _synset_of_other_dataset, "do not match"),
-    ("labels outside the class list", ["eval", "{prep}", "--data", "digits", "--epochs", "2"], _labels_outside,
-     "outside"),
+    (
+        "synset of another dataset",
+        ["eval", "{prep}", "--data", "digits", "--epochs", "2", "--views", "1"],
+        _synset_of_other_dataset,
+        "do not match",
+    ),
+    (
+        "labels outside the class list",
+        ["eval", "{prep}", "--data", "digits", "--epochs", "2"],
+        _labels_outside,
+        "outside",
+    ),
     ("eval of nothing", ["eval", "{tmp}/empty", "--data", "digits"], None, "no png images"),
     ("unknown protocol", ["eval", "x", "--protocol", "nope"], None, None),
-    ("bench with an unknown option", ["bench", "--data", "digits", "--methods", "random", "--set", "nope=1",
-                                      "--out", "{out}"], None, "no benchmarked method"),
+    (
+        "bench with an unknown option",
+        ["bench", "--data", "digits", "--methods", "random", "--set", "nope=1", "--out", "{out}"],
+        None,
+        "no benchmarked method",
+    ),
     ("pretrain of an unknown kind", ["pretrain", "nope", "--data", "digits"], None, None),
 ]
 
@@ -155,11 +207,26 @@ def test_grayscale_rgba_and_16_bit_datasets_distill(mode, tmp_path, capsys):
             (folder / split / c).mkdir(parents=True)
             for i in range(3):
                 arr = rng.integers(0, 60000 if mode == "I;16" else 255, (10, 10)).astype(
-                    np.uint16 if mode == "I;16" else np.uint8)
+                    np.uint16 if mode == "I;16" else np.uint8
+                )
                 img = Image.fromarray(arr) if mode in ("L", "I;16") else Image.fromarray(arr).convert(mode)
                 img.save(folder / split / c / f"{i}.png")
-    assert main(["-q", "distill", "random", "--data", f"imagefolder:{folder}", "--val-fraction", "0",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "distill",
+                "random",
+                "--data",
+                f"imagefolder:{folder}",
+                "--val-fraction",
+                "0",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "o" / "synset" / "synset.safetensors").exists()
 
 
@@ -171,8 +238,16 @@ def test_backbone_weights_of_another_size_are_refused(tmp_path):
     from datadistill.errors import WeightsError
     from datadistill.models.backbones import load_backbone
 
-    Dinov2Model(Dinov2Config(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
-                             patch_size=14, image_size=28)).save_pretrained(tmp_path / "tiny")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            patch_size=14,
+            image_size=28,
+        )
+    ).save_pretrained(tmp_path / "tiny")
     backbone = load_backbone("dinov2_vits14_imgfocus", weights=str(tmp_path / "tiny"))
     with pytest.raises(WeightsError, match="32-d features"):
         backbone(torch.rand(1, 3, 28, 28))

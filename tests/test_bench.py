@@ -9,8 +9,9 @@ from datadistill.errors import ConfigError
 
 
 def test_settings_are_typed_and_scoped():
-    parsed = parse_settings(["steps=5", "sfm.lr=0.5", "ci.projector_lr=0.1", "decorrelate=false", "crop=none"],
-                            ["sfm", "random"], ["ci"])
+    parsed = parse_settings(
+        ["steps=5", "sfm.lr=0.5", "ci.projector_lr=0.1", "decorrelate=false", "crop=none"], ["sfm", "random"], ["ci"]
+    )
     assert parsed[""] == {"steps": 5, "decorrelate": False, "crop": None}
     assert parsed["sfm"] == {"lr": 0.5} and parsed["ci"] == {"projector_lr": 0.1}
     for bad in (["nope=1"], ["lgm.steps=1"], ["steps=many"], ["steps"]):
@@ -31,11 +32,36 @@ def test_plan_checks_methods_and_neighbour_sources():
 
 @pytest.mark.slow
 def test_cross_backbone_matrix_resumes(tmp_path, monkeypatch, capsys):
-    argv = ["-q", "bench", "--data", "digits", "--methods", "random,sfm,neighbors:sfm", "--protocols",
-            "linear-probe,ci,full", "--backbones", "efficientnet_lite0,dinov2_vits14_imgfocus", "--seeds", "1",
-            "--crop", "efficientnet_lite0=32", "--crop", "dinov2_vits14_imgfocus=28", "--set", "steps=2",
-            "--set", "grow_every=1", "--set", "epochs=10", "--set", "views=2", "--set", "full_epochs=2",
-            "--out", str(tmp_path / "b")]
+    argv = [
+        "-q",
+        "bench",
+        "--data",
+        "digits",
+        "--methods",
+        "random,sfm,neighbors:sfm",
+        "--protocols",
+        "linear-probe,ci,full",
+        "--backbones",
+        "efficientnet_lite0,dinov2_vits14_imgfocus",
+        "--seeds",
+        "1",
+        "--crop",
+        "efficientnet_lite0=32",
+        "--crop",
+        "dinov2_vits14_imgfocus=28",
+        "--set",
+        "steps=2",
+        "--set",
+        "grow_every=1",
+        "--set",
+        "epochs=10",
+        "--set",
+        "views=2",
+        "--set",
+        "full_epochs=2",
+        "--out",
+        str(tmp_path / "b"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "distilled with dinov2_vits14_imgfocus" in out and "full data" in out
@@ -59,25 +85,63 @@ def test_cross_backbone_matrix_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_bench_api_small(tmp_path, digits):
-    plan = BenchPlan("digits", ["random", "centroids"], ["linear-probe"], seeds=2, crops={"efficientnet_lite0": 32},
-                     settings=["epochs=10", "views=2"])
+    plan = BenchPlan(
+        "digits",
+        ["random", "centroids"],
+        ["linear-probe"],
+        seeds=2,
+        crops={"efficientnet_lite0": 32},
+        settings=["epochs=10", "views=2"],
+    )
     records = bench(plan, tmp_path / "b")
     assert {r["method"] for r in records} == {"random", "centroids"} and all(len(r["test_acc"]) == 2 for r in records)
     assert "| centroids | linear-probe |" in (tmp_path / "b" / "summary.md").read_text()
 
 
 def test_evaluate_with_narrows_one_methods_protocols(tmp_path, digits):
-    plan = BenchPlan("digits", ["random", "centroids"], ["linear-probe", "linear-probe:augment=false"], seeds=1,
-                     crops={"efficientnet_lite0": 32}, settings=["epochs=5", "views=2"],
-                     evaluate_with={"centroids": ["linear-probe:augment=false"]})
+    plan = BenchPlan(
+        "digits",
+        ["random", "centroids"],
+        ["linear-probe", "linear-probe:augment=false"],
+        seeds=1,
+        crops={"efficientnet_lite0": 32},
+        settings=["epochs=5", "views=2"],
+        evaluate_with={"centroids": ["linear-probe:augment=false"]},
+    )
     records = bench(plan, tmp_path / "b")
     cells = sorted((r["method"], r["protocol"]) for r in records)
-    assert cells == [("centroids", "linear-probe:augment=false"), ("random", "linear-probe"),
-                     ("random", "linear-probe:augment=false")]
-    assert main(["-q", "bench", "--data", "digits", "--methods", "random,centroids", "--protocols",
-                 "linear-probe,linear-probe:augment=false", "--evaluate-with", "centroids=linear-probe:augment=false",
-                 "--seeds", "1", "--crop", "efficientnet_lite0=32", "--set", "epochs=5", "--set", "views=2",
-                 "--out", str(tmp_path / "b")]) == 0  # the same plan from the CLI: every cell is reused
+    assert cells == [
+        ("centroids", "linear-probe:augment=false"),
+        ("random", "linear-probe"),
+        ("random", "linear-probe:augment=false"),
+    ]
+    assert (
+        main(
+            [
+                "-q",
+                "bench",
+                "--data",
+                "digits",
+                "--methods",
+                "random,centroids",
+                "--protocols",
+                "linear-probe,linear-probe:augment=false",
+                "--evaluate-with",
+                "centroids=linear-probe:augment=false",
+                "--seeds",
+                "1",
+                "--crop",
+                "efficientnet_lite0=32",
+                "--set",
+                "epochs=5",
+                "--set",
+                "views=2",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )  # the same plan from the CLI: every cell is reused
     assert len(json.loads((tmp_path / "b" / "results.json").read_text())) == 3
     from datadistill.report import plan_summary
 

@@ -20,14 +20,17 @@ def _cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["distill", "sfm", "--data", "nope", "--out", "{tmp}/o"], "unknown dataset"),
-    (["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{tmp}/o"], "unknown backbone"),
-    (["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{tmp}/o"], "larger than"),
-    (["distill", "random", "--data", "digits", "--out", "{tmp}/file/o"], "not writable"),
-    (["distill", "sfm", "--data", "mnist", "--root", "{tmp}", "--out", "{tmp}/o"], "download"),
-    (["eval", "{tmp}/missing-run", "--protocol", "convnet"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["distill", "sfm", "--data", "nope", "--out", "{tmp}/o"], "unknown dataset"),
+        (["distill", "sfm", "--data", "digits", "--backbone", "nope", "--out", "{tmp}/o"], "unknown backbone"),
+        (["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{tmp}/o"], "larger than"),
+        (["distill", "random", "--data", "digits", "--out", "{tmp}/file/o"], "not writable"),
+        (["distill", "sfm", "--data", "mnist", "--root", "{tmp}", "--out", "{tmp}/o"], "download"),
+        (["eval", "{tmp}/missing-run", "--protocol", "convnet"], "does not exist"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(capsys, tmp_path, argv, message):
     (tmp_path / "file").write_text("a file, not a folder")
     code, _, err = _cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
@@ -38,8 +41,19 @@ def test_bad_input_gives_one_clear_line(capsys, tmp_path, argv, message):
 
 def test_corrupt_image_in_imagefolder(capsys, tiny_folder, tmp_path):
     (tiny_folder / "train" / "ant" / "broken.png").write_bytes(b"\x89PNG garbage")
-    code, _, err = _cli(capsys, "distill", "centroids", "--data", f"imagefolder:{tiny_folder}", "--crop", "32",
-                        "--val-fraction", "0", "--out", str(tmp_path / "o"))
+    code, _, err = _cli(
+        capsys,
+        "distill",
+        "centroids",
+        "--data",
+        f"imagefolder:{tiny_folder}",
+        "--crop",
+        "32",
+        "--val-fraction",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "broken.png" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "synset").exists()
 
@@ -48,21 +62,39 @@ def test_nan_loss_through_cli(capsys, tmp_path, monkeypatch):
     from datadistill.methods.sfm import SFM
 
     monkeypatch.setattr(SFM, "loss", lambda self, ctx, images: images.sum() * float("nan"))
-    code, _, err = _cli(capsys, "distill", "sfm", "--data", "digits", "--crop", "32", "--steps", "3",
-                        "--out", str(tmp_path / "o"))
+    code, _, err = _cli(
+        capsys, "distill", "sfm", "--data", "digits", "--crop", "32", "--steps", "3", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "nan" in err.lower() and "Traceback" not in err
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "datadistill", "-q", "distill", "sfm", "--data", "nope", "--out",
-                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "datadistill", "-q", "distill", "sfm", "--data", "nope", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown dataset" in proc.stderr
 
 
 def test_distill_eval_list_stats_commands(capsys, tmp_path):
     run = tmp_path / "run"
-    code, out, _ = _cli(capsys, "distill", "sfm", "--data", "digits", "--crop", "32", "--steps", "4",
-                        "--grow-every", "2", "--out", str(run))
+    code, out, _ = _cli(
+        capsys,
+        "distill",
+        "sfm",
+        "--data",
+        "digits",
+        "--crop",
+        "32",
+        "--steps",
+        "4",
+        "--grow-every",
+        "2",
+        "--out",
+        str(run),
+    )
     assert code == 0 and "synset" in out
     code, out, _ = _cli(capsys, "eval", str(run), "--seeds", "2", "--epochs", "20", "--views", "4")
     assert code == 0 and "test" in out
@@ -103,10 +135,12 @@ def _help_commands() -> list[list[str]]:
     from datadistill.methods import METHODS
     from datadistill.pretrain import discover
 
-    return ([["--help"], ["demo", "--help"], ["bench", "--help"], ["report", "--help"], ["stats", "--help"]]
-            + [["distill", name, "--help"] for name in METHODS]
-            + [["eval", "--protocol", name, "--help"] for name in PROTOCOLS]
-            + [["pretrain", kind, "--help"] for kind in discover()])
+    return (
+        [["--help"], ["demo", "--help"], ["bench", "--help"], ["report", "--help"], ["stats", "--help"]]
+        + [["distill", name, "--help"] for name in METHODS]
+        + [["eval", "--protocol", name, "--help"] for name in PROTOCOLS]
+        + [["pretrain", kind, "--help"] for kind in discover()]
+    )
 
 
 def test_every_help_page_renders(capsys):

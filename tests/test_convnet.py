@@ -16,8 +16,9 @@ def test_convnet_shapes_follow_the_papers():
     assert net(torch.rand(2, 1, 28, 28), features=True).shape == (2, 2048)
     assert ConvNet(10, 3, 32).feat_dim == 2048 and ConvNet(10, 3, 128).feat_dim == 128 * 4 * 4
     norms = [type(m) for m in net.features if isinstance(m, nn.GroupNorm)]
-    assert len(norms) == 3 and all(m.num_groups == m.num_channels == 128 for m in net.features
-                                   if isinstance(m, nn.GroupNorm))
+    assert len(norms) == 3 and all(
+        m.num_groups == m.num_channels == 128 for m in net.features if isinstance(m, nn.GroupNorm)
+    )
     assert sum(isinstance(m, nn.AvgPool2d) for m in net.features) == 3
 
 
@@ -43,8 +44,9 @@ def test_models_are_functions_of_their_generator():
     assert float(w.abs().max()) <= 1 / (1 * 9) ** 0.5 + 1e-6  # default bound: 1/sqrt(fan_in)
 
 
-@pytest.mark.parametrize("arch", ["resnet10-bn", "resnet10-in", "resnet18-bn", "resnet18-in", "resnet10-ap",
-                                  "convnet-bn", "convnet-nn"])
+@pytest.mark.parametrize(
+    "arch", ["resnet10-bn", "resnet10-in", "resnet18-bn", "resnet18-in", "resnet10-ap", "convnet-bn", "convnet-nn"]
+)
 def test_cross_architectures_run_at_28_and_32_px(arch):
     for res, ch in ((28, 1), (32, 3)):
         model = build_model(ModelSpec(arch, 10, ch, res, width=8), torch.Generator().manual_seed(0))

@@ -83,8 +83,10 @@ def test_image_modes_decode_to_rgb(tmp_path, mode):
     assert float(x.max()) > 0.5
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Debian dataset-fashion-mnist not installed",
+)
 def test_fashion_mnist_from_debian():
     data = load_dataset("fashion-mnist")
     assert (len(data.train), len(data.val), len(data.test)) == (54000, 6000, 10000)

@@ -99,8 +99,9 @@ def test_hooks_run_only_in_their_window_and_shift_the_sample():
     assert torch.equal(model.calls[0][0], torch.full((4,), 999))  # the model sees training-scale timesteps
     assert not torch.allclose(base, shifted)
     # a window outside the steps changes nothing
-    same = ddpm_sample(_Linear(), d, labels, noise, torch.Generator().manual_seed(1),
-                       hooks=[_Recorder((20, 30), shift=5.0)])
+    same = ddpm_sample(
+        _Linear(), d, labels, noise, torch.Generator().manual_seed(1), hooks=[_Recorder((20, 30), shift=5.0)]
+    )
     torch.testing.assert_close(same, base)
 
 
@@ -159,8 +160,13 @@ def test_load_dit_weights_in_diffusers_format_from_a_local_folder(tmp_path, layo
         (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
     if layout == "hub":  # facebook/DiT-XL-2-256's transformer config still names the legacy class and keys
         config = json.loads((folder / "transformer" / "config.json").read_text())
-        config.update(_class_name="Transformer2DModel", cross_attention_dim=None, num_vector_embeds=None,
-                      only_cross_attention=False, use_linear_projection=False)
+        config.update(
+            _class_name="Transformer2DModel",
+            cross_attention_dim=None,
+            num_vector_embeds=None,
+            only_cross_attention=False,
+            use_linear_projection=False,
+        )
         (folder / "transformer" / "config.json").write_text(json.dumps(config))
     loaded = load_dit(str(folder))
     x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([3, 700]), torch.tensor([2, 5])

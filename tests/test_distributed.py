@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import datadistill as dd
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
                    "pgfm_images": pgfm.images.flatten().tolist(), "dmgd_images": dmgd.images.flatten(1).tolist(),
                    "dmgd_labels": dmgd.labels.tolist(),
                    "world": dist.world()}, open(f"{out}/result.json", "w"))
-''')
+""")
 
 
 def _run(tmp_path, name, launcher):
@@ -46,8 +46,12 @@ def _run(tmp_path, name, launcher):
     out.mkdir()
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "DATADISTILL_CACHE": str(tmp_path / f"cache-{name}"), "DATADISTILL_PROGRESS": "0",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "DATADISTILL_CACHE": str(tmp_path / f"cache-{name}"),
+        "DATADISTILL_PROGRESS": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "result.json").read_text()), np.load(out / "features.npy")

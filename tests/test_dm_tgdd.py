@@ -198,8 +198,9 @@ def _tgdd_objective(store, synset, real, alpha):
             for j in range(store.epochs):
                 ext, exp = store.params(i, j), store.params(i, j + 1)
                 feats = lambda x, p=ext: store.run(p, x, features=True)  # noqa: E731
-                gap = class_feature_means(feats, x_real, real.labels, 10) - \
-                    class_feature_means(feats, x_syn, synset.labels, 10)
+                gap = class_feature_means(feats, x_real, real.labels, 10) - class_feature_means(
+                    feats, x_syn, synset.labels, 10
+                )
                 total += float(gap.pow(2).sum()) + alpha * float(F.cross_entropy(store.run(exp, x_syn), synset.labels))
     return total
 
@@ -209,14 +210,26 @@ def test_tgdd_lowers_its_objective_and_decodes_factor(digits, experts, monkeypat
 
     monkeypatch.setenv("DATADISTILL_COMPILE", "0")  # 640 real images would compile the real-feature pass
 
-    common = dict(ipc=1, dataset=digits, region=2, dsa_strategy="none", lr=0.05, **EXPERTS, expert_width=16,
-                  batch_real=64)
+    common = dict(
+        ipc=1, dataset=digits, region=2, dsa_strategy="none", lr=0.05, **EXPERTS, expert_width=16, batch_real=64
+    )
     start = dd.distill("tgdd", "digits", steps=0, **common)
     after = dd.distill("tgdd", "digits", steps=10, **common)
     real = in_memory(digits.train, 8, 10)
     assert _tgdd_objective(experts, after, real, 2.5) < 0.9 * _tgdd_objective(experts, start, real, 2.5)
-    s = dd.distill("tgdd", "digits", ipc=1, dataset=digits, steps=2, factor=2, init="mix", lr=0.05,
-                   **EXPERTS, expert_width=16, batch_real=16)
+    s = dd.distill(
+        "tgdd",
+        "digits",
+        ipc=1,
+        dataset=digits,
+        steps=2,
+        factor=2,
+        init="mix",
+        lr=0.05,
+        **EXPERTS,
+        expert_width=16,
+        batch_real=16,
+    )
     assert s.images.shape == (10, 3, 8, 8)
     assert TGDDOptions(lr=None, lr_rule="code").image_lr(10, 28) == pytest.approx(0.1)
     assert TGDDOptions(lr=None, lr_rule="paper").image_lr(10, 128) == pytest.approx(0.1)
@@ -235,8 +248,21 @@ def test_bad_options_are_config_errors(digits):
 def test_cli_pretrain_experts_is_cached(capsys):
     from datadistill.cli import main
 
-    argv = ["-q", "pretrain", "experts", "--data", "digits", "--num-experts", "1", "--expert-epochs", "1",
-            "--expert-epoch-images", "64", "--expert-width", "8"]
+    argv = [
+        "-q",
+        "pretrain",
+        "experts",
+        "--data",
+        "digits",
+        "--num-experts",
+        "1",
+        "--expert-epochs",
+        "1",
+        "--expert-epoch-images",
+        "64",
+        "--expert-width",
+        "8",
+    ]
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "experts model ready in" in first

@@ -18,8 +18,9 @@ from datadistill.synset import SyntheticSet
 def fast(digits):
     """Run options with tiny offline models on the 8x8 digits: a 40-step VAE and a one-block DiT trained once
     (``api.pretrain``) and passed by folder, as a user passes a model trained elsewhere."""
-    folder = api.pretrain("diffusion", digits, device="cpu", vae_steps=40, width=32, depth=1, heads=2, steps=30,
-                          batch_size=32)
+    folder = api.pretrain(
+        "diffusion", digits, device="cpu", vae_steps=40, width=32, depth=1, heads=2, steps=30, batch_size=32
+    )
     return {"vae_steps": 40, "dit": str(folder), "sampling_steps": 10, "device": "cpu"}
 
 
@@ -75,8 +76,17 @@ def _state(x, eps, index, diffusion):
     idx = torch.full((len(x),), index)
     mean, _ = diffusion.q_posterior(diffusion.predict_x0(x, idx, eps), x, idx)
     log_var = torch.full_like(x, -3.0) + 0.1 * torch.arange(len(x)).view(-1, 1, 1, 1)
-    return StepState(index, int(diffusion.timesteps[index]), x, eps, diffusion.predict_x0(x, idx, eps), mean, log_var,
-                     torch.zeros(len(x), dtype=torch.long), diffusion)
+    return StepState(
+        index,
+        int(diffusion.timesteps[index]),
+        x,
+        eps,
+        diffusion.predict_x0(x, idx, eps),
+        mean,
+        log_var,
+        torch.zeros(len(x), dtype=torch.long),
+        diffusion,
+    )
 
 
 def _released_ot_shift(x, eps, alpha_bar, memory, centres, masses, log_var, g=0.5):
@@ -108,8 +118,15 @@ def test_ot_guidance_batched_across_classes_equals_the_released_one_at_a_time(n_
     state = _state(x, eps, 40, d)
     shift = OTGuidance(memory, centres, masses, DMGDOptions()).mean_shift(state)
     for c in range(classes):
-        ref = _released_ot_shift(x[c : c + 1], eps[c : c + 1], float(d.alphas_cumprod[40]), memory[c], centres[c],
-                                 masses[c], state.log_variance[c : c + 1])
+        ref = _released_ot_shift(
+            x[c : c + 1],
+            eps[c : c + 1],
+            float(d.alphas_cumprod[40]),
+            memory[c],
+            centres[c],
+            masses[c],
+            state.log_variance[c : c + 1],
+        )
         torch.testing.assert_close(shift[c : c + 1], ref, atol=1e-6, rtol=1e-4)
     assert OTGuidance(memory, centres, masses, DMGDOptions()).window == (30, 45)
 
@@ -139,11 +156,33 @@ def test_options_are_validated():
     api.make_config("dmgd", "digits", 1, sampling_steps=10, ot=False)  # no window needed without OT
 
 
-def test_dmgd_from_the_cli_then_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys,
-                                                                                   dmgd_fast):
-    args = ["distill", "dmgd", "--data", "digits", "--ipc", "3", "--vae-steps", "40", "--dit", dmgd_fast["dit"],
-            "--sampling-steps", "10", "--window-low", "3", "--window-high", "8", "--guidance-scale", "2.0",
-            "--checkpoint-every", "1", "--device", "cpu"]
+def test_dmgd_from_the_cli_then_resume_after_a_kill_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, capsys, dmgd_fast
+):
+    args = [
+        "distill",
+        "dmgd",
+        "--data",
+        "digits",
+        "--ipc",
+        "3",
+        "--vae-steps",
+        "40",
+        "--dit",
+        dmgd_fast["dit"],
+        "--sampling-steps",
+        "10",
+        "--window-low",
+        "3",
+        "--window-high",
+        "8",
+        "--guidance-scale",
+        "2.0",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
     assert "wrote 30 images" in capsys.readouterr().out
     full = SyntheticSet.load(tmp_path / "full")
@@ -170,8 +209,7 @@ def test_dmgd_from_the_cli_then_resume_after_a_kill_equals_an_uninterrupted_run(
 
 def test_ot_guidance_lowers_the_ot_distance_and_ablations_share_the_sampler(tmp_path, dmgd_fast):
     runs = {}
-    for name, extra in {"plain": {"semantic": "off", "ot": False}, "ot": {"semantic": "off"},
-                        "dmgd": {}}.items():
+    for name, extra in {"plain": {"semantic": "off", "ot": False}, "ot": {"semantic": "off"}, "dmgd": {}}.items():
         api.distill("dmgd", "digits", ipc=3, out=tmp_path / name, guidance_scale=5.0, **dmgd_fast, **extra)
         runs[name] = api.RunDir(tmp_path / name).metrics()["distill"]["loss_last"]
     # the OT distance of each class's 3 samples to its 10 k-means supports, after the last step

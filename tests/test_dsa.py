@@ -11,8 +11,20 @@ ALL = "color_crop_cutout_flip_scale_rotate"
 
 def _u(n: int, **cols) -> torch.Tensor:
     """Parameters that leave every operation at identity, with some columns overridden."""
-    names = ["bright", "sat", "contrast", "shift_x", "shift_y", "cut_x", "cut_y", "flip", "scale_x", "scale_y",
-             "angle", "choice"]
+    names = [
+        "bright",
+        "sat",
+        "contrast",
+        "shift_x",
+        "shift_y",
+        "cut_x",
+        "cut_y",
+        "flip",
+        "scale_x",
+        "scale_y",
+        "angle",
+        "choice",
+    ]
     neutral_scale = (1 - 1 / 1.2) / (1.2 - 1 / 1.2)  # sx = 1
     u = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, neutral_scale, neutral_scale, 0.5, 0.0])
     u = u.repeat(n, 1)
@@ -41,8 +53,9 @@ def test_siamese_shares_one_draw_per_group():
     real = torch.cat([img_a, img_a, img_b])
     syn = torch.cat([img_b, img_a])
     for seed in range(5):
-        r, s = dsa.siamese([real, syn], torch.Generator().manual_seed(seed),
-                           [torch.tensor([0, 0, 1]), torch.tensor([1, 0])])
+        r, s = dsa.siamese(
+            [real, syn], torch.Generator().manual_seed(seed), [torch.tensor([0, 0, 1]), torch.tensor([1, 0])]
+        )
         assert torch.allclose(r[0], r[1]) and torch.allclose(r[0], s[1]) and torch.allclose(r[2], s[0])
     r, s = DSA(ALL, mode="all").siamese([real, syn], torch.Generator().manual_seed(0))  # one group: batch-shared
     assert torch.allclose(r[2], s[0]) and torch.allclose(r[0], s[1])

@@ -33,8 +33,15 @@ def test_train_resumable_resume_equals_uninterrupted(tmp_path):
     ref = train_resumable("ref", 30, step, {"model": model, "opt": opt}, tmp_path / "ref.pt", every=5, generator=g)
     model2, opt2, g2, step2 = _training()
     with pytest.raises(KeyboardInterrupt):
-        train_resumable("run", 30, lambda i: step2(i, die_at=13), {"model": model2, "opt": opt2}, tmp_path / "r.pt",
-                        every=5, generator=g2)
+        train_resumable(
+            "run",
+            30,
+            lambda i: step2(i, die_at=13),
+            {"model": model2, "opt": opt2},
+            tmp_path / "r.pt",
+            every=5,
+            generator=g2,
+        )
     assert load_checkpoint(tmp_path / "r.pt")[0]["step"] == 10
     model3, opt3, g3, step3 = _training(seed=99)  # a fresh process: other init, restored from the checkpoint
     losses = train_resumable("run", 30, step3, {"model": model3, "opt": opt3}, tmp_path / "r.pt", every=5, generator=g3)

@@ -33,12 +33,22 @@ def test_convnet_protocol_selects_on_validation(digits, random_set):
 
 
 def test_dm_recipe_and_cross_architecture(digits, random_set):
-    r = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, recipe="dm", epochs=6, val_every=3,
-                    width=16, val_images=50)
+    r = dd.evaluate(
+        random_set,
+        protocol="convnet",
+        data=digits,
+        seeds=1,
+        recipe="dm",
+        epochs=6,
+        val_every=3,
+        width=16,
+        val_images=50,
+    )
     assert r.details["val_images"] == 50 and r.details["batch_size"] == 256
     assert r.details["cutmix"] == 0 and "cutout" in r.details["dsa"]
-    x = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=1, arch="resnet10-bn", epochs=3, width=8,
-                    dsa=False)
+    x = dd.evaluate(
+        random_set, protocol="convnet", data=digits, seeds=1, arch="resnet10-bn", epochs=3, width=8, dsa=False
+    )
     assert x.backbone == "resnet10-bn" and x.details["dsa"] is None
     with pytest.raises(ConfigError):
         dd.evaluate(random_set, protocol="convnet", data=digits, arch="vgg")
@@ -68,10 +78,48 @@ def test_full_data_convnet_is_the_experts(digits):
 
 def test_cli_distill_dm_and_eval_convnet(tmp_path, capsys):
     out = tmp_path / "dm"
-    assert main(["-q", "distill", "dm", "--data", "digits", "--ipc", "1", "--steps", "3", "--batch-real", "8",
-                 "--width", "16", "--out", str(out)]) == 0
-    assert main(["-q", "eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "3", "--width", "8",
-                 "--val-every", "3"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "distill",
+                "dm",
+                "--data",
+                "digits",
+                "--ipc",
+                "1",
+                "--steps",
+                "3",
+                "--batch-real",
+                "8",
+                "--width",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                str(out),
+                "--protocol",
+                "convnet",
+                "--seeds",
+                "1",
+                "--epochs",
+                "3",
+                "--width",
+                "8",
+                "--val-every",
+                "3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "convnet @ convnet: test" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -83,8 +131,21 @@ def test_cli_distill_dm_and_eval_convnet(tmp_path, capsys):
 
 def test_tgdd_run_directory_factor_is_decoded(digits, tmp_path):
     out = tmp_path / "tgdd"
-    dd.distill("tgdd", "digits", ipc=1, dataset=digits, out=out, steps=1, factor=2, init="mix", batch_real=8,
-               num_experts=1, expert_epochs=1, expert_epoch_images=64, expert_width=8)
+    dd.distill(
+        "tgdd",
+        "digits",
+        ipc=1,
+        dataset=digits,
+        out=out,
+        steps=1,
+        factor=2,
+        init="mix",
+        batch_real=8,
+        num_experts=1,
+        expert_epochs=1,
+        expert_epoch_images=64,
+        expert_width=8,
+    )
     r = dd.evaluate(out, protocol="convnet", seeds=1, epochs=1, width=8)
     assert r.details["train_images"] == 40
     loaded = SyntheticSet.load(out)

@@ -29,8 +29,18 @@ def test_minimax_augment_changes_colour_and_keeps_the_range():
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_hard_label_protocol_trains_and_selects_on_validation(digits, optimizer):
     synset = api.distill("random", digits.name, ipc=3, dataset=digits)
-    result = api.evaluate([synset, synset], protocol="hard-label", data=digits, seeds=2, device="cpu",
-                          optimizer=optimizer, epochs=3, resolution=16, width=8, val_every=1)
+    result = api.evaluate(
+        [synset, synset],
+        protocol="hard-label",
+        data=digits,
+        seeds=2,
+        device="cpu",
+        optimizer=optimizer,
+        epochs=3,
+        resolution=16,
+        width=8,
+        val_every=1,
+    )
     assert result.protocol == "hard-label" and result.backbone == "resnet10-ap"
     assert len(result.test_acc) == 2 and all(0 <= a <= 1 for a in result.test_acc + result.val_acc)
     d = result.details

@@ -20,15 +20,37 @@ STEPS, EVERY = 60, 5
 
 
 def _cmd(out):
-    return [sys.executable, "-m", "datadistill", "distill", "sfm", "--data", "digits", "--crop", "32", "--steps",
-            str(STEPS), "--grow-every", "7", "--augs", "2", "--lr", "0.05", "--checkpoint-every", str(EVERY),
-            "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "datadistill",
+        "distill",
+        "sfm",
+        "--data",
+        "digits",
+        "--crop",
+        "32",
+        "--steps",
+        str(STEPS),
+        "--grow-every",
+        "7",
+        "--augs",
+        "2",
+        "--lr",
+        "0.05",
+        "--checkpoint-every",
+        str(EVERY),
+        "--out",
+        str(out),
+    ]
 
 
 def _seconds_per_step(log_text: str) -> float:
     """Loop speed on this machine, from the timestamps of the run log's first and last step lines."""
-    stamps = [(datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f"), int(s))
-              for t, s in re.findall(rf"^(\S+ \S+) INFO step (\d+)/{STEPS}", log_text, flags=re.M)]
+    stamps = [
+        (datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f"), int(s))
+        for t, s in re.findall(rf"^(\S+ \S+) INFO step (\d+)/{STEPS}", log_text, flags=re.M)
+    ]
     (t0, s0), (t1, s1) = stamps[0], stamps[-1]
     return (t1 - t0).total_seconds() / (s1 - s0)
 
@@ -71,8 +93,10 @@ def test_killed_three_times_equals_uninterrupted(tmp_path):
     done = subprocess.run(_cmd(out), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "log.txt").read_text().count("resumed from") == len(targets)
-    final, ref = load_file(str(out / "synset" / "synset.safetensors")), load_file(str(reference / "synset" /
-                                                                                     "synset.safetensors"))
+    final, ref = (
+        load_file(str(out / "synset" / "synset.safetensors")),
+        load_file(str(reference / "synset" / "synset.safetensors")),
+    )
     assert (final["images"] - ref["images"]).abs().max() < 1e-6
     losses = json.loads((out / "metrics.json").read_text())["distill"]["losses"]
     assert losses == json.loads((reference / "metrics.json").read_text())["distill"]["losses"]

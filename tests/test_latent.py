@@ -15,9 +15,17 @@ def kl_folder(tmp_path_factory):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     folder = tmp_path_factory.mktemp("kl") / "vae-folder"
     vae.save_pretrained(folder)
     return folder, vae.eval()
@@ -112,6 +120,7 @@ def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
             if i == 13:
                 raise KeyboardInterrupt
             return step(i)
+
         return real(name, total, die_at_13, *args, **kwargs)
 
     monkeypatch.setattr(tv, "train_resumable", dying)

@@ -36,8 +36,9 @@ def test_lgm_matches_real_gradients_better_after_training(digits, lite0, tmp_pat
     # The default real batch (IPC x A x C = 20 images) makes the per-step loss too noisy to compare
     # across a short run; 160 real images per step give a clear trend.
     out = tmp_path / "lgm"
-    dd.distill("lgm", "digits", out=out, ipc=1, dataset=digits, model=lite0, steps=40, augs=2, lr=0.1,
-               real_batch=160, **SMALL)
+    dd.distill(
+        "lgm", "digits", out=out, ipc=1, dataset=digits, model=lite0, steps=40, augs=2, lr=0.1, real_batch=160, **SMALL
+    )
     import json
 
     losses = json.loads((out / "metrics.json").read_text())["distill"]["losses"]

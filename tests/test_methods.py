@@ -53,8 +53,16 @@ def _flow_cosine(synset, digits, lite0):
 def test_sfm_run_directory_and_learning(digits, lite0, tmp_path):
     out = tmp_path / "run"
     s = dd.distill("sfm", "digits", ipc=1, out=out, dataset=digits, model=lite0, steps=40, lr=0.05, **SMALL)
-    for name in ("config.json", "metrics.json", "log.txt", "report.md", "synset/synset.safetensors",
-                 "synset/grid.png", "synset/manifest.json", "checkpoints/last.pt"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "log.txt",
+        "report.md",
+        "synset/synset.safetensors",
+        "synset/grid.png",
+        "synset/manifest.json",
+        "checkpoints/last.pt",
+    ):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())["distill"]
     assert metrics["complete"] and len(metrics["losses"]) == 40

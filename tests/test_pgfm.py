@@ -13,12 +13,28 @@ from datadistill.models.generative.sit import SiT
 
 # The key layout of the official SiT checkpoints (models.py of willisma/SiT), for a depth-1 model.
 SIT_KEYS = {
-    "pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias", "t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias",
-    "t_embedder.mlp.2.weight", "t_embedder.mlp.2.bias", "y_embedder.embedding_table.weight",
-    "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
-    "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias",
-    "blocks.0.adaLN_modulation.1.weight", "blocks.0.adaLN_modulation.1.bias", "final_layer.linear.weight",
-    "final_layer.linear.bias", "final_layer.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias",
+    "pos_embed",
+    "x_embedder.proj.weight",
+    "x_embedder.proj.bias",
+    "t_embedder.mlp.0.weight",
+    "t_embedder.mlp.0.bias",
+    "t_embedder.mlp.2.weight",
+    "t_embedder.mlp.2.bias",
+    "y_embedder.embedding_table.weight",
+    "blocks.0.attn.qkv.weight",
+    "blocks.0.attn.qkv.bias",
+    "blocks.0.attn.proj.weight",
+    "blocks.0.attn.proj.bias",
+    "blocks.0.mlp.fc1.weight",
+    "blocks.0.mlp.fc1.bias",
+    "blocks.0.mlp.fc2.weight",
+    "blocks.0.mlp.fc2.bias",
+    "blocks.0.adaLN_modulation.1.weight",
+    "blocks.0.adaLN_modulation.1.bias",
+    "final_layer.linear.weight",
+    "final_layer.linear.bias",
+    "final_layer.adaLN_modulation.1.weight",
+    "final_layer.adaLN_modulation.1.bias",
 }
 
 
@@ -150,6 +166,7 @@ def test_pretrain_flow_learns_and_resumes(digits, tmp_path, monkeypatch):
             if i == 17:
                 raise KeyboardInterrupt
             return step(i)
+
         return real(name, total, die, *args, **kwargs)
 
     monkeypatch.setattr(ft, "train_resumable", dying)
@@ -174,8 +191,17 @@ def test_pgfm_modes_through_one_pipeline(digits):
     protos = distill("pgfm", "digits", ipc=2, dataset=digits, mode="prototypes", **TINY)
     assert protos.meta["sampling_seconds"] == 0 and "nfe" not in protos.meta
     # lambda = 1 on the whole path without a trust region lands every sample on its prototype
-    landed = distill("pgfm", "digits", ipc=2, dataset=digits, strength=1.0, guidance_stop=1.0, schedule="constant",
-                     trust_region=0, **TINY)
+    landed = distill(
+        "pgfm",
+        "digits",
+        ipc=2,
+        dataset=digits,
+        strength=1.0,
+        guidance_stop=1.0,
+        schedule="constant",
+        trust_region=0,
+        **TINY,
+    )
     assert (landed.images - protos.images).abs().max() < 0.02
     assert (pgfm.images - protos.images).abs().max() > 0.05
     plain = distill("pgfm", "digits", ipc=2, dataset=digits, mode="plain", **TINY)
@@ -194,17 +220,69 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
     from datadistill.evaluate import PROTOCOLS
 
     out = tmp_path / "run"
-    args = ["distill", "pgfm", "--data", "digits", "--ipc", "1", "--out", str(out), "--vae-steps", "20",
-            "--flow-steps", "40", "--warm-start", "0.2", "--device", "cpu"]
+    args = [
+        "distill",
+        "pgfm",
+        "--data",
+        "digits",
+        "--ipc",
+        "1",
+        "--out",
+        str(out),
+        "--vae-steps",
+        "20",
+        "--flow-steps",
+        "40",
+        "--warm-start",
+        "0.2",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     manifest = json.loads((out / "synset" / "manifest.json").read_text())
     assert manifest["meta"]["guidance"]["warm_start"] == 0.2 and manifest["meta"]["nfe"] == 8
-    assert main(["distill", "pgfm", "--data", "digits", "--ipc", "1", "--out", str(tmp_path / "x"), "--flow",
-                 str(tmp_path / "missing.pt"), "--vae-steps", "7", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "pgfm",
+                "--data",
+                "digits",
+                "--ipc",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+                "--flow",
+                str(tmp_path / "missing.pt"),
+                "--vae-steps",
+                "7",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     if "convnet" in PROTOCOLS:
-        assert main(["eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "2", "--width", "8",
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(out),
+                    "--protocol",
+                    "convnet",
+                    "--seeds",
+                    "1",
+                    "--epochs",
+                    "2",
+                    "--width",
+                    "8",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
 
 
 def test_finetune_sit_checkpoint_on_target_classes(digits, tmp_path):
@@ -233,5 +311,6 @@ def test_finetune_sit_checkpoint_on_target_classes(digits, tmp_path):
     wrong = SiT(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
     torch.save(wrong.state_dict(), tmp_path / "wrong.pt")
     with pytest.raises(ConfigError, match="latents"):
-        flow_model_from(FlowOptions(flow=str(tmp_path / "wrong.pt"), flow_heads=2), latent, digits, space,
-                        torch.device("cpu"))
+        flow_model_from(
+            FlowOptions(flow=str(tmp_path / "wrong.pt"), flow_heads=2), latent, digits, space, torch.device("cpu")
+        )

@@ -36,14 +36,24 @@ def test_ars_by_hand():
     assert ars(0.5, 0.5, 0.4, 0.4) == pytest.approx(1 / (E + 1))
 
 
-def rec(method, protocol, accs, *, augment=True, model="efficientnet_lite0", crop=64, group="efficientnet_lite0",
-        ipc=1):
+def rec(
+    method, protocol, accs, *, augment=True, model="efficientnet_lite0", crop=64, group="efficientnet_lite0", ipc=1
+):
     key = f"{method}|{protocol}|{model}|{crop}|{group}|{ipc}"
     details = {"crop": crop} if protocol.startswith("full") else {"crop": crop, "augment": augment}
-    return {"key": key, "ipc": None if method == "full-data" else ipc, "method": method,
-            "distill_backbone": None if method == "full-data" else group, "protocol": protocol,
-            "eval_backbone": model, "evaluated_with": model, "data": "fashion-mnist", "test_acc": accs,
-            "mean": sum(accs) / len(accs), "details": details}
+    return {
+        "key": key,
+        "ipc": None if method == "full-data" else ipc,
+        "method": method,
+        "distill_backbone": None if method == "full-data" else group,
+        "protocol": protocol,
+        "eval_backbone": model,
+        "evaluated_with": model,
+        "data": "fashion-mnist",
+        "test_acc": accs,
+        "mean": sum(accs) / len(accs),
+        "details": details,
+    }
 
 
 @pytest.fixture

@@ -18,9 +18,14 @@ from datadistill.collect import collect
 from datadistill.errors import ConfigError
 from datadistill.report import add_figures, build_sections
 
-PLAN = dict(data="digits", methods=["random", "sfm"], protocols=["linear-probe", "linear-probe:augment=false", "full"],
-            seeds=2, crops={"efficientnet_lite0": 16},
-            settings=["steps=4", "epochs=20", "views=2", "full_epochs=2", "grow_every=1"])
+PLAN = dict(
+    data="digits",
+    methods=["random", "sfm"],
+    protocols=["linear-probe", "linear-probe:augment=false", "full"],
+    seeds=2,
+    crops={"efficientnet_lite0": 16},
+    settings=["steps=4", "epochs=20", "views=2", "full_epochs=2", "grow_every=1"],
+)
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,10 @@ def _check_ipc(data: RealData, ipc: int) -> None:
     smallest = int(counts.min())
     if ipc > smallest:
         c = int(counts.argmin())
-        raise DataError(f"--ipc {ipc} is larger than class '{data.classes[c]}', which has only {smallest} "
-                        f"training images (after holding out the validation split)")
+        raise DataError(
+            f"--ipc {ipc} is larger than class '{data.classes[c]}', which has only {smallest} "
+            f"training images (after holding out the validation split)"
+        )
 
 
 def build_context(config: DistillConfig, data: RealData | None = None, model: Backbone | None = None) -> RunContext:
@@ -54,8 +56,16 @@ def build_context(config: DistillConfig, data: RealData | None = None, model: Ba
     return ctx
 
 
-def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None, *, dataset: RealData | None = None,
-            model: Backbone | None = None, **options) -> SyntheticSet:
+def distill(
+    method: str,
+    data: str,
+    ipc: int = 1,
+    out: str | Path | None = None,
+    *,
+    dataset: RealData | None = None,
+    model: Backbone | None = None,
+    **options,
+) -> SyntheticSet:
     """Distill ``data`` into ``ipc`` images per class with ``method``; with ``out``, write and resume a run dir.
 
     ``options`` are the common run options (seed, device, checkpoint_every, ...) and the method's own
@@ -99,29 +109,50 @@ def distill(method: str, data: str, ipc: int = 1, out: str | Path | None = None,
         if run is not None and dist.is_main():
             with timer.phase("save"):
                 synset.save(run.synset_path)
-            run.update_metrics(distill={"complete": True, "method": method, "phases": timer.phases,
-                                        "loss_first": losses[0] if losses else None,
-                                        "loss_last": losses[-1] if losses else None, "losses": losses,
-                                        "processes": dist.world()})
+            run.update_metrics(
+                distill={
+                    "complete": True,
+                    "method": method,
+                    "phases": timer.phases,
+                    "loss_first": losses[0] if losses else None,
+                    "loss_last": losses[-1] if losses else None,
+                    "losses": losses,
+                    "processes": dist.world(),
+                }
+            )
             write_report(run.path)
     dist.barrier()
     return synset
 
 
 def _resolved(ctx: RunContext) -> dict:
-    resolved = {"dataset_source": ctx.data.source, "num_classes": ctx.data.num_classes,
-                "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
-                "test_images": len(ctx.data.test) if ctx.data.test is not None else 0,
-                "resolution": ctx.resolution, "device": str(ctx.device), "torch": torch.__version__,
-                "datadistill": __version__, "python": platform.python_version()}
+    resolved = {
+        "dataset_source": ctx.data.source,
+        "num_classes": ctx.data.num_classes,
+        "train_images": len(ctx.data.train),
+        "val_images": len(ctx.data.val),
+        "test_images": len(ctx.data.test) if ctx.data.test is not None else 0,
+        "resolution": ctx.resolution,
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+        "datadistill": __version__,
+        "python": platform.python_version(),
+    }
     if isinstance(ctx.opts, BackboneOptions):
         resolved.update(backbone_weights=ctx.backbone.weights, crop=ctx.crop)
     return {"resolved": resolved}
 
 
-def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = None, protocol: str = "linear-probe",
-             data: str | RealData | None = None, *, root: str | None = None, backbone: str | Backbone | None = None,
-             models: list[Backbone] | None = None, **options) -> EvalResult:
+def evaluate(
+    synset: SyntheticSet | list[SyntheticSet] | str | Path | None = None,
+    protocol: str = "linear-probe",
+    data: str | RealData | None = None,
+    *,
+    root: str | None = None,
+    backbone: str | Backbone | None = None,
+    models: list[Backbone] | None = None,
+    **options,
+) -> EvalResult:
     """Evaluate a synthetic set (a run directory, a saved set, a folder of PNGs, a ``SyntheticSet``, or one
     set per seed) with ``protocol``; a run directory supplies data and backbones and records the result.
 
@@ -169,8 +200,16 @@ def evaluate(synset: SyntheticSet | list[SyntheticSet] | str | Path | None = Non
     return result
 
 
-def pretrain(kind: str, data: str | RealData, *, root: str | None = None, val_fraction: float = 0.1,
-             split_seed: int = 0, device: str = "auto", **options) -> Path:
+def pretrain(
+    kind: str,
+    data: str | RealData,
+    *,
+    root: str | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    device: str = "auto",
+    **options,
+) -> Path:
     """Train (or reuse from the cache) a model of ``kind`` on ``data``; returns its folder. Resumable."""
     trainer = get_pretrainer(kind)
     opts = build(trainer.Options, options, f"pretrain '{kind}'")
@@ -206,13 +245,24 @@ def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None) -> 
         return data
     if data is None and not run_cfg.get("data"):
         raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
-    return load_dataset(data or run_cfg["data"], root or run_cfg.get("root"), run_cfg.get("val_fraction", 0.1),
-                        run_cfg.get("split_seed", 0))
+    return load_dataset(
+        data or run_cfg["data"],
+        root or run_cfg.get("root"),
+        run_cfg.get("val_fraction", 0.1),
+        run_cfg.get("split_seed", 0),
+    )
 
 
-def compute_stats(data: str | RealData, backbone: str | Backbone = "efficientnet_lite0", split: str = "train",
-                  crop: int | None = None, kmeans: int = 0, root: str | None = None, weights: str | None = None,
-                  device: str = "auto") -> FeatureBank:
+def compute_stats(
+    data: str | RealData,
+    backbone: str | Backbone = "efficientnet_lite0",
+    split: str = "train",
+    crop: int | None = None,
+    kmeans: int = 0,
+    root: str | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+) -> FeatureBank:
     """The cached statistics pass (features, class means, counts; k-means modes when ``kmeans`` > 0)."""
     dev = resolve_device(device)
     data = data if isinstance(data, RealData) else load_dataset(data, root)

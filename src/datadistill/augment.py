@@ -101,8 +101,10 @@ class DSA:
     def __post_init__(self) -> None:
         bad = [op for op in self.ops if op not in DSA_OPS]
         if bad:
-            raise ConfigError(f"unknown DSA operation(s) {', '.join(bad)} in '{self.strategy}'; "
-                              f"use {', '.join(DSA_OPS)} joined by '_', or 'none'")
+            raise ConfigError(
+                f"unknown DSA operation(s) {', '.join(bad)} in '{self.strategy}'; "
+                f"use {', '.join(DSA_OPS)} joined by '_', or 'none'"
+            )
         if self.mode not in DSA_MODES:
             raise ConfigError(f"DSA mode must be one of {', '.join(DSA_MODES)}, got '{self.mode}'")
 
@@ -123,8 +125,9 @@ class DSA:
         u[:, _CHOICE] = u[0, _CHOICE]
         return self.apply(x, u)
 
-    def siamese(self, batches: list[torch.Tensor], generator: torch.Generator,
-                groups: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def siamese(
+        self, batches: list[torch.Tensor], generator: torch.Generator, groups: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """The same draw for every batch: sample i of a batch uses the draw of its group id (default: one group)."""
         if not self.ops:
             return batches

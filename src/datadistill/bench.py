@@ -72,8 +72,10 @@ class BenchPlan:
                 raise ConfigError(f"--evaluate-with {spec}=...: '{spec}' is not one of --methods")
             unknown = [p for p in chosen if p not in self.protocols]
             if unknown or not chosen:
-                raise ConfigError(f"--evaluate-with {spec}={'+'.join(chosen)}: each protocol must be one of "
-                                  f"--protocols ({', '.join(self.protocols)})")
+                raise ConfigError(
+                    f"--evaluate-with {spec}={'+'.join(chosen)}: each protocol must be one of "
+                    f"--protocols ({', '.join(self.protocols)})"
+                )
         if self.seeds < 1 or not self.ipcs or min(self.ipcs) < 1:
             raise ConfigError("--seeds and every --ipc must be at least 1")
         parse_settings(self.settings, self.methods, self.protocols)
@@ -93,8 +95,9 @@ def protocol_spec(spec: str) -> tuple[str, dict]:
     for item in items:
         key, eq, raw = item.partition("=")
         if not eq or key not in known:
-            raise ConfigError(f"protocol '{spec}': '{item}' is not KEY=VALUE with a KEY of {name}'s options "
-                              f"({', '.join(known)})")
+            raise ConfigError(
+                f"protocol '{spec}': '{item}' is not KEY=VALUE with a KEY of {name}'s options ({', '.join(known)})"
+            )
         fixed[key] = _typed(raw, known[key][1], f"protocol '{spec}'")
     return name, fixed
 
@@ -186,10 +189,13 @@ class Bench:
                             self.evaluate(spec, synsets, phases, ipc, b_d, protocol)
         for protocol in (p for p in self.plan.protocols if not get_protocol(protocol_spec(p)[0]).needs_synset):
             for b_e in self.eval_backbones:
-                self.cell(f"{protocol}@{b_e}", dict(ipc=None, method="full-data", distill_backbone=None,
-                                                    protocol=protocol, eval_backbone=b_e),
-                          lambda p=protocol, b=b_e: evaluate(protocol=protocol_spec(p)[0], data=self.data,
-                                                             **self.eval_opts(p, b, None)))
+                self.cell(
+                    f"{protocol}@{b_e}",
+                    dict(ipc=None, method="full-data", distill_backbone=None, protocol=protocol, eval_backbone=b_e),
+                    lambda p=protocol, b=b_e: evaluate(
+                        protocol=protocol_spec(p)[0], data=self.data, **self.eval_opts(p, b, None)
+                    ),
+                )
         self.write_tables()
         return list(self.results.values())
 
@@ -206,8 +212,9 @@ class Bench:
         kw = dict(dataset=self.data, ipc=ipc, **common, **opts)
         runs = run_dirs(self.out, spec, ipc, b_d, self.plan.seeds)
         if name == "random":
-            return [distill("random", self.plan.data, out=r, **{**kw, "seed": k}) for k, r in enumerate(runs)], \
-                self.phases(runs[0])
+            return [
+                distill("random", self.plan.data, out=r, **{**kw, "seed": k}) for k, r in enumerate(runs)
+            ], self.phases(runs[0])
         run = runs[0]
         if issubclass(algo.Options, BackboneOptions):
             kw.update(backbone=b_d, model=self.model(b_d))
@@ -248,27 +255,55 @@ class Bench:
         group = b_d if uses_backbone or "distill_backbone" in known else "-"
         for b_e in self.eval_backbones if "eval_backbone" in known else [None]:
             key = f"ipc{ipc}|{spec}|{group}|{protocol}@{b_e or '-'}"
-            meta = dict(ipc=ipc, method=spec, distill_backbone=group, protocol=protocol, eval_backbone=b_e,
-                        distill_phases=phases, runs=runs)
-            self.cell(key, meta, lambda b=b_e: evaluate(synsets, protocol=name, data=self.data,
-                                                        **self.eval_opts(protocol, b, b_d)))
+            meta = dict(
+                ipc=ipc,
+                method=spec,
+                distill_backbone=group,
+                protocol=protocol,
+                eval_backbone=b_e,
+                distill_phases=phases,
+                runs=runs,
+            )
+            self.cell(
+                key,
+                meta,
+                lambda b=b_e: evaluate(synsets, protocol=name, data=self.data, **self.eval_opts(protocol, b, b_d)),
+            )
 
     def cell(self, key: str, meta: dict, run) -> None:
         if key in self.results:
             return
         log.info("bench: evaluating %s", key)
         result = run()
-        self.results[key] = {"key": key, **meta, "evaluated_with": result.backbone, "mean": result.mean,
-                             "std": result.std, "val_mean": result.val_mean, "test_acc": result.test_acc,
-                             "val_acc": result.val_acc, "seeds": result.seeds,
-                             "eval_seconds": result.details.get("phases", {}).get("eval", {}).get("seconds"),
-                             "details": {k: v for k, v in result.details.items() if k != "phases"}}
+        self.results[key] = {
+            "key": key,
+            **meta,
+            "evaluated_with": result.backbone,
+            "mean": result.mean,
+            "std": result.std,
+            "val_mean": result.val_mean,
+            "test_acc": result.test_acc,
+            "val_acc": result.val_acc,
+            "seeds": result.seeds,
+            "eval_seconds": result.details.get("phases", {}).get("eval", {}).get("seconds"),
+            "details": {k: v for k, v in result.details.items() if k != "phases"},
+        }
         write_json(self.out / "results.json", list(self.results.values()))
 
     def write_tables(self) -> None:
         rows = list(self.results.values())
-        columns = ["ipc", "method", "distill_backbone", "protocol", "eval_backbone", "mean", "std", "val_mean",
-                   "test_acc", "eval_seconds"]
+        columns = [
+            "ipc",
+            "method",
+            "distill_backbone",
+            "protocol",
+            "eval_backbone",
+            "mean",
+            "std",
+            "val_mean",
+            "test_acc",
+            "eval_seconds",
+        ]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, columns, extrasaction="ignore")
         writer.writeheader()
@@ -282,30 +317,47 @@ def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
     mean ± std over seeds); the full-data rows close each table. The best synthetic-set cell per column is bold."""
     evals = plan.eval_backbones or plan.backbones
     full = {r["eval_backbone"]: r for r in rows if r["method"] == "full-data"}
-    parts = [f"# Benchmark on {plan.data}", "",
-             f"Test accuracy (%), mean ± std over {plan.seeds} seeds; crops {plan.crops or 'backbone defaults'}; "
-             f"settings {plan.settings or 'defaults'}.", ""]
+    parts = [
+        f"# Benchmark on {plan.data}",
+        "",
+        f"Test accuracy (%), mean ± std over {plan.seeds} seeds; crops {plan.crops or 'backbone defaults'}; "
+        f"settings {plan.settings or 'defaults'}.",
+        "",
+    ]
     for ipc in plan.ipcs:
         for b_d in plan.backbones:
-            cells = {(r["method"], r["protocol"], r["eval_backbone"]): r for r in rows
-                     if r["ipc"] == ipc and r["distill_backbone"] in (b_d, "-")}
+            cells = {
+                (r["method"], r["protocol"], r["eval_backbone"]): r
+                for r in rows
+                if r["ipc"] == ipc and r["distill_backbone"] in (b_d, "-")
+            }
             if not cells:
                 continue
             cols = sorted({c[2] for c in cells}, key=lambda b: evals.index(b) if b in evals else -1)
             best = {b: max((r["mean"] for (m, p, e), r in cells.items() if e == b), default=None) for b in cols}
-            parts += [f"## IPC {ipc}, distilled with {b_d}", "",
-                      "| method | protocol | " + " | ".join(f"eval {b or '-'}" for b in cols) + " |",
-                      "|---|---|" + "---|" * len(cols)]
+            parts += [
+                f"## IPC {ipc}, distilled with {b_d}",
+                "",
+                "| method | protocol | " + " | ".join(f"eval {b or '-'}" for b in cols) + " |",
+                "|---|---|" + "---|" * len(cols),
+            ]
             for m in plan.methods:
                 for p in plan.protocols:
                     line = [cells.get((m, p, b)) for b in cols]
                     if any(line):
-                        shown = [("**" + fmt_acc(r) + "**" if r["mean"] == best[b] else fmt_acc(r)) if r else ""
-                                 for r, b in zip(line, cols, strict=True)]
+                        shown = [
+                            ("**" + fmt_acc(r) + "**" if r["mean"] == best[b] else fmt_acc(r)) if r else ""
+                            for r, b in zip(line, cols, strict=True)
+                        ]
                         parts.append(f"| {m} | {p} | " + " | ".join(shown) + " |")
             if any(b in full for b in cols):
-                parts.append("| full data | " + ", ".join(sorted({full[b]["protocol"] for b in cols if b in full})) +
-                             " | " + " | ".join(fmt_acc(full[b]) if b in full else "" for b in cols) + " |")
+                parts.append(
+                    "| full data | "
+                    + ", ".join(sorted({full[b]["protocol"] for b in cols if b in full}))
+                    + " | "
+                    + " | ".join(fmt_acc(full[b]) if b in full else "" for b in cols)
+                    + " |"
+                )
             parts.append("")
     return "\n".join(parts)
 

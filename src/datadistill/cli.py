@@ -16,11 +16,13 @@ from .errors import ConfigError, DatadistillError, user_message
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset name (see `datadistill list datasets`), "
-                   "imagefolder:PATH or hf:NAME")
+    p.add_argument(
+        "--data", required=True, help="dataset name (see `datadistill list datasets`), imagefolder:PATH or hf:NAME"
+    )
     p.add_argument("--root", default=None, help="dataset root folder (torchvision / ImageNet sets)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="feature extractor (see `datadistill list "
-                   "backbones`)")
+    p.add_argument(
+        "--backbone", default="efficientnet_lite0", help="feature extractor (see `datadistill list backbones`)"
+    )
     p.add_argument("--weights", default=None, help="local weights file or folder for the backbone")
     p.add_argument("--crop", type=int, default=None, help="backbone input size (default: the backbone's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -69,26 +71,37 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name in sorted(METHODS):
         algo = METHODS[name]
         m = methods.add_parser(name, help=algo.summary, description=algo.summary)
-        m.add_argument("--data", required=True, help="dataset name (see `datadistill list datasets`), "
-                       "imagefolder:PATH or hf:NAME")
+        m.add_argument(
+            "--data", required=True, help="dataset name (see `datadistill list datasets`), imagefolder:PATH or hf:NAME"
+        )
         m.add_argument("--out", required=True, help="run directory (created; an interrupted run there resumes)")
         add_arguments(m.add_argument_group("run options"), DistillConfig, skip={"method", "data", "options"})
         add_arguments(m.add_argument_group(f"{name} options"), algo.Options)
 
     protocol = PROTOCOLS.get(_protocol_in(argv or []), PROTOCOLS["linear-probe"])
-    e = sub.add_parser("eval", help="evaluate a run directory, a saved set or a folder of PNGs",
-                       description="Evaluate with --protocol (one of: " + ", ".join(PROTOCOLS) + "). "
-                       "`datadistill eval --protocol P --help` lists P's options.")
-    e.add_argument("path", nargs="?", default=None, help="run directory, synset folder, or folder of PNGs "
-                   "(not needed for --protocol full)")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a run directory, a saved set or a folder of PNGs",
+        description="Evaluate with --protocol (one of: " + ", ".join(PROTOCOLS) + "). "
+        "`datadistill eval --protocol P --help` lists P's options.",
+    )
+    e.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help="run directory, synset folder, or folder of PNGs (not needed for --protocol full)",
+    )
     e.add_argument("--protocol", default="linear-probe", choices=list(PROTOCOLS))
     e.add_argument("--data", default=None, help="dataset (default: the run's)")
     e.add_argument("--root", default=None)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
     add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
 
-    b = sub.add_parser("bench", help="distill with several methods and backbones, evaluate every set with every "
-                       "protocol and backbone; resumable (finished cells are skipped)")
+    b = sub.add_parser(
+        "bench",
+        help="distill with several methods and backbones, evaluate every set with every "
+        "protocol and backbone; resumable (finished cells are skipped)",
+    )
     b.add_argument("--data", required=True)
     b.add_argument("--methods", required=True, type=_csv, help="e.g. random,centroids,lgm,sfm,neighbors:sfm")
     b.add_argument("--protocols", default=["linear-probe"], type=_csv, help="e.g. linear-probe,ci,full")
@@ -97,19 +110,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--ipc", default=[1], type=lambda v: [int(x) for x in _csv(v)], help="e.g. 1,10,50")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--crop", action="append", default=[], metavar="BACKBONE=PX", help="input size per backbone")
-    b.add_argument("--set", action="append", default=[], metavar="[SCOPE.]KEY=VALUE", dest="settings",
-                   help="an option for every method/protocol that has it, or for one (scope = its name)")
-    b.add_argument("--evaluate-with", action="append", default=[], metavar="METHOD=P1+P2",
-                   help="judge METHOD's sets by these of --protocols only (default: all of them)")
+    b.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[SCOPE.]KEY=VALUE",
+        dest="settings",
+        help="an option for every method/protocol that has it, or for one (scope = its name)",
+    )
+    b.add_argument(
+        "--evaluate-with",
+        action="append",
+        default=[],
+        metavar="METHOD=P1+P2",
+        help="judge METHOD's sets by these of --protocols only (default: all of them)",
+    )
     b.add_argument("--out", required=True)
     b.add_argument("--root", default=None)
     b.add_argument("--device", default="auto")
 
-    r = sub.add_parser("report", help="a self-contained HTML page and a markdown summary comparing the results of "
-                       "benches and run directories (tables, scores relative to random, images, curves, cost)")
+    r = sub.add_parser(
+        "report",
+        help="a self-contained HTML page and a markdown summary comparing the results of "
+        "benches and run directories (tables, scores relative to random, images, curves, cost)",
+    )
     r.add_argument("runs", nargs="+", metavar="RUN", help="bench directories, run directories, or folders of them")
-    r.add_argument("--out", default=None, help="folder for report.html, report.md and report_files/ (default: the "
-                   "bench directory when one is given)")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="folder for report.html, report.md and report_files/ (default: the bench directory when one is given)",
+    )
 
     pre = sub.add_parser("pretrain", help="train (or reuse) a model the toolkit needs offline (cached, resumable)")
     kinds = pre.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -128,8 +158,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--kmeans", type=int, default=0, help="also per-class k-means with this k")
 
     lst = sub.add_parser("list", help="list datasets, backbones, methods or protocols")
-    lst.add_argument("what", nargs="?", default="all", choices=["all", "datasets", "backbones", "methods",
-                                                                 "protocols"])
+    lst.add_argument("what", nargs="?", default="all", choices=["all", "datasets", "backbones", "methods", "protocols"])
     return parser
 
 
@@ -159,8 +188,10 @@ def _cmd_eval(args) -> int:
     options = _options(args, {"command", "quiet", "path", "protocol", "data", "root"})
     result = evaluate(args.path, protocol=args.protocol, data=args.data, root=args.root, **options)
     per_seed = ", ".join(f"{100 * a:.2f}" for a in result.test_acc)
-    say(f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
-          f"({per_seed}); val {100 * result.val_mean:.2f} %")
+    say(
+        f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
+        f"({per_seed}); val {100 * result.val_mean:.2f} %"
+    )
     return 0
 
 
@@ -179,8 +210,20 @@ def _cmd_bench(args) -> int:
         if not eq:
             raise ConfigError(f"--evaluate-with expects METHOD=P1+P2, got '{item}'")
         evaluate_with[method] = protocols.split("+")
-    plan = BenchPlan(args.data, args.methods, args.protocols, args.backbones, args.eval_backbones, args.ipc,
-                     args.seeds, crops, args.settings, args.root, args.device, evaluate_with)
+    plan = BenchPlan(
+        args.data,
+        args.methods,
+        args.protocols,
+        args.backbones,
+        args.eval_backbones,
+        args.ipc,
+        args.seeds,
+        crops,
+        args.settings,
+        args.root,
+        args.device,
+        evaluate_with,
+    )
     records = bench(plan, args.out)
     say((Path(args.out) / "summary.md").read_text())
     say(f"{len(records)} results in {args.out}/results.json (and .csv)")
@@ -199,8 +242,15 @@ def _cmd_pretrain(args) -> int:
     from .api import pretrain
 
     options = _options(args, {"command", "quiet", "kind", "data", "root", "val_fraction", "split_seed", "device"})
-    folder = pretrain(args.kind, args.data, root=args.root, val_fraction=args.val_fraction,
-                      split_seed=args.split_seed, device=args.device, **options)
+    folder = pretrain(
+        args.kind,
+        args.data,
+        root=args.root,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        device=args.device,
+        **options,
+    )
     say(f"{args.kind} model ready in {folder}")
     return 0
 
@@ -208,10 +258,20 @@ def _cmd_pretrain(args) -> int:
 def _cmd_stats(args) -> int:
     from .api import compute_stats
 
-    bank = compute_stats(args.data, args.backbone, args.split, crop=args.crop, kmeans=args.kmeans, root=args.root,
-                         weights=args.weights, device=args.device)
-    say(f"{len(bank.labels)} images, {len(bank.means)} classes, features {tuple(bank.features.shape)} "
-          f"cached in {bank.directory}")
+    bank = compute_stats(
+        args.data,
+        args.backbone,
+        args.split,
+        crop=args.crop,
+        kmeans=args.kmeans,
+        root=args.root,
+        weights=args.weights,
+        device=args.device,
+    )
+    say(
+        f"{len(bank.labels)} images, {len(bank.means)} classes, features {tuple(bank.features.shape)} "
+        f"cached in {bank.directory}"
+    )
     return 0
 
 
@@ -230,8 +290,10 @@ def _cmd_list(args) -> int:
     if args.what in ("all", "backbones"):
         print("backbones:")
         for b in available_backbones():
-            print(f"  {b.name:22s} {'offline ' if b.offline else 'hub/path'} {b.input_size}px F={b.feat_dim:<5d} "
-                  f"{b.default_weights}")
+            print(
+                f"  {b.name:22s} {'offline ' if b.offline else 'hub/path'} {b.input_size}px F={b.feat_dim:<5d} "
+                f"{b.default_weights}"
+            )
         print("  timm:ARCH              any timm model with pretrained weights (hub or --weights PATH)")
     if args.what in ("all", "methods"):
         print("methods:")
@@ -244,8 +306,16 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "distill": _cmd_distill, "eval": _cmd_eval, "bench": _cmd_bench,
-            "report": _cmd_report, "pretrain": _cmd_pretrain, "stats": _cmd_stats, "list": _cmd_list}
+COMMANDS = {
+    "demo": _cmd_demo,
+    "distill": _cmd_distill,
+    "eval": _cmd_eval,
+    "bench": _cmd_bench,
+    "report": _cmd_report,
+    "pretrain": _cmd_pretrain,
+    "stats": _cmd_stats,
+    "list": _cmd_list,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,8 +86,13 @@ def _bench_records(path: Path) -> tuple[list[dict], dict]:
     results = _json(path / "results.json") if (path / "results.json").exists() else []
     records = []
     for r in results:
-        r = {**r, "key": f"{path}|{r['key']}", "data": plan.get("data"), "source": str(path),
-             "protocol": _protocol_label(r["protocol"], r.get("details") or {})}
+        r = {
+            **r,
+            "key": f"{path}|{r['key']}",
+            "data": plan.get("data"),
+            "source": str(path),
+            "protocol": _protocol_label(r["protocol"], r.get("details") or {}),
+        }
         if r.get("method") != "full-data":
             # Benches before the "runs" field: the run directories follow the bench's layout.
             rel = r.get("runs") or run_dirs(Path("."), r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
@@ -106,15 +111,24 @@ def _run_records(info: RunInfo) -> list[dict]:
         has_eval_backbone = proto is not None and "eval_backbone" in proto.Options.__dataclass_fields__
         details = e.get("details", {})
         protocol = _protocol_label(e.get("protocol", key.split("@")[0]), details)
-        records.append({
-            "key": f"{info.path}|{key}", "ipc": d.get("ipc"), "method": d.get("method", "?"),
-            "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
-            "protocol": protocol, "eval_backbone": e.get("backbone") if has_eval_backbone else None,
-            "evaluated_with": e.get("backbone"), "data": d.get("data"), "source": str(info.path),
-            "runs": [str(info.path)], "distill_phases": info.phases,
-            "eval_seconds": (details.get("phases") or {}).get("eval", {}).get("seconds"),
-            **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
-            "details": {k: v for k, v in details.items() if k != "phases"}})
+        records.append(
+            {
+                "key": f"{info.path}|{key}",
+                "ipc": d.get("ipc"),
+                "method": d.get("method", "?"),
+                "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
+                "protocol": protocol,
+                "eval_backbone": e.get("backbone") if has_eval_backbone else None,
+                "evaluated_with": e.get("backbone"),
+                "data": d.get("data"),
+                "source": str(info.path),
+                "runs": [str(info.path)],
+                "distill_phases": info.phases,
+                "eval_seconds": (details.get("phases") or {}).get("eval", {}).get("seconds"),
+                **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
+                "details": {k: v for k, v in details.items() if k != "phases"},
+            }
+        )
     return records
 
 
@@ -147,12 +161,16 @@ def collect(paths: list[str | Path]) -> Collection:
                 out.records += _run_records(info)
                 out.sources.append({"path": str(p), "kind": "run", "data": info.config.get("distill", {}).get("data")})
     if not out.records:
-        raise DataError("no evaluation results found in " + ", ".join(map(str, paths)) +
-                        " (run `datadistill bench`, or `datadistill eval RUN` on the run directories)")
+        raise DataError(
+            "no evaluation results found in "
+            + ", ".join(map(str, paths))
+            + " (run `datadistill bench`, or `datadistill eval RUN` on the run directories)"
+        )
     keys = [r["key"] for r in out.records]
     if len(set(keys)) != len(keys):
-        raise ConfigError("the same results were given twice: " + ", ".join(sorted({k for k in keys
-                                                                                    if keys.count(k) > 1})))
+        raise ConfigError(
+            "the same results were given twice: " + ", ".join(sorted({k for k in keys if keys.count(k) > 1}))
+        )
     return out
 
 

@@ -40,7 +40,6 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
-
 def flat_config(d: dict) -> dict:
     """A saved ``DistillConfig`` dict with the method options lifted beside the common fields."""
     return {**{k: v for k, v in d.items() if k != "options"}, **d.get("options", {})}

@@ -17,8 +17,15 @@ from .report import accuracy_table, phases_table
 # from noise at 224 px) does not fit minutes on two CPU cores: the demo crops 64 px and starts SFM from the
 # Centroids images (--init centroids), then moves them along the statistical flow for 300 steps with 4 views
 # per step (val accuracy: 1 view 62.2, 4 views 67.3, Centroids 62.5).
-DEMO = {"backbone": "efficientnet_lite0", "ipc": 1, "crop": 64, "steps": 300, "lr": 0.01, "init": "centroids",
-        "augs": 4}
+DEMO = {
+    "backbone": "efficientnet_lite0",
+    "ipc": 1,
+    "crop": 64,
+    "steps": 300,
+    "lr": 0.01,
+    "init": "centroids",
+    "augs": 4,
+}
 DEMO_PROBE = {"epochs": 1000, "views": 100}
 
 
@@ -37,8 +44,9 @@ def run_demo(out: str | Path = "runs/demo", data: str = "mnist-5k", steps: int |
     with timer.phase("distill sfm"):
         sfm = distill("sfm", data, dataset=dataset, model=backbone, out=out / "sfm", ipc=ipc, crop=crop, **sfm_opts)
     with timer.phase("select centroids"):
-        centroids = distill("centroids", data, dataset=dataset, model=backbone, out=out / "centroids", ipc=ipc,
-                            crop=crop)
+        centroids = distill(
+            "centroids", data, dataset=dataset, model=backbone, out=out / "centroids", ipc=ipc, crop=crop
+        )
     with timer.phase("select random"):
         # Random real images are redrawn for every evaluation seed, as in the LGM/SFM baselines.
         randoms = [distill("random", data, dataset=dataset, ipc=ipc, seed=k) for k in range(seeds)]
@@ -48,16 +56,36 @@ def run_demo(out: str | Path = "runs/demo", data: str = "mnist-5k", steps: int |
             results[name] = evaluate(synset, data=dataset, backbone=backbone, **probe).to_dict()
 
     table = accuracy_table(list(results.items()))
-    metrics = {"dataset": data, "ipc": ipc, "backbone": settings["backbone"], "backbone_weights": backbone.weights,
-               "settings": settings, "probe": probe, "results": results, "phases": timer.phases}
+    metrics = {
+        "dataset": data,
+        "ipc": ipc,
+        "backbone": settings["backbone"],
+        "backbone_weights": backbone.weights,
+        "settings": settings,
+        "probe": probe,
+        "results": results,
+        "phases": timer.phases,
+    }
     write_json(out / "metrics.json", metrics)
     shutil.copyfile(out / "sfm" / "synset" / "grid.png", out / "grid.png")
-    report = [f"# datadistill demo: {data}, IPC {ipc}, {settings['backbone']}", "",
-              f"Linear probe (METHODS.md 1.7, {DEMO_PROBE['epochs']} epochs, {DEMO_PROBE['views']} cached AugBasic "
-              f"views per image, crop {crop}), test accuracy mean ± std over {seeds} seeds; validation accuracy "
-              "from the split held out of train.", "", table, "",
-              "## Time and memory", "", phases_table(timer.phases), "",
-              "## SFM images (one row per class)", "", "![SFM synthetic set](grid.png)", ""]
+    report = [
+        f"# datadistill demo: {data}, IPC {ipc}, {settings['backbone']}",
+        "",
+        f"Linear probe (METHODS.md 1.7, {DEMO_PROBE['epochs']} epochs, {DEMO_PROBE['views']} cached AugBasic "
+        f"views per image, crop {crop}), test accuracy mean ± std over {seeds} seeds; validation accuracy "
+        "from the split held out of train.",
+        "",
+        table,
+        "",
+        "## Time and memory",
+        "",
+        phases_table(timer.phases),
+        "",
+        "## SFM images (one row per class)",
+        "",
+        "![SFM synthetic set](grid.png)",
+        "",
+    ]
     write_text(out / "report.md", "\n".join(report))
     print()
     print(table)

@@ -123,8 +123,10 @@ class RunDir:
             new = {k: v for k, v in flat_config(config.to_dict()).items() if k not in RESUME_FREE_FIELDS}
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
-                raise ConfigError(f"{self.path} holds a run with a different config ({', '.join(diff)}); "
-                                  "use another --out, or delete it to start over")
+                raise ConfigError(
+                    f"{self.path} holds a run with a different config ({', '.join(diff)}); "
+                    "use another --out, or delete it to start over"
+                )
             return True
         if dist.is_main():
             write_json(self.config_path, {"distill": config.to_dict(), **resolved})
@@ -203,15 +205,25 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
         loss = method.train_step(ctx, param, optimizer, autocast)
         if not math.isfinite(loss):
             where = f"; the last checkpoint is at step {state.step - state.step % cfg.checkpoint_every}" if run else ""
-            raise TrainingDiverged(f"{cfg.method} loss became {loss} at step {step}{where}. "
-                                   "Try a lower --lr or check the data for constant images")
+            raise TrainingDiverged(
+                f"{cfg.method} loss became {loss} at step {step}{where}. "
+                "Try a lower --lr or check the data for constant images"
+            )
         state.step = step
         state.losses.append(round(loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
         if ckpt is not None and dist.is_main() and (step % cfg.checkpoint_every == 0 or step == total):
-            save_checkpoint(ckpt, {"param": param.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                              "generator": ctx.generator.get_state(), "step": step, "losses": state.losses})
+            save_checkpoint(
+                ckpt,
+                {
+                    "param": param.checkpoint_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": ctx.generator.get_state(),
+                    "step": step,
+                    "losses": state.losses,
+                },
+            )
         if step % max(1, total // 10) == 0:
             log.info("step %d/%d loss %.5f", step, total, state.losses[-1])
     bar.close()
@@ -220,8 +232,15 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
     return images, state
 
 
-def train_resumable(name: str, total: int, step: Callable[[int], float], state: dict, checkpoint: Path | None,
-                    every: int = 100, generator: torch.Generator | None = None) -> list[float]:
+def train_resumable(
+    name: str,
+    total: int,
+    step: Callable[[int], float],
+    state: dict,
+    checkpoint: Path | None,
+    every: int = 100,
+    generator: torch.Generator | None = None,
+) -> list[float]:
     """A generic resumable loop for model training (generative models, expert networks, ...).
 
     ``step(i)`` runs training step i (1-based) and returns its loss. ``state`` maps names to objects with
@@ -253,9 +272,16 @@ def train_resumable(name: str, total: int, step: Callable[[int], float], state: 
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if checkpoint is not None and dist.is_main() and (i % every == 0 or i == total):
-            save_checkpoint(checkpoint, {"state": {k: v.state_dict() for k, v in state.items()}, "step": i,
-                                    "losses": losses, "torch_rng": torch.get_rng_state(),
-                                    "generator": generator.get_state() if generator is not None else None})
+            save_checkpoint(
+                checkpoint,
+                {
+                    "state": {k: v.state_dict() for k, v in state.items()},
+                    "step": i,
+                    "losses": losses,
+                    "torch_rng": torch.get_rng_state(),
+                    "generator": generator.get_state() if generator is not None else None,
+                },
+            )
         if i % max(1, total // 10) == 0:
             log.info("%s: step %d/%d loss %.5f", name, i, total, loss)
     bar.close()

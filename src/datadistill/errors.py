@@ -36,5 +36,5 @@ def user_message(exc: BaseException) -> str:
     for cls in (DataError, WeightsError, ConfigError, TrainingDiverged, DatadistillError):
         prefix = f"{cls.__module__}.{cls.__name__}: "
         if last.startswith(prefix):
-            return last[len(prefix):]
+            return last[len(prefix) :]
     return last if len(lines) > 1 and "Traceback" in str(exc) else "\n".join(lines)

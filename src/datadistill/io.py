@@ -96,7 +96,7 @@ def read_checkpoint(path: Path) -> object:
     header, sep, payload = raw.partition(b"\n")
     if not raw.startswith(CHECKPOINT_MAGIC) or not sep:
         raise ValueError("not a datadistill checkpoint")
-    if hashlib.sha256(payload).hexdigest().encode() != header[len(CHECKPOINT_MAGIC):]:
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(CHECKPOINT_MAGIC) :]:
         raise ValueError("checksum mismatch (truncated or corrupt)")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
@@ -116,8 +116,9 @@ def load_checkpoint(path: str | Path) -> tuple[object, Path] | None:
             problems.append(f"{candidate.name}: {exc}")
             logging.getLogger("datadistill").warning("checkpoint %s is unusable (%s)", candidate, exc)
     if candidates:
-        raise DatadistillError(f"no intact checkpoint in {path.parent} ({'; '.join(problems)}); delete the folder "
-                               "to start over")
+        raise DatadistillError(
+            f"no intact checkpoint in {path.parent} ({'; '.join(problems)}); delete the folder to start over"
+        )
     return None
 
 

@@ -33,8 +33,9 @@ def fields_of(cls: type) -> dict[str, tuple[dataclasses.Field, type]]:
     return {f.name: (f, _base_type(hints[f.name])) for f in dataclasses.fields(cls)}
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                  skip: set[str] = frozenset()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, skip: set[str] = frozenset()
+) -> None:
     """One ``--name`` per field of ``cls`` (booleans get ``--name/--no-name``)."""
     for name, (f, kind) in fields_of(cls).items():
         if name in skip:
@@ -48,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
-                            help=help_text)
+        parser.add_argument(
+            flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text
+        )
 
 
 def build(cls: type, values: dict, what: str) -> Any:

@@ -22,16 +22,21 @@ from .errors import ConfigError
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, iters: int) -> None:
-    if cost.shape[:-2] != a.shape[:-1] or cost.shape[:-2] != b.shape[:-1] or cost.shape[-2:] != (a.shape[-1],
-                                                                                                  b.shape[-1]):
-        raise ConfigError(f"Sinkhorn: cost {tuple(cost.shape)} does not match weights {tuple(a.shape)} and "
-                          f"{tuple(b.shape)}")
+    if (
+        cost.shape[:-2] != a.shape[:-1]
+        or cost.shape[:-2] != b.shape[:-1]
+        or cost.shape[-2:] != (a.shape[-1], b.shape[-1])
+    ):
+        raise ConfigError(
+            f"Sinkhorn: cost {tuple(cost.shape)} does not match weights {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if eps <= 0 or iters < 1:
         raise ConfigError(f"Sinkhorn needs eps > 0 and at least one iteration, got eps={eps}, iters={iters}")
 
 
-def sinkhorn_plain(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1,
-                   iters: int = 5) -> torch.Tensor:
+def sinkhorn_plain(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1, iters: int = 5
+) -> torch.Tensor:
     """Plan P (..., N, K) for weights a (..., N), b (..., K) and cost (..., N, K), DMGD's plain-domain scheme."""
     _check(a, b, cost, eps, iters)
     plan = torch.exp(-cost / eps)
@@ -41,8 +46,9 @@ def sinkhorn_plain(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: fl
     return plan
 
 
-def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1,
-                 iters: int = 5) -> torch.Tensor:
+def sinkhorn_log(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1, iters: int = 5
+) -> torch.Tensor:
     """Same updates as ``sinkhorn_plain`` on log potentials f, g: P = exp((f + g - C) / eps).
 
     Zero weights are allowed (their rows/columns get zero mass)."""
@@ -59,8 +65,9 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: floa
 SOLVERS = {"plain": sinkhorn_plain, "log": sinkhorn_log}
 
 
-def sinkhorn(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1, iters: int = 5,
-             domain: str = "plain") -> tuple[torch.Tensor, torch.Tensor]:
+def sinkhorn(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.1, iters: int = 5, domain: str = "plain"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The plan and the transport cost <P, C> (one per problem in the batch)."""
     if domain not in SOLVERS:
         raise ConfigError(f"unknown Sinkhorn domain '{domain}' (plain, log)")
@@ -73,9 +80,15 @@ def sphere_cost(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.cdist(F.normalize(source, dim=-1), F.normalize(target, dim=-1))
 
 
-def ot_loss(source: torch.Tensor, target: torch.Tensor, target_weights: torch.Tensor,
-            source_weights: torch.Tensor | None = None, eps: float = 0.1, iters: int = 5,
-            domain: str = "plain") -> torch.Tensor:
+def ot_loss(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    target_weights: torch.Tensor,
+    source_weights: torch.Tensor | None = None,
+    eps: float = 0.1,
+    iters: int = 5,
+    domain: str = "plain",
+) -> torch.Tensor:
     """DMGD's distribution-matching loss per problem: source (..., N, D) with uniform weights by default,
     target supports (..., K, D) with masses (..., K); unit-sphere Euclidean cost; <P, C> differentiable through
     P and C."""
@@ -83,5 +96,6 @@ def ot_loss(source: torch.Tensor, target: torch.Tensor, target_weights: torch.Te
         n = source.shape[-2]
         source_weights = torch.full(source.shape[:-1], 1.0 / n, dtype=source.dtype, device=source.device)
     b = target_weights / target_weights.sum(dim=-1, keepdim=True)
-    return sinkhorn(source_weights, b.to(source.dtype), sphere_cost(source, target.to(source.dtype)), eps, iters,
-                    domain)[1]
+    return sinkhorn(
+        source_weights, b.to(source.dtype), sphere_cost(source, target.to(source.dtype)), eps, iters, domain
+    )[1]

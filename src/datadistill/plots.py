@@ -25,8 +25,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def accuracy_bars(methods: list[str], columns: list[str], means: np.ndarray, stds: np.ndarray,
-                  reference: dict[str, float] | None = None) -> bytes | None:
+def accuracy_bars(
+    methods: list[str],
+    columns: list[str],
+    means: np.ndarray,
+    stds: np.ndarray,
+    reference: dict[str, float] | None = None,
+) -> bytes | None:
     """Grouped bars: one group per evaluation column, one bar per method (mean ± std, in %); NaN = missing.
     ``reference`` draws a dashed line per column (e.g. the full-data accuracy)."""
     if not methods or not columns or np.isnan(means).all():
@@ -36,12 +41,24 @@ def accuracy_bars(methods: list[str], columns: list[str], means: np.ndarray, std
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + len(columns) * len(methods) * 0.45), 3.4))
     x = np.arange(len(columns))
     for i, m in enumerate(methods):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * np.nan_to_num(means[i]), width,
-               yerr=100 * np.nan_to_num(stds[i]), label=m, capsize=2)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            100 * np.nan_to_num(means[i]),
+            width,
+            yerr=100 * np.nan_to_num(stds[i]),
+            label=m,
+            capsize=2,
+        )
     for j, col in enumerate(columns):
         if reference and col in reference:
-            ax.hlines(100 * reference[col], j - 0.45, j + 0.45, colors="k", linestyles="dashed",
-                      label="full data" if j == 0 else None)
+            ax.hlines(
+                100 * reference[col],
+                j - 0.45,
+                j + 0.45,
+                colors="k",
+                linestyles="dashed",
+                label="full data" if j == 0 else None,
+            )
     ax.set_xticks(x, [c.replace(" @ ", "\n@ ").replace(" (", "\n(") for c in columns], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7, ncol=min(4, len(methods) + 1), loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -68,7 +85,7 @@ def loss_curves(series: list[tuple[str, list[float]]]) -> bytes | None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("loss", fontsize=8)
     fig.tight_layout()

@@ -19,10 +19,27 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, initial: int = 0) -> Iterator[T]:
-    return iter(tqdm(iterable, desc=desc, total=total, initial=initial, disable=not progress_enabled(),
-                     file=sys.stderr, dynamic_ncols=True, leave=False))
+    return iter(
+        tqdm(
+            iterable,
+            desc=desc,
+            total=total,
+            initial=initial,
+            disable=not progress_enabled(),
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )
+    )
 
 
 def progress_bar(desc: str, total: int, initial: int = 0) -> tqdm:
-    return tqdm(desc=desc, total=total, initial=initial, disable=not progress_enabled(), file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+    return tqdm(
+        desc=desc,
+        total=total,
+        initial=initial,
+        disable=not progress_enabled(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )

@@ -25,8 +25,9 @@ def accuracy_table(rows: list[tuple[str, dict]]) -> str:
     for name, r in rows:
         acc = fmt_acc(r)
         acc = f"**{acc}**" if r["mean"] == best else acc
-        lines.append(f"| {name} | {acc} | {100 * r['val_mean']:.2f} | {len(r['seeds'])} | {r['backbone']} | "
-                     f"{r['protocol']} |")
+        lines.append(
+            f"| {name} | {acc} | {100 * r['val_mean']:.2f} | {len(r['seeds'])} | {r['backbone']} | {r['protocol']} |"
+        )
     return "\n".join(lines)
 
 
@@ -45,12 +46,15 @@ def write_report(run: str | Path) -> Path:
     d = config.get("distill", {})
     res = config.get("resolved", {})
     parts = [f"# {d.get('method', 'run')} on {d.get('data', '?')}, IPC {d.get('ipc', '?')}", ""]
-    parts += [f"- backbone: `{d.get('backbone')}` ({res.get('backbone_weights', 'weights not recorded')})",
-              f"- data: {res.get('dataset_source', d.get('data'))}; train {res.get('train_images')} / "
-              f"val {res.get('val_images')} / test {res.get('test_images')} images",
-              f"- steps {d.get('steps')}, lr {d.get('lr')}, views per step {d.get('augs')}, "
-              f"parameterisation {d.get('param')}, crop {res.get('crop')}, render {res.get('resolution')}, "
-              f"seed {d.get('seed')}", ""]
+    parts += [
+        f"- backbone: `{d.get('backbone')}` ({res.get('backbone_weights', 'weights not recorded')})",
+        f"- data: {res.get('dataset_source', d.get('data'))}; train {res.get('train_images')} / "
+        f"val {res.get('val_images')} / test {res.get('test_images')} images",
+        f"- steps {d.get('steps')}, lr {d.get('lr')}, views per step {d.get('augs')}, "
+        f"parameterisation {d.get('param')}, crop {res.get('crop')}, render {res.get('resolution')}, "
+        f"seed {d.get('seed')}",
+        "",
+    ]
     dist = metrics.get("distill", {})
     if dist.get("phases"):
         parts += ["## Time and memory", "", phases_table(dist["phases"]), ""]
@@ -191,9 +195,15 @@ def _fill(s: Section, scores: dict, collection) -> None:
             full_by_col[c] = match
     if full_by_col:
         names = ", ".join(dict.fromkeys(f["protocol"] for f in full_by_col.values()))
-        acc_rows.append([Cell(f"full data ({names})")] + [
-            Cell(fmt_acc(full_by_col[c]), sub=f"val {_pct(full_by_col[c].get('val_mean'))}") if c in full_by_col
-            else Cell("") for c in columns])
+        acc_rows.append(
+            [Cell(f"full data ({names})")]
+            + [
+                Cell(fmt_acc(full_by_col[c]), sub=f"val {_pct(full_by_col[c].get('val_mean'))}")
+                if c in full_by_col
+                else Cell("")
+                for c in columns
+            ]
+        )
     s.accuracy = Table(["method"] + columns, acc_rows)
 
     score_rows = []
@@ -206,11 +216,17 @@ def _fill(s: Section, scores: dict, collection) -> None:
             row = [Cell(m), Cell(c), Cell(fmt_acc(r))]
             for name, signed in (("ior", True), ("hlr", False), ("lrs", False), ("ars", False)):
                 stat = getattr(sc, name)
-                row.append(Cell(_stat_text(stat, signed)) if stat is not None
-                           else Cell("–", note=note(f"{name.upper()}: {sc.missing[name]}")))
+                row.append(
+                    Cell(_stat_text(stat, signed))
+                    if stat is not None
+                    else Cell("–", note=note(f"{name.upper()}: {sc.missing[name]}"))
+                )
             score_rows.append(row)
-    s.scores = Table(["method", "evaluation", "test acc (%)", "IOR (pp)", "HLR (pp)", "LRS (%)", "ARS (%)"],
-                     score_rows, text_columns=2)
+    s.scores = Table(
+        ["method", "evaluation", "test acc (%)", "IOR (pp)", "HLR (pp)", "LRS (%)", "ARS (%)"],
+        score_rows,
+        text_columns=2,
+    )
 
     over_rows = []
     for m in s.methods:
@@ -222,15 +238,36 @@ def _fill(s: Section, scores: dict, collection) -> None:
         phases = (r or next(x for x in s.records if x["method"] == m)).get("distill_phases") or {}
         total = sum(p.get("seconds") or 0.0 for p in phases.values())
         lrs = sc.lrs if sc else None
-        over_rows.append([
-            Cell(m), Cell(first or ""), Cell(fmt_acc(r) if r else "", r is not None and r["mean"] == best[first]),
-            Cell(_stat_text(sc.ior, True) if sc and sc.ior else "–"),
-            Cell(_stat_text(lrs) if lrs else "–", note=None if lrs or not sc else note(f"LRS: {sc.missing['lrs']}")),
-            Cell(_stat_text(sc.ars) if sc and sc.ars else "–"),
-            Cell(f"{total:.1f}" if phases else ""),
-            Cell(_num(_peak(phases, "peak_rss_mb"))), Cell(_num(_peak(phases, "peak_cuda_mb")))])
-    s.overview = Table(["method", "evaluation", "test acc (%)", "IOR (pp)", "LRS (%)", "ARS (%)",
-                        "distill time (s)", "peak RSS (MB)", "peak CUDA (MB)"], over_rows, text_columns=2)
+        over_rows.append(
+            [
+                Cell(m),
+                Cell(first or ""),
+                Cell(fmt_acc(r) if r else "", r is not None and r["mean"] == best[first]),
+                Cell(_stat_text(sc.ior, True) if sc and sc.ior else "–"),
+                Cell(
+                    _stat_text(lrs) if lrs else "–", note=None if lrs or not sc else note(f"LRS: {sc.missing['lrs']}")
+                ),
+                Cell(_stat_text(sc.ars) if sc and sc.ars else "–"),
+                Cell(f"{total:.1f}" if phases else ""),
+                Cell(_num(_peak(phases, "peak_rss_mb"))),
+                Cell(_num(_peak(phases, "peak_cuda_mb"))),
+            ]
+        )
+    s.overview = Table(
+        [
+            "method",
+            "evaluation",
+            "test acc (%)",
+            "IOR (pp)",
+            "LRS (%)",
+            "ARS (%)",
+            "distill time (s)",
+            "peak RSS (MB)",
+            "peak CUDA (MB)",
+        ],
+        over_rows,
+        text_columns=2,
+    )
 
     # Phase names in run order, taken first from the runs with the most phases (e.g. with a statistics pass).
     by_size = sorted(s.records, key=lambda r: -len(r.get("distill_phases") or {}))
@@ -241,12 +278,23 @@ def _fill(s: Section, scores: dict, collection) -> None:
         phases = mine[0].get("distill_phases") or {}
         per_step = next((p["seconds_per_step"] for p in phases.values() if p.get("seconds_per_step")), None)
         eval_s = sum(r.get("eval_seconds") or 0.0 for r in mine)
-        cost_rows.append([Cell(m)] + [Cell(_num(phases.get(p, {}).get("seconds"), 2)) for p in phase_names] + [
-            Cell(f"{sum(p.get('seconds') or 0.0 for p in phases.values()):.1f}"), Cell(_num(per_step, 4)),
-            Cell(_num(_peak(phases, "peak_rss_mb"))), Cell(_num(_peak(phases, "peak_cuda_mb"))),
-            Cell(f"{eval_s:.1f}")])
-    s.cost = Table(["method"] + [f"{p} (s)" for p in phase_names] + ["total (s)", "s / step", "peak RSS (MB)",
-                                                                     "peak CUDA (MB)", "evaluations (s)"], cost_rows)
+        cost_rows.append(
+            [Cell(m)]
+            + [Cell(_num(phases.get(p, {}).get("seconds"), 2)) for p in phase_names]
+            + [
+                Cell(f"{sum(p.get('seconds') or 0.0 for p in phases.values()):.1f}"),
+                Cell(_num(per_step, 4)),
+                Cell(_num(_peak(phases, "peak_rss_mb"))),
+                Cell(_num(_peak(phases, "peak_cuda_mb"))),
+                Cell(f"{eval_s:.1f}"),
+            ]
+        )
+    s.cost = Table(
+        ["method"]
+        + [f"{p} (s)" for p in phase_names]
+        + ["total (s)", "s / step", "peak RSS (MB)", "peak CUDA (MB)", "evaluations (s)"],
+        cost_rows,
+    )
     for table in (s.overview, s.cost):
         _drop_empty(table, "peak CUDA (MB)")  # runs on CPU
     s.notes = [text for text, _ in sorted(notes.items(), key=lambda kv: kv[1])]
@@ -307,13 +355,24 @@ def add_figures(s: Section) -> None:
     stds = np.array([[cell[(m, c)]["std"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
     reference = {c: r["mean"] for c, r in s.full_by_column.items()}
     candidates = [
-        ("accuracy", "Test accuracy (%), mean ± std over seeds; dashed: the full real training set",
-         plots.accuracy_bars(s.methods, columns, means, stds, reference)),
-        ("losses", "Distillation loss per step (one panel per method that optimises)",
-         plots.loss_curves([(m, s.runs[m].losses) for m in s.methods if m in s.runs])),
-        ("cost", "Seconds per phase of the distillation, and peak memory",
-         plots.cost_bars([(m, next(r for r in s.records if r["method"] == m).get("distill_phases") or {})
-                          for m in s.methods]))]
+        (
+            "accuracy",
+            "Test accuracy (%), mean ± std over seeds; dashed: the full real training set",
+            plots.accuracy_bars(s.methods, columns, means, stds, reference),
+        ),
+        (
+            "losses",
+            "Distillation loss per step (one panel per method that optimises)",
+            plots.loss_curves([(m, s.runs[m].losses) for m in s.methods if m in s.runs]),
+        ),
+        (
+            "cost",
+            "Seconds per phase of the distillation, and peak memory",
+            plots.cost_bars(
+                [(m, next(r for r in s.records if r["method"] == m).get("distill_phases") or {}) for m in s.methods]
+            ),
+        ),
+    ]
     s.figures = [Figure(f"{slug}-{name}.png", caption, png) for name, caption, png in candidates if png]
     for m in s.methods:
         info = s.runs.get(m)
@@ -352,20 +411,32 @@ SCORES_HELP = [
     "reported as mean ± std; from the means (no ±) when the numbers of seeds differ.",
 ]
 
-COST_HELP = ("Seconds are wall time of each phase of the distillation (load, statistics pass, distillation, save); "
-             "a cached statistics pass costs nothing here. Peak RSS and peak CUDA memory are measured per phase (on "
-             "Linux the resident high-water mark restarts at each phase; elsewhere it is the process's, so in a bench "
-             "a method listed later may show an earlier method's peak). Peak RSS includes what the process already "
-             "held (backbone, data).")
+COST_HELP = (
+    "Seconds are wall time of each phase of the distillation (load, statistics pass, distillation, save); "
+    "a cached statistics pass costs nothing here. Peak RSS and peak CUDA memory are measured per phase (on "
+    "Linux the resident high-water mark restarts at each phase; elsewhere it is the process's, so in a bench "
+    "a method listed later may show an earlier method's peak). Peak RSS includes what the process already "
+    "held (backbone, data)."
+)
 
 
 def _section_markdown(s: Section) -> list[str]:
     seeds = sorted({len(r.get("test_acc") or []) for r in s.records})
-    parts = [f"## {s.title}", "",
-             f"Test accuracy (%) on the test split, mean ± std over {'/'.join(map(str, seeds))} seeds; val = the "
-             "validation split held out of train. Best per column in bold.", "",
-             "### Overview", "", markdown_table_of(s.overview), "",
-             "### Accuracy", "", markdown_table_of(s.accuracy), ""]
+    parts = [
+        f"## {s.title}",
+        "",
+        f"Test accuracy (%) on the test split, mean ± std over {'/'.join(map(str, seeds))} seeds; val = the "
+        "validation split held out of train. Best per column in bold.",
+        "",
+        "### Overview",
+        "",
+        markdown_table_of(s.overview),
+        "",
+        "### Accuracy",
+        "",
+        markdown_table_of(s.accuracy),
+        "",
+    ]
     figures = {f.name.rsplit("-", 1)[-1]: f for f in s.figures}
     if "accuracy.png" in figures:
         parts += [f"![{figures['accuracy.png'].caption}](report_files/{figures['accuracy.png'].name})", ""]
@@ -381,18 +452,25 @@ def _section_markdown(s: Section) -> list[str]:
             parts += [f"**{g.caption}**", "", f"![{g.caption}](report_files/{g.name})", ""]
     for m, info in s.runs.items():
         if info.phases:
-            parts += [f"<details><summary>{m}: phases of {info.path}</summary>", "", phases_table(info.phases), "",
-                      "</details>", ""]
+            parts += [
+                f"<details><summary>{m}: phases of {info.path}</summary>",
+                "",
+                phases_table(info.phases),
+                "",
+                "</details>",
+                "",
+            ]
     return parts
-
 
 
 def plan_summary(plan: dict) -> str:
     """One line naming a bench plan's methods, protocols, seeds, crops and settings."""
     narrowed = "".join(f" ({m}: {', '.join(ps)} only)" for m, ps in (plan.get("evaluate_with") or {}).items())
-    return (f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}{narrowed}; "
-            f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
-            f"settings {plan.get('settings') or 'defaults'}")
+    return (
+        f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}{narrowed}; "
+        f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
+        f"settings {plan.get('settings') or 'defaults'}"
+    )
 
 
 def comparison_markdown(collection, sections: list[Section]) -> str:

@@ -65,16 +65,20 @@ def _cell(c: Cell, tag: str, section_id: str, notes: list[str], name: bool = Fal
 def table_html(table: Table, section_id: str = "", notes: list[str] | None = None) -> str:
     notes = notes or []
     k = table.text_columns
-    head = "".join(f'<th{" class=name" if i < k else ""}>{_e(h)}</th>' for i, h in enumerate(table.header))
-    rows = "".join("<tr>" + "".join(_cell(c, "td", section_id, notes, i < k) for i, c in enumerate(row)) + "</tr>"
-                   for row in table.rows)
+    head = "".join(f"<th{' class=name' if i < k else ''}>{_e(h)}</th>" for i, h in enumerate(table.header))
+    rows = "".join(
+        "<tr>" + "".join(_cell(c, "td", section_id, notes, i < k) for i, c in enumerate(row)) + "</tr>"
+        for row in table.rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def figure_html(f: Figure) -> str:
     w, h = png_size(f.png)
-    return (f'<div class="fig"><img src="{data_uri(f.png)}" alt="{_e(f.caption)}" width="{w}" height="{h}">'
-            f'<div class="caption">{_e(f.caption)}</div></div>')
+    return (
+        f'<div class="fig"><img src="{data_uri(f.png)}" alt="{_e(f.caption)}" width="{w}" height="{h}">'
+        f'<div class="caption">{_e(f.caption)}</div></div>'
+    )
 
 
 def grids_html(grids: list[Figure]) -> str:
@@ -86,21 +90,31 @@ def grids_html(grids: list[Figure]) -> str:
     height = GRID_ROW_PX * rows
     if labels:
         spans = "".join(f"<span>{_e(name)}</span>" for name in labels)
-        parts.append(f'<div class="grid"><div class="labels" style="height:{height}px;margin-top:1.5em">{spans}'
-                     "</div></div>")
+        parts.append(
+            f'<div class="grid"><div class="labels" style="height:{height}px;margin-top:1.5em">{spans}</div></div>'
+        )
     for g in grids:
         w, h = png_size(g.png)
         shown = height * max(len(g.labels), 1) // rows
         width = max(1, round(w * shown / h))
-        parts.append(f'<div class="grid"><div class="caption" style="height:1.5em">{_e(g.caption)}</div>'
-                     f'<img src="{data_uri(g.png)}" alt="{_e(g.caption)}" width="{width}" height="{shown}"></div>')
+        parts.append(
+            f'<div class="grid"><div class="caption" style="height:1.5em">{_e(g.caption)}</div>'
+            f'<img src="{data_uri(g.png)}" alt="{_e(g.caption)}" width="{width}" height="{shown}"></div>'
+        )
     parts.append("</div>")
     return "".join(parts)
 
 
 def phases_of(phases: dict) -> Table:
-    rows = [[Cell(name), Cell(f"{p.get('seconds', 0):.2f}"), Cell(str(p.get("peak_rss_mb", ""))),
-             Cell(str(p.get("peak_cuda_mb", "")))] for name, p in phases.items()]
+    rows = [
+        [
+            Cell(name),
+            Cell(f"{p.get('seconds', 0):.2f}"),
+            Cell(str(p.get("peak_rss_mb", ""))),
+            Cell(str(p.get("peak_cuda_mb", ""))),
+        ]
+        for name, p in phases.items()
+    ]
     return Table(["phase", "seconds", "peak RSS (MB)", "peak CUDA (MB)"], rows)
 
 
@@ -108,24 +122,33 @@ def section_html(s: Section, index: int) -> str:
     sid = f"s{index}"
     seeds = sorted({len(r.get("test_acc") or []) for r in s.records})
     figures = {f.name.rsplit("-", 1)[-1]: f for f in s.figures}
-    out = [f'<section id="{sid}"><h2>{_e(s.title)}</h2>',
-           f'<p class="help">Test accuracy (%) on the test split, mean ± std over {"/".join(map(str, seeds))} seeds; '
-           "val = the validation split held out of train. The best synthetic set per column is marked ★.</p>",
-           "<h3>Overview</h3>", table_html(s.overview, sid, s.notes),
-           "<h3>Accuracy</h3>", table_html(s.accuracy, sid, s.notes)]
+    out = [
+        f'<section id="{sid}"><h2>{_e(s.title)}</h2>',
+        f'<p class="help">Test accuracy (%) on the test split, mean ± std over {"/".join(map(str, seeds))} seeds; '
+        "val = the validation split held out of train. The best synthetic set per column is marked ★.</p>",
+        "<h3>Overview</h3>",
+        table_html(s.overview, sid, s.notes),
+        "<h3>Accuracy</h3>",
+        table_html(s.accuracy, sid, s.notes),
+    ]
     if "accuracy.png" in figures:
         out.append(figure_html(figures["accuracy.png"]))
     out += ["<h3>Scores relative to random (DD-Ranking)</h3>", table_html(s.scores, sid, s.notes)]
     if s.notes:
-        out.append('<ol class="note">' + "".join(f'<li id="{sid}-note-{i}">{_e(t)}</li>'
-                                                 for i, t in enumerate(s.notes, 1)) + "</ol>")
+        out.append(
+            '<ol class="note">'
+            + "".join(f'<li id="{sid}-note-{i}">{_e(t)}</li>' for i, t in enumerate(s.notes, 1))
+            + "</ol>"
+        )
     out += ["<h3>Time and memory</h3>", table_html(s.cost, sid, s.notes), f'<p class="help">{_e(COST_HELP)}</p>']
     if "cost.png" in figures:
         out.append(figure_html(figures["cost.png"]))
     for m, info in s.runs.items():
         if info.phases:
-            out.append(f"<details><summary>{_e(m)}: phases of <code>{_e(info.path)}</code></summary>"
-                       f"{table_html(phases_of(info.phases))}</details>")
+            out.append(
+                f"<details><summary>{_e(m)}: phases of <code>{_e(info.path)}</code></summary>"
+                f"{table_html(phases_of(info.phases))}</details>"
+            )
     if "losses.png" in figures:
         out += ["<h3>Loss curves</h3>", figure_html(figures["losses.png"])]
     if s.grids:
@@ -155,9 +178,11 @@ def render_html(collection, sections: list[Section]) -> str:
         sources.append(f"<li>{_e(src['kind'])} <code>{_e(src['path'])}</code>{_e(extra)}</li>")
     toc = "".join(f'<li><a href="#s{i}">{_e(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "\n".join(section_html(s, i) for i, s in enumerate(sections))
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>datadistill report: {_e(datasets)}</title><style>{STYLE}</style></head><body>\n"
-            f"<h1>Comparison on {_e(datasets)}</h1>"
-            f"<p class=\"help\">datadistill {_e(__version__)}. Inputs:</p><ul>{''.join(sources)}</ul>"
-            f"<ul>{toc}</ul>\n{body}\n{_help_html()}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>datadistill report: {_e(datasets)}</title><style>{STYLE}</style></head><body>\n"
+        f"<h1>Comparison on {_e(datasets)}</h1>"
+        f'<p class="help">datadistill {_e(__version__)}. Inputs:</p><ul>{"".join(sources)}</ul>'
+        f"<ul>{toc}</ul>\n{body}\n{_help_html()}\n</body></html>\n"
+    )

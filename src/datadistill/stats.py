@@ -110,8 +110,14 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[tor
 
 
 def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int, view_seed: int | None) -> str:
-    ident = {"data": data.fingerprint(), "split": split, "backbone": backbone.identity(), "resize": resize,
-             "crop": crop, "version": 1}
+    ident = {
+        "data": data.fingerprint(),
+        "split": split,
+        "backbone": backbone.identity(),
+        "resize": resize,
+        "crop": crop,
+        "version": 1,
+    }
     if view_seed is not None:
         ident["augbasic_view"] = {"seed": view_seed, "generator": "per batch"}
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
@@ -153,8 +159,19 @@ def feature_bank(
     return _load_bank(directory, key)
 
 
-def _compute(tmp: Path | None, data: RealData, split: str, backbone: Backbone, resize: int, crop: int,
-             batch_size: int, device, num_workers: int, view_seed: int | None, key: str) -> None:
+def _compute(
+    tmp: Path | None,
+    data: RealData,
+    split: str,
+    backbone: Backbone,
+    resize: int,
+    crop: int,
+    batch_size: int,
+    device,
+    num_workers: int,
+    view_seed: int | None,
+    key: str,
+) -> None:
     """The pass itself. Under torchrun every rank takes every W-th batch (the single-process batches, so the same
     features), writes its rows into rank 0's memory map, and class sums are all-reduced; rank 0 (``tmp`` given)
     writes the statistics."""
@@ -165,15 +182,17 @@ def _compute(tmp: Path | None, data: RealData, split: str, backbone: Backbone, r
         np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, backbone.feat_dim))
     dist.barrier()
     feats = np.load(tmp / "features.npy", mmap_mode="r+")
-    starts = list(range(0, n, batch_size))[dist.rank()::dist.world()]
+    starts = list(range(0, n, batch_size))[dist.rank() :: dist.world()]
     mine = torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts]) if starts else torch.arange(0)
     sums = torch.zeros(c, backbone.feat_dim, dtype=torch.float64)
-    batches = iter_batches(dataset, batch_size, resize, resize if view_seed is not None else crop, indices=mine,
-                           num_workers=num_workers)
+    batches = iter_batches(
+        dataset, batch_size, resize, resize if view_seed is not None else crop, indices=mine, num_workers=num_workers
+    )
     what = f"view {view_seed}" if view_seed is not None else "features"
     with torch.inference_mode():
-        for k, batch in enumerate(progress(batches, f"{what} {data.name}/{split} @ {backbone.name}",
-                                           total=len(starts))):
+        for k, batch in enumerate(
+            progress(batches, f"{what} {data.name}/{split} @ {backbone.name}", total=len(starts))
+        ):
             images = batch.images
             batch_index = dist.rank() + k * dist.world()
             if hasattr(backbone, "begin_batch"):  # a stochastic encoder (latent space) reseeds per batch
@@ -195,9 +214,19 @@ def _compute(tmp: Path | None, data: RealData, split: str, backbone: Backbone, r
     from safetensors.torch import save_file
 
     save_file({"means": means, "counts": counts, "labels": dataset.targets.clone()}, str(tmp / "stats.safetensors"))
-    write_json(tmp / "stats.json", {"key": key, "dataset": data.name, "split": split, "num_images": n,
-                                    "backbone": backbone.identity(), "resize": resize, "crop": crop,
-                                    "view_seed": view_seed})
+    write_json(
+        tmp / "stats.json",
+        {
+            "key": key,
+            "dataset": data.name,
+            "split": split,
+            "num_images": n,
+            "backbone": backbone.identity(),
+            "resize": resize,
+            "crop": crop,
+            "view_seed": view_seed,
+        },
+    )
 
 
 def _load_bank(directory: Path, key: str) -> FeatureBank:

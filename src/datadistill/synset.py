@@ -39,8 +39,10 @@ class SyntheticSet:
             self.images = self.images.clamp(0, 1)
         self.labels = self.labels.detach().long().cpu()
         if self.images.ndim != 4 or self.images.shape[1] != 3 or len(self.images) != len(self.labels):
-            raise DataError(f"a synthetic set needs N x 3 x H x W images and N labels, got "
-                            f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+            raise DataError(
+                f"a synthetic set needs N x 3 x H x W images and N labels, got "
+                f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,12 +71,20 @@ class SyntheticSet:
 
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            save_file({"images": self.images.contiguous(), "labels": self.labels.contiguous()},
-                      str(tmp / "synset.safetensors"))
+            save_file(
+                {"images": self.images.contiguous(), "labels": self.labels.contiguous()},
+                str(tmp / "synset.safetensors"),
+            )
             Image.fromarray(self.grid()).save(tmp / "grid.png")
-            manifest = {"format": "datadistill.synset/1", "num_images": len(self), "ipc": self.ipc,
-                        "image_size": list(self.images.shape[2:]), "classes": self.classes,
-                        "labels": self.labels.tolist(), "meta": self.meta}
+            manifest = {
+                "format": "datadistill.synset/1",
+                "num_images": len(self),
+                "ipc": self.ipc,
+                "image_size": list(self.images.shape[2:]),
+                "classes": self.classes,
+                "labels": self.labels.tolist(),
+                "meta": self.meta,
+            }
             write_json(tmp / "manifest.json", manifest)
         return directory
 
@@ -158,12 +168,21 @@ def _from_image(images: torch.Tensor, decorrelate: bool, eps: float = 0.02) -> t
 class PixelParam(ImageParam):
     """One tensor per image at full resolution, through colour decorrelation and sigmoid(2x)."""
 
-    def __init__(self, num: int, resolution: int, decorrelate: bool = True, generator: torch.Generator | None = None,
-                 init_images: torch.Tensor | None = None):
+    def __init__(
+        self,
+        num: int,
+        resolution: int,
+        decorrelate: bool = True,
+        generator: torch.Generator | None = None,
+        init_images: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.decorrelate = decorrelate
-        start = (_from_image(init_images, decorrelate) if init_images is not None
-                 else torch.randn(num, 3, resolution, resolution, generator=generator))
+        start = (
+            _from_image(init_images, decorrelate)
+            if init_images is not None
+            else torch.randn(num, 3, resolution, resolution, generator=generator)
+        )
         self.pixels = nn.Parameter(start)
 
     def render(self) -> torch.Tensor:
@@ -177,8 +196,16 @@ class PyramidParam(ImageParam):
     scaled by L/(L+1) and the new one starts as N(0,1)/(L+1), so the rendered image barely moves.
     """
 
-    def __init__(self, num: int, resolution: int, grow_every: int = 200, start: int = 1, decorrelate: bool = True,
-                 generator: torch.Generator | None = None, init_images: torch.Tensor | None = None):
+    def __init__(
+        self,
+        num: int,
+        resolution: int,
+        grow_every: int = 200,
+        start: int = 1,
+        decorrelate: bool = True,
+        generator: torch.Generator | None = None,
+        init_images: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.num, self.resolution, self.grow_every, self.decorrelate = num, resolution, grow_every, decorrelate
         self.generator = generator
@@ -199,8 +226,10 @@ class PyramidParam(ImageParam):
 
     def render(self) -> torch.Tensor:
         r = self.resolution
-        total = sum(nn.functional.interpolate(p, size=(r, r), mode="bilinear", antialias=False) if p.shape[-1] != r
-                    else p for p in self.levels)
+        total = sum(
+            nn.functional.interpolate(p, size=(r, r), mode="bilinear", antialias=False) if p.shape[-1] != r else p
+            for p in self.levels
+        )
         return _to_image(total, self.decorrelate)
 
     def maybe_grow(self, step: int) -> bool:
@@ -225,12 +254,25 @@ class PyramidParam(ImageParam):
         self.levels = nn.ParameterList([nn.Parameter(t.to(device)) for t in state["levels"]])
 
 
-def make_param(kind: str, num: int, resolution: int, generator: torch.Generator, grow_every: int = 200,
-               decorrelate: bool = True, init_images: torch.Tensor | None = None) -> ImageParam:
+def make_param(
+    kind: str,
+    num: int,
+    resolution: int,
+    generator: torch.Generator,
+    grow_every: int = 200,
+    decorrelate: bool = True,
+    init_images: torch.Tensor | None = None,
+) -> ImageParam:
     """``init_images`` (N x 3 x R x R in [0,1]) starts from given images instead of noise."""
     if kind == "pyramid":
-        return PyramidParam(num, resolution, grow_every=grow_every, decorrelate=decorrelate, generator=generator,
-                            init_images=init_images)
+        return PyramidParam(
+            num,
+            resolution,
+            grow_every=grow_every,
+            decorrelate=decorrelate,
+            generator=generator,
+            init_images=init_images,
+        )
     if kind == "pixel":
         return PixelParam(num, resolution, decorrelate=decorrelate, generator=generator, init_images=init_images)
     raise DataError(f"unknown parameterisation '{kind}' (pyramid, pixel)")
@@ -265,12 +307,14 @@ class RawPixelParam(ImageParam):
 
     def project_(self) -> None:
         with torch.no_grad():
-            self.pixels.copy_(torch.maximum(torch.minimum(self.pixels, (1 - self.mean) / self.std),
-                                            -self.mean / self.std))
+            self.pixels.copy_(
+                torch.maximum(torch.minimum(self.pixels, (1 - self.mean) / self.std), -self.mean / self.std)
+            )
 
 
-def decode_multi_formation(images: torch.Tensor, labels: torch.Tensor,
-                           factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_multi_formation(
+    images: torch.Tensor, labels: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """IDC's uniform multi-formation: every stored image holds factor x factor tiles; each tile is upsampled
     (bilinear) to the full size and keeps the image's label. Output is tile-major (all images' first tile, ...),
     as in the IDC / TGDD code; a size not divisible by ``factor`` is padded with 0.5 first, as there."""
@@ -292,8 +336,10 @@ def tile_images(images: torch.Tensor, factor: int) -> torch.Tensor:
         return images
     m, c, h, w = images.shape
     if h % factor or w % factor or m % (factor * factor):
-        raise DataError(f"multi-formation factor {factor} needs a size divisible by it and factor^2 x N images, "
-                        f"got {m} images of {h}x{w}")
+        raise DataError(
+            f"multi-formation factor {factor} needs a size divisible by it and factor^2 x N images, "
+            f"got {m} images of {h}x{w}"
+        )
     n, s = m // (factor * factor), h // factor
     small = nn.functional.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
     return small.reshape(factor, factor, n, c, s, s).permute(2, 3, 0, 4, 1, 5).reshape(n, c, h, w)

@@ -1,15 +1,25 @@
 """Datasets: registry, splits, batched iteration."""
 
 from .datasets import (
-           FileImages,
-           LabelledImages,
-           RealData,
-           TensorImages,
-           iter_batches,
-           load_image,
-           resize_center_crop,
+    FileImages,
+    LabelledImages,
+    RealData,
+    TensorImages,
+    iter_batches,
+    load_image,
+    resize_center_crop,
 )
 from .registry import DATASETS, available_datasets, load_dataset
 
-__all__ = ["DATASETS", "FileImages", "LabelledImages", "RealData", "TensorImages", "available_datasets",
-           "iter_batches", "load_dataset", "load_image", "resize_center_crop"]
+__all__ = [
+    "DATASETS",
+    "FileImages",
+    "LabelledImages",
+    "RealData",
+    "TensorImages",
+    "available_datasets",
+    "iter_batches",
+    "load_dataset",
+    "load_image",
+    "resize_center_crop",
+]

@@ -148,8 +148,11 @@ def iter_batches(
     if isinstance(data, FileImages):
         data.transform = lambda x: resize_center_crop(x, resize, crop)
     loader = DataLoader(
-        torch.utils.data.Subset(data, order.tolist()), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, persistent_workers=False,
+        torch.utils.data.Subset(data, order.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
     )
     start = 0
     for images, labels in loader:

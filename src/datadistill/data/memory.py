@@ -70,11 +70,21 @@ def in_memory(split: LabelledImages, resolution: int, num_classes: int) -> Memor
     if native:
         images = split.images
     elif isinstance(split, TensorImages):
-        images = torch.cat([
-            (resize_center_crop(split.images[i : i + 1024].float(), resolution, resolution)).round().clamp(0, 255)
-            .to(torch.uint8) for i in range(0, len(split), 1024)])
+        images = torch.cat(
+            [
+                (resize_center_crop(split.images[i : i + 1024].float(), resolution, resolution))
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+                for i in range(0, len(split), 1024)
+            ]
+        )
     else:
-        images = torch.cat([b.images.mul(255).round().clamp(0, 255).to(torch.uint8)
-                            for b in iter_batches(split, 256, resolution, resolution)])
+        images = torch.cat(
+            [
+                b.images.mul(255).round().clamp(0, 255).to(torch.uint8)
+                for b in iter_batches(split, 256, resolution, resolution)
+            ]
+        )
     per_split[resolution] = MemorySplit(images, split.targets.clone(), num_classes)
     return per_split[resolution]

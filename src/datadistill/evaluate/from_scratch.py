@@ -35,34 +35,58 @@ from .protocols import EvalJob, Protocol, register_protocol
 from .results import EvalResult
 
 RECIPES = {
-    "dm": {"epochs": 1000, "batch_size": 256, "milestones": (0.5,), "gamma": 0.1,
-           "dsa_strategy": DSA_CODE_STRATEGY, "dsa_mode": "one", "cutmix": 0.0},
-    "idc": {"epochs": 1500, "batch_size": 64, "milestones": (2 / 3, 5 / 6), "gamma": 0.2,
-            "dsa_strategy": "color_crop_flip_scale_rotate", "dsa_mode": "idc", "cutmix": 0.5},
+    "dm": {
+        "epochs": 1000,
+        "batch_size": 256,
+        "milestones": (0.5,),
+        "gamma": 0.1,
+        "dsa_strategy": DSA_CODE_STRATEGY,
+        "dsa_mode": "one",
+        "cutmix": 0.0,
+    },
+    "idc": {
+        "epochs": 1500,
+        "batch_size": 64,
+        "milestones": (2 / 3, 5 / 6),
+        "gamma": 0.2,
+        "dsa_strategy": "color_crop_flip_scale_rotate",
+        "dsa_mode": "idc",
+        "cutmix": 0.5,
+    },
 }
 
 
 @dataclass
 class ConvNetOptions:
-    arch: str = option("convnet", "network trained from scratch; others give the cross-architecture test",
-                       tuple(ARCHITECTURES))
+    arch: str = option(
+        "convnet", "network trained from scratch; others give the cross-architecture test", tuple(ARCHITECTURES)
+    )
     recipe: str = option("idc", "training recipe: dm (DM/DSA code) or idc (IDC/TGDD code, with CutMix)", ("dm", "idc"))
     epochs: int | None = option(None, "training epochs (default: the recipe's, 1000 dm / 1500 idc)")
     lr: float = option(0.01, "SGD learning rate (momentum 0.9, weight decay 5e-4)")
     batch_size: int | None = option(None, "batch size (default: the recipe's, 256 dm / 64 idc)")
     dsa: bool = option(True, "per-sample DSA augmentation while training")
-    dsa_strategy: str | None = option(None, "DSA strategy (default: the recipe's, without flip on digit datasets "
-                                            "as the DSA / DM authors and the IDC code do)")
+    dsa_strategy: str | None = option(
+        None,
+        "DSA strategy (default: the recipe's, without flip on digit datasets "
+        "as the DSA / DM authors and the IDC code do)",
+    )
     cutmix: float | None = option(None, "CutMix probability per batch (default: the recipe's, 0 dm / 0.5 idc)")
-    val_every: int | None = option(None, "validation accuracy every N epochs for model selection "
-                                         "(default: epochs/6, as the code's test interval 250 of 1500)")
+    val_every: int | None = option(
+        None,
+        "validation accuracy every N epochs for model selection "
+        "(default: epochs/6, as the code's test interval 250 of 1500)",
+    )
     width: int | None = option(None, "network width (default: 128 ConvNet, 64 ResNet)")
     depth: int | None = option(None, "ConvNet depth (default: from the resolution)")
     resolution: int | None = option(None, "training resolution (default: the synthetic set's)")
     decode: bool = option(True, "decode multi-formation sets before training")
     factor: int | None = option(None, "multi-formation factor of the set (default: its meta or run config, else 1)")
-    val_images: int | None = option(None, "periodic validation on a fixed class-balanced subset of this many "
-                                          "images (default: the whole validation split)")
+    val_images: int | None = option(
+        None,
+        "periodic validation on a fixed class-balanced subset of this many "
+        "images (default: the whole validation split)",
+    )
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "val_every", "width", "depth", "resolution", "factor", "val_images"):
@@ -78,13 +102,20 @@ class ConvNetOptions:
         base = RECIPES[self.recipe]
         strategy = self.dsa_strategy or default_strategy(base["dsa_strategy"], mirror_safe)
         dsa = DSA(strategy, mode=base["dsa_mode"]) if self.dsa else None
-        return Recipe(epochs=self.epochs or base["epochs"], batch_size=self.batch_size or base["batch_size"],
-                      lr=self.lr, milestones=base["milestones"], gamma=base["gamma"], dsa=dsa,
-                      cutmix=base["cutmix"] if self.cutmix is None else self.cutmix)
+        return Recipe(
+            epochs=self.epochs or base["epochs"],
+            batch_size=self.batch_size or base["batch_size"],
+            lr=self.lr,
+            milestones=base["milestones"],
+            gamma=base["gamma"],
+            dsa=dsa,
+            cutmix=base["cutmix"] if self.cutmix is None else self.cutmix,
+        )
 
 
-def synset_tensors(synset: SyntheticSet, resolution: int, decode: bool,
-                   factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def synset_tensors(
+    synset: SyntheticSet, resolution: int, decode: bool, factor: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images of a set: decoded when it was made with multi-formation (its meta or run config say the
     factor), resized to ``resolution`` if needed."""
     images, labels = synset.images, synset.labels
@@ -98,8 +129,18 @@ def synset_tensors(synset: SyntheticSet, resolution: int, decode: bool,
     return images, labels
 
 
-def fit_and_select(spec: ModelSpec, norm: InputNorm, source, recipe: Recipe, val, test, seed: int,
-                   val_every: int, device: torch.device, desc: str = "train") -> dict:
+def fit_and_select(
+    spec: ModelSpec,
+    norm: InputNorm,
+    source,
+    recipe: Recipe,
+    val,
+    test,
+    seed: int,
+    val_every: int,
+    device: torch.device,
+    desc: str = "train",
+) -> dict:
     """Train from ``seed``; validation every ``val_every`` epochs picks the weights to test. Returns the
     selected epoch, its test and validation accuracy, the last epoch's test accuracy and the validation curve."""
     generator = torch.Generator().manual_seed(seed)
@@ -157,15 +198,33 @@ def run_convnet(job: EvalJob) -> EvalResult:
         factor = opts.factor or job.run_config.get("options", {}).get("factor") or 1
         images, labels = synset_tensors(synset, resolution, opts.decode, factor)
         source = FloatImages(images.to(job.device), labels)
-        runs.append(fit_and_select(spec, norm, source, recipe, val, test, seed, val_every, job.device,
-                                   desc=f"{opts.arch} seed {seed}"))
-        log.info("%s seed %d: test %.4f at val-selected epoch %d (last %.4f)", opts.arch, seed, runs[-1]["test"],
-                 runs[-1]["epoch"], runs[-1]["test_last"])
-    details = {"recipe": opts.recipe, "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
-               "dsa": recipe.dsa.strategy if recipe.dsa else None, "cutmix": recipe.cutmix, "val_every": val_every,
-               "resolution": resolution, "train_images": len(labels), "channels": train.channels,
-               "val_images": len(val.labels),
-               **_summary(runs)}
+        runs.append(
+            fit_and_select(
+                spec, norm, source, recipe, val, test, seed, val_every, job.device, desc=f"{opts.arch} seed {seed}"
+            )
+        )
+        log.info(
+            "%s seed %d: test %.4f at val-selected epoch %d (last %.4f)",
+            opts.arch,
+            seed,
+            runs[-1]["test"],
+            runs[-1]["epoch"],
+            runs[-1]["test_last"],
+        )
+    details = {
+        "recipe": opts.recipe,
+        "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "dsa": recipe.dsa.strategy if recipe.dsa else None,
+        "cutmix": recipe.cutmix,
+        "val_every": val_every,
+        "resolution": resolution,
+        "train_images": len(labels),
+        "channels": train.channels,
+        "val_images": len(val.labels),
+        **_summary(runs),
+    }
     return EvalResult("convnet", opts.arch, [r["test"] for r in runs], [r["val"] for r in runs], job.seeds, details)
 
 
@@ -173,8 +232,13 @@ def _summary(runs: list[dict]) -> dict:
     import numpy as np
 
     last = [r["test_last"] for r in runs]
-    return {"selected_epoch": [r["epoch"] for r in runs], "test_last": last, "test_last_mean": float(np.mean(last)),
-            "test_last_std": float(np.std(last)), "val_curves": [r["val_curve"] for r in runs]}
+    return {
+        "selected_epoch": [r["epoch"] for r in runs],
+        "test_last": last,
+        "test_last_mean": float(np.mean(last)),
+        "test_last_std": float(np.std(last)),
+        "val_curves": [r["val_curve"] for r in runs],
+    }
 
 
 def run_full(job: EvalJob) -> EvalResult:
@@ -196,15 +260,37 @@ def run_full(job: EvalJob) -> EvalResult:
         model.load_state_dict(store.params(i, store.epochs))
         last = accuracy(model, store.norm, test, job.device) if epoch != store.epochs else selected
         runs.append({"test": selected, "val": val_acc, "epoch": epoch, "test_last": last, "val_curve": curve})
-    details = {"epochs": store.epochs, "batch_size": opts.expert_batch, "lr": opts.expert_lr,
-               "dsa": opts.expert_dsa, "cutmix": opts.expert_cutmix, "epoch_images": opts.expert_epoch_images,
-               "train_images": len(job.data.train), "resolution": store.spec.resolution, **_summary(runs)}
-    return EvalResult("convnet-full", store.spec.arch, [r["test"] for r in runs], [r["val"] for r in runs],
-                      job.seeds, details)
+    details = {
+        "epochs": store.epochs,
+        "batch_size": opts.expert_batch,
+        "lr": opts.expert_lr,
+        "dsa": opts.expert_dsa,
+        "cutmix": opts.expert_cutmix,
+        "epoch_images": opts.expert_epoch_images,
+        "train_images": len(job.data.train),
+        "resolution": store.spec.resolution,
+        **_summary(runs),
+    }
+    return EvalResult(
+        "convnet-full", store.spec.arch, [r["test"] for r in runs], [r["val"] for r in runs], job.seeds, details
+    )
 
 
-register_protocol(Protocol("convnet", "train a ConvNet (or --arch) from scratch on the synthetic set; epoch "
-                                      "selected on validation (DM / IDC-TGDD recipes)", ConvNetOptions, run_convnet))
-register_protocol(Protocol("convnet-full", "the expert ConvNets trained on the whole real train split (upper "
-                                           "bound; seeds = experts, shared with TGDD)", ExpertOptions, run_full,
-                           needs_synset=False))
+register_protocol(
+    Protocol(
+        "convnet",
+        "train a ConvNet (or --arch) from scratch on the synthetic set; epoch "
+        "selected on validation (DM / IDC-TGDD recipes)",
+        ConvNetOptions,
+        run_convnet,
+    )
+)
+register_protocol(
+    Protocol(
+        "convnet-full",
+        "the expert ConvNets trained on the whole real train split (upper bound; seeds = experts, shared with TGDD)",
+        ExpertOptions,
+        run_full,
+        needs_synset=False,
+    )
+)

@@ -35,8 +35,11 @@ from .training import accuracy, fit, new_head
 class FullProbeOptions:
     full_epochs: int = option(100, "epochs of the full-dataset probe (the golden classifier)")
     full_batch: int = option(128, "batch size of the full-dataset probe")
-    full_views: int = option(0, "cached AugBasic views per real training image for the full-dataset probe "
-                                "(0: center crops from the statistics pass)")
+    full_views: int = option(
+        0,
+        "cached AugBasic views per real training image for the full-dataset probe "
+        "(0: center crops from the statistics pass)",
+    )
     full_base_lr: float = option(1e-3, "full-dataset probe lr before the batch/256 scaling")
 
     def validate(self) -> None:
@@ -58,8 +61,14 @@ class GoldenResult:
     settings: dict
 
     def summary(self) -> dict:
-        return {"backbone": self.backbone, "crop": self.crop, "seed": self.seed, "test_acc": self.test_acc,
-                "val_acc": self.val_acc, **self.settings}
+        return {
+            "backbone": self.backbone,
+            "crop": self.crop,
+            "seed": self.seed,
+            "test_acc": self.test_acc,
+            "val_acc": self.val_acc,
+            **self.settings,
+        }
 
 
 def train_features(data: RealData, backbone: Backbone, crop: int, views: int, device: torch.device):
@@ -72,8 +81,9 @@ def train_features(data: RealData, backbone: Backbone, crop: int, views: int, de
     return feats, banks[0].labels, [b.key for b in banks]
 
 
-def golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int,
-                      device: torch.device) -> GoldenResult:
+def golden_classifier(
+    data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int, device: torch.device
+) -> GoldenResult:
     """The full-dataset probe head for (data, backbone, crop, options, seed), trained once and cached (under
     torchrun by rank 0; the other ranks read the cache)."""
     for split in ("train", "val", "test"):  # collective passes when distributed; cache hits inside the block
@@ -84,8 +94,9 @@ def golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullP
         return _golden_classifier(data, backbone, crop, opts, seed, device)
 
 
-def _golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int,
-                       device: torch.device) -> GoldenResult:
+def _golden_classifier(
+    data: RealData, backbone: Backbone, crop: int, opts: FullProbeOptions, seed: int, device: torch.device
+) -> GoldenResult:
     settings = FullProbeOptions.full_settings(opts)
     test = feature_bank(data, backbone, "test", crop=crop, device=device)
     val = feature_bank(data, backbone, "val", crop=crop, device=device)
@@ -104,12 +115,26 @@ def _golden_classifier(data: RealData, backbone: Backbone, crop: int, opts: Full
     views, n, _ = feats.shape
     g = torch.Generator().manual_seed(seed)
     head = new_head(backbone.feat_dim, data.num_classes, g)
-    log.info("training the full-dataset probe on %d images x %d view(s) of %s @ %s", n, views, data.name,
-             backbone.name)
-    fit([(head, opts.full_base_lr)], n, views, opts.full_epochs, opts.full_batch,
-        lambda i, v: F.cross_entropy(head(feats[v, i].float()), labels[i]), g, desc=f"full probe @ {backbone.name}")
-    result = GoldenResult(head, accuracy(head, test.tensor(), test.labels), accuracy(head, val.tensor(), val.labels),
-                          seed, backbone.name, crop, settings)
+    log.info("training the full-dataset probe on %d images x %d view(s) of %s @ %s", n, views, data.name, backbone.name)
+    fit(
+        [(head, opts.full_base_lr)],
+        n,
+        views,
+        opts.full_epochs,
+        opts.full_batch,
+        lambda i, v: F.cross_entropy(head(feats[v, i].float()), labels[i]),
+        g,
+        desc=f"full probe @ {backbone.name}",
+    )
+    result = GoldenResult(
+        head,
+        accuracy(head, test.tensor(), test.labels),
+        accuracy(head, val.tensor(), val.labels),
+        seed,
+        backbone.name,
+        crop,
+        settings,
+    )
     from safetensors.torch import save_file
 
     with atomic_dir(directory) as tmp:
@@ -129,10 +154,28 @@ def run_full(job: EvalJob) -> EvalResult:
     backbone = job.backbone(opts.eval_backbone, opts.weights)
     crop = job.crop_for(backbone, opts.crop)
     runs = [golden_classifier(job.data, backbone, crop, opts, seed, job.device) for seed in job.seeds]
-    return EvalResult("full", backbone.name, [r.test_acc for r in runs], [r.val_acc for r in runs], job.seeds,
-                      {"crop": crop, "backbone_weights": backbone.weights, "num_images": len(job.data.train),
-                       **FullProbeOptions.full_settings(opts)})
+    return EvalResult(
+        "full",
+        backbone.name,
+        [r.test_acc for r in runs],
+        [r.val_acc for r in runs],
+        job.seeds,
+        {
+            "crop": crop,
+            "backbone_weights": backbone.weights,
+            "num_images": len(job.data.train),
+            **FullProbeOptions.full_settings(opts),
+        },
+    )
 
 
-register_protocol(Protocol("full", "linear probe on the full real training set (its head is the golden classifier)",
-                           FullOptions, run_full, needs_synset=False, shard_seeds=False))
+register_protocol(
+    Protocol(
+        "full",
+        "linear probe on the full real training set (its head is the golden classifier)",
+        FullOptions,
+        run_full,
+        needs_synset=False,
+        shard_seeds=False,
+    )
+)

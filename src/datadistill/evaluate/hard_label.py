@@ -44,8 +44,19 @@ OPTIMIZERS = {"sgd": {"lr": 0.01, "weight_decay": 5e-4}, "adamw": {"lr": 1e-3, "
 
 def epochs_for(ipc: int, num_classes: int) -> int:
     """Minimax's epochs-by-IPC table."""
-    epochs = 3000 if ipc == 1 else 2000 if ipc <= 10 else 1500 if ipc <= 50 else 1000 if ipc <= 200 else \
-        500 if ipc <= 500 else 300
+    epochs = (
+        3000
+        if ipc == 1
+        else 2000
+        if ipc <= 10
+        else 1500
+        if ipc <= 50
+        else 1000
+        if ipc <= 200
+        else 500
+        if ipc <= 500
+        else 300
+    )
     if num_classes >= 100:
         epochs = int(epochs * 2 / 3) // 100 * 100
     return epochs
@@ -96,8 +107,9 @@ class MinimaxAugment:
         f = (1 + (torch.rand(b, 3, generator=generator) * 2 - 1) * 0.4).to(x)  # brightness, contrast, saturation
         img = img * f[:, 0].view(b, 1, 1, 1)
         gray = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
-        img = (img - gray.mean(dim=(2, 3), keepdim=True)) * f[:, 1].view(b, 1, 1, 1) + gray.mean(dim=(2, 3),
-                                                                                                   keepdim=True)
+        img = (img - gray.mean(dim=(2, 3), keepdim=True)) * f[:, 1].view(b, 1, 1, 1) + gray.mean(
+            dim=(2, 3), keepdim=True
+        )
         gray = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
         img = (img - gray) * f[:, 2].view(b, 1, 1, 1) + gray
         alpha = torch.randn(b, 3, generator=generator) * 0.1
@@ -132,11 +144,19 @@ def run_hard_label(job: EvalJob) -> EvalResult:
     val = CenterCropped(in_memory(job.data.val, resize_for(size), job.data.num_classes), size)
     test = CenterCropped(in_memory(job.data.test, resize_for(size), job.data.num_classes), size)
     channels = val.split.channels
-    norm = InputNorm(torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)) if channels == 3 else \
-        InputNorm.of(val.split)
+    norm = (
+        InputNorm(torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)) if channels == 3 else InputNorm.of(val.split)
+    )
     augment = MinimaxAugment(norm, size, opts.rrc_scale, opts.jitter)
-    recipe = Recipe(epochs=epochs, batch_size=opts.batch_size, lr=lr, milestones=(2 / 3, 5 / 6), gamma=0.2,
-                    dsa=augment, cutmix=opts.cutmix)
+    recipe = Recipe(
+        epochs=epochs,
+        batch_size=opts.batch_size,
+        lr=lr,
+        milestones=(2 / 3, 5 / 6),
+        gamma=0.2,
+        dsa=augment,
+        cutmix=opts.cutmix,
+    )
     spec = ModelSpec(opts.arch, job.data.num_classes, channels, size, opts.width)
     val_every = opts.val_every or max(1, epochs // 10)
     runs = []
@@ -164,17 +184,31 @@ def run_hard_label(job: EvalJob) -> EvalResult:
             model.load_state_dict(best[2])
         selected = last if best[1] == epochs else accuracy(model, norm, test, job.device)
         runs.append({"test": selected, "val": best[0], "epoch": best[1], "test_last": last, "val_curve": curve})
-        log.info("%s seed %d: test %.4f at val-selected epoch %d (last %.4f)", opts.arch, seed, selected, best[1],
-                 last)
-    details = {"optimizer": opts.optimizer, "lr": lr, "weight_decay": wd, "epochs": epochs,
-               "batch_size": opts.batch_size, "augment": augment.strategy, "cutmix": opts.cutmix,
-               "resolution": size, "val_every": val_every, "selected_epoch": [r["epoch"] for r in runs],
-               "test_last": [r["test_last"] for r in runs], "val_curves": [r["val_curve"] for r in runs],
-               "train_images": len(job.synsets[0])}
-    return EvalResult("hard-label", opts.arch, [r["test"] for r in runs], [r["val"] for r in runs], job.seeds,
-                      details)
+        log.info("%s seed %d: test %.4f at val-selected epoch %d (last %.4f)", opts.arch, seed, selected, best[1], last)
+    details = {
+        "optimizer": opts.optimizer,
+        "lr": lr,
+        "weight_decay": wd,
+        "epochs": epochs,
+        "batch_size": opts.batch_size,
+        "augment": augment.strategy,
+        "cutmix": opts.cutmix,
+        "resolution": size,
+        "val_every": val_every,
+        "selected_epoch": [r["epoch"] for r in runs],
+        "test_last": [r["test_last"] for r in runs],
+        "val_curves": [r["val_curve"] for r in runs],
+        "train_images": len(job.synsets[0]),
+    }
+    return EvalResult("hard-label", opts.arch, [r["test"] for r in runs], [r["val"] for r in runs], job.seeds, details)
 
 
-register_protocol(Protocol("hard-label", "Minimax/MGD3/DMGD hard-label protocol: ResNet-10-AP at 224 px, RRC + "
-                                         "jitter + lighting + CutMix, SGD or AdamW; epoch selected on validation",
-                           HardLabelOptions, run_hard_label))
+register_protocol(
+    Protocol(
+        "hard-label",
+        "Minimax/MGD3/DMGD hard-label protocol: ResNet-10-AP at 224 px, RRC + "
+        "jitter + lighting + CutMix, SGD or AdamW; epoch selected on validation",
+        HardLabelOptions,
+        run_hard_label,
+    )
+)

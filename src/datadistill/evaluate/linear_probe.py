@@ -40,8 +40,11 @@ class ProbeOptions(EvalBackboneOptions):
     base_lr: float = option(1e-3, "head lr before the batch/256 scaling")
     batch_size: int = option(100, "probe batch size (at most the synthetic set's size)")
     views: int = option(100, "cached AugBasic views per synthetic image (fresh every epoch when >= epochs)")
-    augment: bool = option(True, "AugBasic views of the synthetic images; off: one resized center view, as the "
-                                 "test images get (evaluation without augmentation, for DD-Ranking's ARS)")
+    augment: bool = option(
+        True,
+        "AugBasic views of the synthetic images; off: one resized center view, as the "
+        "test images get (evaluation without augmentation, for DD-Ranking's ARS)",
+    )
 
     def validate(self) -> None:
         if self.epochs < 1 or self.views < 1 or self.batch_size < 1:
@@ -50,14 +53,18 @@ class ProbeOptions(EvalBackboneOptions):
 
 @dataclass
 class InheritOptions(ProbeOptions, FullProbeOptions):
-    distill_backbone: str | None = option(None, "backbone of the golden classifier and projector target "
-                                                "(default: the run's distillation backbone)")
+    distill_backbone: str | None = option(
+        None, "backbone of the golden classifier and projector target (default: the run's distillation backbone)"
+    )
     distill_weights: str | None = option(None, "local weights for the distillation backbone")
     distill_crop: int | None = option(None, "input size of the distillation backbone (default: the run's crop)")
     projector_lr: float = option(0.01, "projector lr before the batch/256 scaling (CI, JT, ST)")
-    projector_init: str = option("default", "projector start: PyTorch's default (the original), identity "
-                                            "(rectangular when the feature sizes differ) or zero",
-                                 choices=PROJECTOR_INITS)
+    projector_init: str = option(
+        "default",
+        "projector start: PyTorch's default (the original), identity "
+        "(rectangular when the feature sizes differ) or zero",
+        choices=PROJECTOR_INITS,
+    )
 
     def validate(self) -> None:
         ProbeOptions.validate(self)
@@ -70,8 +77,15 @@ class KDOptions(InheritOptions):
     alpha: float = option(0.5, "KD weight of the soft-label term (1 - alpha on the hard labels)")
 
 
-def view_features(models: list[tuple[Backbone, int]], images: torch.Tensor, views: int, generator: torch.Generator,
-                  device: torch.device, batch_size: int = 100, augment: bool = True) -> list[torch.Tensor]:
+def view_features(
+    models: list[tuple[Backbone, int]],
+    images: torch.Tensor,
+    views: int,
+    generator: torch.Generator,
+    device: torch.device,
+    batch_size: int = 100,
+    augment: bool = True,
+) -> list[torch.Tensor]:
     """Features of ``views`` AugBasic views of every image through each (backbone, crop): views x N x F each.
 
     Every backbone sees the same crop geometry (the generator is rewound per backbone), sampled at its
@@ -93,31 +107,49 @@ def view_features(models: list[tuple[Backbone, int]], images: torch.Tensor, view
     return [torch.cat(parts).view(views, len(images), -1) for parts in out]
 
 
-def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, opts: ProbeOptions,
-               generator: torch.Generator) -> nn.Linear:
+def train_head(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, opts: ProbeOptions, generator: torch.Generator
+) -> nn.Linear:
     """Vanilla probe: a fresh head on views x N x F cached features with cross-entropy."""
     views, n, dim = features.shape
     head = new_head(dim, num_classes, generator)
-    fit([(head, opts.base_lr)], n, views, opts.epochs, opts.batch_size,
-        lambda i, v: F.cross_entropy(head(features[v, i]), labels[i]), generator)
+    fit(
+        [(head, opts.base_lr)],
+        n,
+        views,
+        opts.epochs,
+        opts.batch_size,
+        lambda i, v: F.cross_entropy(head(features[v, i]), labels[i]),
+        generator,
+    )
     return head
 
 
-def train_projector(source: torch.Tensor, target: torch.Tensor, opts: InheritOptions,
-                    generator: torch.Generator) -> nn.Linear:
+def train_projector(
+    source: torch.Tensor, target: torch.Tensor, opts: InheritOptions, generator: torch.Generator
+) -> nn.Linear:
     """CI's projector P: F_e -> F_d, MSE between P(phi_e(view)) and phi_d(view); no labels."""
     views, n, dim = source.shape
     proj = new_projector(dim, target.shape[-1], generator, opts.projector_init)
-    fit([(proj, opts.projector_lr)], n, views, opts.epochs, opts.batch_size,
-        lambda i, v: F.mse_loss(proj(source[v, i]), target[v, i]), generator)
+    fit(
+        [(proj, opts.projector_lr)],
+        n,
+        views,
+        opts.epochs,
+        opts.batch_size,
+        lambda i, v: F.mse_loss(proj(source[v, i]), target[v, i]),
+        generator,
+    )
     return proj
 
 
 def check_compatible(synsets: list[SyntheticSet], data) -> None:
     for s in synsets:
         if list(s.classes) != list(data.classes):
-            raise DataError(f"the synthetic set's classes ({len(s.classes)}: {s.classes[:3]}...) do not match "
-                            f"dataset '{data.name}' ({data.num_classes}: {data.classes[:3]}...)")
+            raise DataError(
+                f"the synthetic set's classes ({len(s.classes)}: {s.classes[:3]}...) do not match "
+                f"dataset '{data.name}' ({data.num_classes}: {data.classes[:3]}...)"
+            )
 
 
 # ---- modes: each gets (features through phi_e, through phi_d, labels, classes, golden head, options, generator)
@@ -174,8 +206,15 @@ def _sequential(ip: bool) -> Mode:
             projected = proj(z_e)
         cls = copy_head(golden) if ip else new_head(z_d.shape[-1], num_classes, g)
         views, n, _ = projected.shape
-        fit([(cls, opts.base_lr)], n, views, opts.epochs, opts.batch_size,
-            lambda i, v: F.cross_entropy(cls(projected[v, i]), labels[i]), g)
+        fit(
+            [(cls, opts.base_lr)],
+            n,
+            views,
+            opts.epochs,
+            opts.batch_size,
+            lambda i, v: F.cross_entropy(cls(projected[v, i]), labels[i]),
+            g,
+        )
         return lambda x: cls(proj(x))
 
     return run
@@ -209,8 +248,16 @@ def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
         predict = train(z_e, z_d, synset.labels, data.num_classes, golden, opts, g)
         test_acc.append(accuracy(predict, test_x, test.labels))
         val_acc.append(accuracy(predict, val_x, val.labels))
-    details.update(epochs=opts.epochs, views=views, augment=opts.augment, crop=crop_e, base_lr=opts.base_lr,
-                   batch_size=opts.batch_size, backbone_weights=eval_bb.weights, num_images=len(job.synsets[0]))
+    details.update(
+        epochs=opts.epochs,
+        views=views,
+        augment=opts.augment,
+        crop=crop_e,
+        base_lr=opts.base_lr,
+        batch_size=opts.batch_size,
+        backbone_weights=eval_bb.weights,
+        num_images=len(job.synsets[0]),
+    )
     if golden is not None:
         details.update(projector_lr=opts.projector_lr, projector_init=opts.projector_init)
     return EvalResult(mode, eval_bb.name, test_acc, val_acc, job.seeds, details)
@@ -221,12 +268,16 @@ def _protocol(name: str, summary: str, options: type, mode: Mode) -> None:
 
 
 _protocol("linear-probe", "vanilla linear probe on frozen features (LGM/SFM protocol)", ProbeOptions, _vanilla)
-_protocol("ci", "classifier inheritance: golden classifier + projector trained with MSE on the synthetic set",
-          InheritOptions, _ci)
+_protocol(
+    "ci",
+    "classifier inheritance: golden classifier + projector trained with MSE on the synthetic set",
+    InheritOptions,
+    _ci,
+)
 _protocol("kd", "soft labels from the golden classifier (KD, T and alpha)", KDOptions, _kd)
 _protocol("jt", "joint training of projector and a fresh classifier", InheritOptions, _joint(ip=False))
-_protocol("jt-ip", "joint training, classifier initialised from the golden classifier", InheritOptions,
-          _joint(ip=True))
+_protocol("jt-ip", "joint training, classifier initialised from the golden classifier", InheritOptions, _joint(ip=True))
 _protocol("st", "sequential: projector (MSE), then a fresh classifier on it", InheritOptions, _sequential(ip=False))
-_protocol("st-ip", "sequential, classifier initialised from the golden classifier", InheritOptions,
-          _sequential(ip=True))
+_protocol(
+    "st-ip", "sequential, classifier initialised from the golden classifier", InheritOptions, _sequential(ip=True)
+)

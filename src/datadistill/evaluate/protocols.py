@@ -22,8 +22,9 @@ from .results import EvalResult
 class EvalBackboneOptions:
     eval_backbone: str | None = option(None, "evaluation backbone (default: the run's distillation backbone)")
     weights: str | None = option(None, "local weights for the evaluation backbone")
-    crop: int | None = option(None, "evaluation input size (default: the run's crop for its own backbone, "
-                                    "else the backbone's own)")
+    crop: int | None = option(
+        None, "evaluation input size (default: the run's crop for its own backbone, else the backbone's own)"
+    )
 
 
 @dataclass

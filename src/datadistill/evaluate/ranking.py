@@ -77,8 +77,10 @@ class Scores:
     missing: dict[str, str] = field(default_factory=dict)  # score -> why it cannot be computed
 
     def to_dict(self) -> dict:
-        out = {k: (None if v is None else {"mean": v.mean, "std": v.std})
-               for k, v in (("ior", self.ior), ("hlr", self.hlr), ("lrs", self.lrs), ("ars", self.ars))}
+        out = {
+            k: (None if v is None else {"mean": v.mean, "std": v.std})
+            for k, v in (("ior", self.ior), ("hlr", self.hlr), ("lrs", self.lrs), ("ars", self.ars))
+        }
         return {**out, "missing": dict(self.missing)}
 
 
@@ -92,6 +94,7 @@ def _stat(fn, *records: dict) -> Stat:
 
 
 # ---- what a record is -------------------------------------------------------------------------------------------
+
 
 def protocol_name(record: dict) -> str:
     return str(record["protocol"]).split(":")[0]
@@ -121,30 +124,53 @@ def augmented(record: dict) -> bool | None:
 def model_of(record: dict) -> tuple:
     """The evaluated model and its input size: what must match between compared records."""
     details = record.get("details") or {}
-    return (record.get("data"), record.get("evaluated_with") or record.get("eval_backbone"),
-            details.get("crop") or details.get("resolution"))
+    return (
+        record.get("data"),
+        record.get("evaluated_with") or record.get("eval_backbone"),
+        details.get("crop") or details.get("resolution"),
+    )
 
 
 def _same_group(a: dict, b: dict) -> bool:
-    return a.get("distill_backbone") == b.get("distill_backbone") or "-" in (a.get("distill_backbone"),
-                                                                             b.get("distill_backbone"))
+    return a.get("distill_backbone") == b.get("distill_backbone") or "-" in (
+        a.get("distill_backbone"),
+        b.get("distill_backbone"),
+    )
 
 
 # ---- matching ---------------------------------------------------------------------------------------------------
 
+
 def _random_for(r: dict, records: list[dict], protocol: str | None = None) -> dict | None:
     protocol = protocol or r["protocol"]
-    return next((x for x in records if x.get("method") == "random" and x.get("ipc") == r.get("ipc")
-                 and x["protocol"] == protocol and model_of(x) == model_of(r) and _same_group(x, r)), None)
+    return next(
+        (
+            x
+            for x in records
+            if x.get("method") == "random"
+            and x.get("ipc") == r.get("ipc")
+            and x["protocol"] == protocol
+            and model_of(x) == model_of(r)
+            and _same_group(x, r)
+        ),
+        None,
+    )
 
 
 def _hard_for(r: dict, records: list[dict]) -> dict | None:
     """The same set evaluated with hard labels on the same model (``r`` itself when it is a hard-label one)."""
     if uses_teacher(r) is False:
         return r
-    candidates = [x for x in records if x.get("method") == r.get("method") and x.get("ipc") == r.get("ipc")
-                  and not trains_on_real(x) and uses_teacher(x) is False and model_of(x) == model_of(r)
-                  and _same_group(x, r)]
+    candidates = [
+        x
+        for x in records
+        if x.get("method") == r.get("method")
+        and x.get("ipc") == r.get("ipc")
+        and not trains_on_real(x)
+        and uses_teacher(x) is False
+        and model_of(x) == model_of(r)
+        and _same_group(x, r)
+    ]
     candidates.sort(key=lambda x: augmented(x) is not augmented(r))  # prefer the same augmentation setting
     return candidates[0] if candidates else None
 
@@ -156,9 +182,20 @@ def _full_for(r: dict, records: list[dict]) -> dict | None:
 def _twin(r: dict, records: list[dict]) -> dict | None:
     """The same evaluation with the opposite augmentation setting."""
     flag = augmented(r)
-    return next((x for x in records if x is not r and x.get("method") == r.get("method")
-                 and x.get("ipc") == r.get("ipc") and protocol_name(x) == protocol_name(r)
-                 and model_of(x) == model_of(r) and _same_group(x, r) and augmented(x) is (not flag)), None)
+    return next(
+        (
+            x
+            for x in records
+            if x is not r
+            and x.get("method") == r.get("method")
+            and x.get("ipc") == r.get("ipc")
+            and protocol_name(x) == protocol_name(r)
+            and model_of(x) == model_of(r)
+            and _same_group(x, r)
+            and augmented(x) is (not flag)
+        ),
+        None,
+    )
 
 
 def full_data_hint() -> str:
@@ -173,14 +210,15 @@ def score_record(r: dict, records: list[dict]) -> Scores:
     if rdm is not None:
         s.ior = _stat(ior, r, rdm)
     else:
-        s.missing["ior"] = (f"needs Random evaluated with {r['protocol']} on the same model "
-                            "(add random to --methods)")
+        s.missing["ior"] = f"needs Random evaluated with {r['protocol']} on the same model (add random to --methods)"
     hard, full = _hard_for(r, records), _full_for(r, records)
     if hard is not None and full is not None:
         s.hlr = _stat(hlr, full, hard)
     elif full is None:
-        s.missing["hlr"] = (f"needs the full real training set evaluated on the same model (add one of "
-                            f"{full_data_hint()} to --protocols)")
+        s.missing["hlr"] = (
+            f"needs the full real training set evaluated on the same model (add one of "
+            f"{full_data_hint()} to --protocols)"
+        )
     else:
         s.missing["hlr"] = "needs the same set evaluated with hard labels on the same model (e.g. linear-probe)"
     if rdm is not None and hard is not None and full is not None:
@@ -199,11 +237,16 @@ def _ars(r: dict, records: list[dict]) -> tuple[Stat | None, str | None]:
         return None, f"{protocol_name(r)} does not record whether it augments"
     twin = _twin(r, records)
     if twin is None:
-        off = f"{protocol_name(r)}:augment=false" if "augment" in (r.get("details") or {}) else \
-            f"{protocol_name(r)} with augmentation off"
+        off = (
+            f"{protocol_name(r)}:augment=false"
+            if "augment" in (r.get("details") or {})
+            else f"{protocol_name(r)} with augmentation off"
+        )
         on = protocol_name(r)
-        return None, (f"needs the same evaluation {'without' if flag else 'with'} augmentation (add "
-                      f"{off if flag else on} to --protocols)")
+        return None, (
+            f"needs the same evaluation {'without' if flag else 'with'} augmentation (add "
+            f"{off if flag else on} to --protocols)"
+        )
     aug, naug = (r, twin) if flag else (twin, r)
     rdm_aug, rdm_naug = _random_for(aug, records), _random_for(naug, records)
     if rdm_aug is None or rdm_naug is None:

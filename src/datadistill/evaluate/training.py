@@ -50,9 +50,16 @@ def copy_head(head: nn.Linear) -> nn.Linear:
     return clone
 
 
-def fit(groups: list[tuple[nn.Module, float]], n: int, views: int, epochs: int, batch_size: int,
-        batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], generator: torch.Generator,
-        desc: str | None = None) -> None:
+def fit(
+    groups: list[tuple[nn.Module, float]],
+    n: int,
+    views: int,
+    epochs: int,
+    batch_size: int,
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    desc: str | None = None,
+) -> None:
     """The probe schedule shared by every mode: Adam with lr = base x batch/256 per group, cosine to 0 over
     ``epochs`` passes of shuffled batches; each image contributes one of its cached views per epoch."""
     with single_thread():

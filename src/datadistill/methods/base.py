@@ -33,8 +33,9 @@ class BackboneOptions:
     backbone: str = option("efficientnet_lite0", "frozen feature extractor (see `datadistill list backbones`)")
     weights: str | None = option(None, "local weights file or folder for the backbone")
     crop: int | None = option(None, "backbone input size (default: the backbone's own)")
-    resolution: int | None = option(None, "size of the saved images (default: the dataset's own, or "
-                                          "crop x 256/224 for optimised images)")
+    resolution: int | None = option(
+        None, "size of the saved images (default: the dataset's own, or crop x 256/224 for optimised images)"
+    )
 
 
 @dataclass
@@ -43,8 +44,9 @@ class PixelOptions(BackboneOptions):
     lr: float = option(2e-3, "Adam learning rate on the image parameters")
     augs: int = option(1, "augmented views of the synthetic set per step (A)")
     param: str = option("pyramid", "image parameterisation", ("pyramid", "pixel"))
-    init: str = option("noise", "start from noise (paper), random real images, or the Centroids images",
-                       ("noise", "real", "centroids"))
+    init: str = option(
+        "noise", "start from noise (paper), random real images, or the Centroids images", ("noise", "real", "centroids")
+    )
     grow_every: int = option(200, "pyramid: add a level every N steps")
     decorrelate: bool = option(True, "colour decorrelation of the parameterisation")
     noise_mean: float = option(0.0, "mean of the augmentation's additive noise (LGM code: 0, or 0.5 until Mar 2026)")
@@ -102,8 +104,15 @@ class RunContext:
         init = None
         if opts.init != "noise":
             init = get_method("random" if opts.init == "real" else "centroids").select(self).images
-        return make_param(opts.param, self.data.num_classes * self.config.ipc, self.resolution, self.generator,
-                          opts.grow_every, opts.decorrelate, init_images=init)
+        return make_param(
+            opts.param,
+            self.data.num_classes * self.config.ipc,
+            self.resolution,
+            self.generator,
+            opts.grow_every,
+            opts.decorrelate,
+            init_images=init,
+        )
 
     def class_labels(self) -> torch.Tensor:
         """Labels of the synthetic set: IPC images per class, class-major."""
@@ -148,8 +157,7 @@ class Method:
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer,
-                   autocast: Any) -> float:
+    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast: Any) -> float:
         """One optimisation step; returns the loss value (the engine stops the run if it is not finite)."""
         with autocast:
             loss = self.loss(ctx, param.render())

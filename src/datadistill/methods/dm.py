@@ -34,12 +34,16 @@ from .matching import MatchOptions, class_feature_means, initial_images, norm_fo
 @dataclass
 class DMOptions(MatchOptions):
     lr: float = option(1.0, "SGD lr on the pixels (DM code: 1.0, on normalised pixels with --space normalized)")
-    space: str = option("normalized", "pixels optimised in normalised space (DM code) or raw [0, 1] space",
-                        ("normalized", "raw"))
-    clamp: bool = option(False, "keep the pixels in [0, 1] after every step; off (the DM code): the set is saved "
-                                "unbounded and evaluated so")
-    arch: str = option("convnet", "random embedding network (instance norm in the DM code)",
-                       ("convnet", "convnet-bn", "convnet-nn"))
+    space: str = option(
+        "normalized", "pixels optimised in normalised space (DM code) or raw [0, 1] space", ("normalized", "raw")
+    )
+    clamp: bool = option(
+        False,
+        "keep the pixels in [0, 1] after every step; off (the DM code): the set is saved unbounded and evaluated so",
+    )
+    arch: str = option(
+        "convnet", "random embedding network (instance norm in the DM code)", ("convnet", "convnet-bn", "convnet-nn")
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,8 +86,11 @@ class DM(Method):
         self.net.train()
         real, real_labels = sample_real(self.real, opts.batch_real, ctx.generator)
         u = self.dsa.draw(c, ctx.generator)  # one draw per class, shared by its real and synthetic images
-        real_x = self.dsa.apply(self.norm(real.to(ctx.device)), u[real_labels]) if self.dsa.ops else \
-            self.norm(real.to(ctx.device))
+        real_x = (
+            self.dsa.apply(self.norm(real.to(ctx.device)), u[real_labels])
+            if self.dsa.ops
+            else self.norm(real.to(ctx.device))
+        )
         real_means = class_feature_means(lambda x: no_grad_forward(self.net, x, features=True), real_x, real_labels, c)
         syn_x = self.norm(images)
         if self.dsa.ops:

@@ -37,8 +37,9 @@ from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
 
 @dataclass
 class DMGDOptions(DDPMOptions):
-    semantic: str = option("code", "semantic matching: the released code's formula, the paper's, or off",
-                           ("code", "paper", "off"))
+    semantic: str = option(
+        "code", "semantic matching: the released code's formula, the paper's, or off", ("code", "paper", "off")
+    )
     t_upper: int = option(900, "semantic matching: above this timestep (of 1000) only noise and no class label")
     t_lower: int = option(500, "semantic matching: below this timestep the class embedding is kept as is")
     noise_weight: float = option(0.06, "semantic matching: weight of the noise (beta_n)")
@@ -48,13 +49,17 @@ class DMGDOptions(DDPMOptions):
     supports: int = option(10, "k-means supports K per class for the OT target")
     ot_epsilon: float = option(0.1, "Sinkhorn entropic regularisation")
     ot_iters: int = option(5, "Sinkhorn iterations")
-    ot_domain: str = option("plain", "Sinkhorn in the plain domain (the released code) or the log domain (stable)",
-                            ("plain", "log"))
+    ot_domain: str = option(
+        "plain", "Sinkhorn in the plain domain (the released code) or the log domain (stable)", ("plain", "log")
+    )
     window_low: int = option(30, "OT guidance from this respaced step index (of --sampling-steps; inclusive)")
     window_high: int = option(45, "OT guidance up to this respaced step index (inclusive)")
     memory: bool = option(True, "greedy progressive matching: earlier samples of the class are source mass")
-    batch: str = option("classes", "draw sample n of every class in one batch, or one image at a time (released "
-                                   "code)", ("classes", "one"))
+    batch: str = option(
+        "classes",
+        "draw sample n of every class in one batch, or one image at a time (released code)",
+        ("classes", "one"),
+    )
 
     def validate(self) -> None:
         DDPMOptions.validate(self)
@@ -65,9 +70,11 @@ class DMGDOptions(DDPMOptions):
         if self.window_low > self.window_high:
             raise ConfigError("--window-low must not exceed --window-high")
         if self.ot and self.window_low >= self.sampling_steps:
-            raise ConfigError(f"the OT guidance window [{self.window_low}, {self.window_high}] lies outside the "
-                              f"{self.sampling_steps} sampling steps (indices 0..{self.sampling_steps - 1}): set "
-                              "--window-low / --window-high")
+            raise ConfigError(
+                f"the OT guidance window [{self.window_low}, {self.window_high}] lies outside the "
+                f"{self.sampling_steps} sampling steps (indices 0..{self.sampling_steps - 1}): set "
+                "--window-low / --window-high"
+            )
 
 
 def annealing(t: int, t_upper: int, t_lower: int) -> tuple[float, float]:
@@ -105,16 +112,20 @@ class SemanticMatching(SamplerHook):
                 scale = weight.std(dim=0).to(emb)
                 k = math.sqrt(lam)
                 return k * emb + (1 - k) * (bs * other + bn * noise["xi"] * scale)
-            mixed = (math.sqrt(lam) * emb + bn * math.sqrt(1 - lam) * noise["xi"]
-                     + use_label * bs * math.sqrt(1 - lam) * other)
+            mixed = (
+                math.sqrt(lam) * emb
+                + bn * math.sqrt(1 - lam) * noise["xi"]
+                + use_label * bs * math.sqrt(1 - lam) * other
+            )
             # Scalar re-standardisation over each sample's rows (its conditional and null rows), i.e. over the
             # whole tensor of the released code's batch of one.
             groups = rows // len(self.other)
             e = emb.view(groups, -1, dim).transpose(0, 1)
             m = mixed.view(groups, -1, dim).transpose(0, 1)
             dims = (1, 2)
-            out = (m - m.mean(dims, keepdim=True)) / m.std(dims, keepdim=True) * e.std(dims, keepdim=True) \
-                + e.mean(dims, keepdim=True)
+            out = (m - m.mean(dims, keepdim=True)) / m.std(dims, keepdim=True) * e.std(dims, keepdim=True) + e.mean(
+                dims, keepdim=True
+            )
             return out.transpose(0, 1).reshape(rows, dim)
 
         return transform
@@ -133,8 +144,14 @@ class OTGuidance(SamplerHook):
             x = state.x.detach().float().requires_grad_(True)
             x0 = state.predict_x0(x).flatten(1)[:, None]
             source = torch.cat([self.memory, x0], dim=1) if self.memory.shape[1] else x0
-            loss = ot_loss(source, self.supports, self.masses, eps=self.opts.ot_epsilon, iters=self.opts.ot_iters,
-                           domain=self.opts.ot_domain)
+            loss = ot_loss(
+                source,
+                self.supports,
+                self.masses,
+                eps=self.opts.ot_epsilon,
+                iters=self.opts.ot_iters,
+                domain=self.opts.ot_domain,
+            )
             # Each row's loss depends only on its own x: the gradient of the sum is every row's own gradient.
             (grad,) = torch.autograd.grad(loss.sum(), x)
         return -self.opts.guidance_scale * state.sigma * grad.to(state.mean.dtype)
@@ -155,8 +172,14 @@ class DMGD(GuidedDDPM):
             return [[(k, n)] for k in range(c) for n in range(ipc)]
         return [[(k, n) for k in range(c)] for n in range(ipc)]
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
-              generator: torch.Generator) -> list[SamplerHook]:
+    def hooks(
+        self,
+        ctx: RunContext,
+        state: GenerationState,
+        classes: torch.Tensor,
+        slots: torch.Tensor,
+        generator: torch.Generator,
+    ) -> list[SamplerHook]:
         opts, s = ctx.opts, state.sampler
         hooks: list[SamplerHook] = []
         num_classes = ctx.data.num_classes

@@ -35,16 +35,23 @@ from .base import Method, RunContext
 
 @dataclass
 class DDPMOptions(LatentOptions):
-    dit: str = option("tiny", "noise model: 'tiny' (offline DiT trained and cached by `datadistill pretrain "
-                                "diffusion`), a local DiT folder (diffusers format, or one written by `datadistill "
-                                "pretrain diffusion`), or a hub id such as DiT-XL-2-256")
+    dit: str = option(
+        "tiny",
+        "noise model: 'tiny' (offline DiT trained and cached by `datadistill pretrain "
+        "diffusion`), a local DiT folder (diffusers format, or one written by `datadistill "
+        "pretrain diffusion`), or a hub id such as DiT-XL-2-256",
+    )
     dit_train_steps: int = option(4000, "training steps of the offline 'tiny' DiT when it is not cached yet")
     sampling_steps: int = option(50, "DDPM steps (the 1000 training timesteps respaced, as DiT's create_diffusion)")
     cfg_scale: float = option(4.0, "classifier-free guidance scale (1 = no guidance)")
-    cfg_all_channels: bool = option(False, "apply CFG to every latent channel (default: the first 3 only, as DiT's "
-                                           "released sampler does)")
-    class_ids: str | None = option(None, "comma-separated class index of the model for each dataset class (default: "
-                                         "ImageNet indices for ImageNet subsets, else the dataset's own labels)")
+    cfg_all_channels: bool = option(
+        False, "apply CFG to every latent channel (default: the first 3 only, as DiT's released sampler does)"
+    )
+    class_ids: str | None = option(
+        None,
+        "comma-separated class index of the model for each dataset class (default: "
+        "ImageNet indices for ImageNet subsets, else the dataset's own labels)",
+    )
     resolution: int | None = option(None, "size of the saved images (default: the dataset's own)")
 
     def validate(self) -> None:
@@ -69,8 +76,9 @@ class Sampler:
 class GenerationState(ImageParam):
     """Latents generated so far (C x IPC x c x h x w) and the number of chunks done; ``render`` decodes them."""
 
-    def __init__(self, num_classes: int, ipc: int, latent_shape: tuple[int, int, int], sampler: Sampler,
-                 resolution: int):
+    def __init__(
+        self, num_classes: int, ipc: int, latent_shape: tuple[int, int, int], sampler: Sampler, resolution: int
+    ):
         super().__init__()
         self.register_buffer("latents", torch.zeros(num_classes, ipc, *latent_shape))
         self.register_buffer("done", torch.zeros((), dtype=torch.long))
@@ -79,8 +87,9 @@ class GenerationState(ImageParam):
     def render(self) -> torch.Tensor:
         images = self.sampler.space.decode(self.latents.flatten(0, 1))
         if images.shape[-1] != self.resolution:
-            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
-                                   align_corners=False).clamp(0, 1)
+            images = F.interpolate(
+                images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
         return images
 
 
@@ -106,8 +115,9 @@ def model_class_ids(ids: list[int] | None, data_name: str, num_classes: int, mod
         elif num_classes <= model_classes:
             ids = list(range(num_classes))
         else:
-            raise ConfigError(f"the model knows {model_classes} classes, the dataset has {num_classes}: pass "
-                              "--class-ids")
+            raise ConfigError(
+                f"the model knows {model_classes} classes, the dataset has {num_classes}: pass --class-ids"
+            )
     if min(ids) < 0 or max(ids) >= model_classes:
         raise ConfigError(f"--class-ids must lie in [0, {model_classes}), got {min(ids)}..{max(ids)}")
     return torch.tensor(ids)
@@ -127,14 +137,18 @@ def load_sampler(ctx: RunContext, kmeans: int = 0) -> Sampler:
     if (folder / "datadistill.json").is_file():  # a DiT trained by `datadistill pretrain diffusion`
         model, info = load_offline_dit(folder, ctx.device)
         if info["latent_space"] != space.identity():
-            raise WeightsError(f"the diffusion model in {folder} was trained for another latent space "
-                               f"({info['latent_space'].get('weights')}); pass the matching --vae")
+            raise WeightsError(
+                f"the diffusion model in {folder} was trained for another latent space "
+                f"({info['latent_space'].get('weights')}); pass the matching --vae"
+            )
     else:
         model = load_dit(opts.dit, ctx.device)
     c, h, _ = space.latent_shape
     if model.in_channels != c or model.sample_size != h:
-        raise WeightsError(f"the DiT works on {model.in_channels} x {model.sample_size} x {model.sample_size} latents, "
-                           f"the latent space ({space.name}) makes {space.latent_shape}")
+        raise WeightsError(
+            f"the DiT works on {model.in_channels} x {model.sample_size} x {model.sample_size} latents, "
+            f"the latent space ({space.name}) makes {space.latent_shape}"
+        )
     if opts.cfg_scale != 1.0 and model.null_class < 0:
         raise WeightsError("this DiT has no null label: classifier-free guidance needs --cfg-scale 1")
     log.info("sampling %s with %s, latent space %s", ctx.data.name, model.weights, space.weights)
@@ -146,8 +160,9 @@ def load_sampler(ctx: RunContext, kmeans: int = 0) -> Sampler:
     return sampler
 
 
-def class_ot_distance(latents: torch.Tensor, supports: torch.Tensor, masses: torch.Tensor, eps: float,
-                      iters: int) -> torch.Tensor:
+def class_ot_distance(
+    latents: torch.Tensor, supports: torch.Tensor, masses: torch.Tensor, eps: float, iters: int
+) -> torch.Tensor:
     """Entropic OT distance (unit sphere, DMGD's plain Sinkhorn) of each class's latents (B x n x ...) to its
     supports (B x K x F) with masses (B x K): the progress number of a generation step."""
     return ot_loss(latents.flatten(2).float(), supports.float(), masses.float(), eps=eps, iters=iters)
@@ -166,8 +181,14 @@ class GuidedDDPM(Method):
         """The (class, slot) pairs each step samples, in order."""
         raise NotImplementedError
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
-              generator: torch.Generator) -> list[SamplerHook]:
+    def hooks(
+        self,
+        ctx: RunContext,
+        state: GenerationState,
+        classes: torch.Tensor,
+        slots: torch.Tensor,
+        generator: torch.Generator,
+    ) -> list[SamplerHook]:
         """Guidance for the rows (classes, slots) sampled now; random draws come from ``generator``."""
         return []
 
@@ -176,15 +197,17 @@ class GuidedDDPM(Method):
 
     def init_param(self, ctx: RunContext) -> GenerationState:
         sampler = load_sampler(ctx, self.supports_k(ctx))
-        return GenerationState(ctx.data.num_classes, ctx.config.ipc, sampler.space.latent_shape, sampler,
-                               ctx.resolution)
+        return GenerationState(
+            ctx.data.num_classes, ctx.config.ipc, sampler.space.latent_shape, sampler, ctx.resolution
+        )
 
     def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
         # Sampling optimises nothing; the engine's loop (checkpoints, resume, progress) still wants an optimizer.
         return torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.0)
 
-    def train_step(self, ctx: RunContext, param: GenerationState, optimizer: torch.optim.Optimizer,
-                   autocast: Any) -> float:
+    def train_step(
+        self, ctx: RunContext, param: GenerationState, optimizer: torch.optim.Optimizer, autocast: Any
+    ) -> float:
         chunk = self.chunks(ctx)[int(param.done)]
         classes = torch.tensor([c for c, _ in chunk])
         slots = torch.tensor([s for _, s in chunk])
@@ -202,14 +225,23 @@ class GuidedDDPM(Method):
             labels = s.class_ids[classes[rows].to(ctx.device)]
             cfg_channels = None if ctx.opts.cfg_all_channels else 3
             with autocast:
-                x = ddpm_sample(s.model, s.diffusion, labels, noise[rows.to(noise.device)], generator,
-                                ctx.opts.cfg_scale, cfg_channels, hooks)
+                x = ddpm_sample(
+                    s.model,
+                    s.diffusion,
+                    labels,
+                    noise[rows.to(noise.device)],
+                    generator,
+                    ctx.opts.cfg_scale,
+                    cfg_channels,
+                    hooks,
+                )
         param.latents[classes, slots] = dist.gather_rows(x.float(), rows, len(chunk))
         param.done += 1
         return self.progress_value(ctx, param, classes, slots)
 
-    def progress_value(self, ctx: RunContext, param: GenerationState, classes: torch.Tensor,
-                       slots: torch.Tensor) -> float:
+    def progress_value(
+        self, ctx: RunContext, param: GenerationState, classes: torch.Tensor, slots: torch.Tensor
+    ) -> float:
         """Mean OT distance between each sampled class's latents so far and its supports (0 without supports)."""
         s = param.sampler
         if s.supports is None:

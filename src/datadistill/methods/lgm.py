@@ -26,16 +26,18 @@ from .base import Method, PixelOptions, RunContext, register
 from .sfm import augmented_views
 
 
-def head_gradient_closed_form(z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                              bias: torch.Tensor) -> torch.Tensor:
+def head_gradient_closed_form(
+    z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """[vec(dL/dW); dL/db] of mean cross-entropy for the linear head (W, b) on features z, in closed form."""
     residual = F.softmax(z @ weight.T + bias, dim=1)
     residual = (residual - F.one_hot(labels, weight.shape[0]).to(residual)) / len(z)
     return torch.cat([(residual.T @ z).flatten(), residual.sum(dim=0)])
 
 
-def head_gradient_autograd(z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                           bias: torch.Tensor) -> torch.Tensor:
+def head_gradient_autograd(
+    z: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """The same gradient through ``torch.autograd.grad`` (with a graph when z requires grad)."""
     w = weight.detach().requires_grad_(True)
     b = bias.detach().requires_grad_(True)

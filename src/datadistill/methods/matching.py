@@ -26,12 +26,19 @@ class MatchOptions:
     steps: int = option(20000, "outer iterations")
     momentum: float = option(0.5, "SGD momentum on the pixels")
     batch_real: int = option(256, "real images per class per iteration")
-    init: str = option("real", "initial images: random real ones, noise, or 'mix' (factor^2 downscaled real "
-                               "images tiled; multi-formation)", ("real", "noise", "mix"))
-    dsa_strategy: str | None = option(None, "DSA strategy ('none': no augmentation; default: "
-                                            "color_crop_cutout_flip_scale_rotate, without flip on digit datasets)")
-    dsa_mode: str = option("one", "DSA operations per draw: all, one (DSA code), idc (flip+color, one geometric, "
-                                  "cutout)", DSA_MODES)
+    init: str = option(
+        "real",
+        "initial images: random real ones, noise, or 'mix' (factor^2 downscaled real images tiled; multi-formation)",
+        ("real", "noise", "mix"),
+    )
+    dsa_strategy: str | None = option(
+        None,
+        "DSA strategy ('none': no augmentation; default: "
+        "color_crop_cutout_flip_scale_rotate, without flip on digit datasets)",
+    )
+    dsa_mode: str = option(
+        "one", "DSA operations per draw: all, one (DSA code), idc (flip+color, one geometric, cutout)", DSA_MODES
+    )
     width: int | None = option(None, "ConvNet width (default 128)")
     depth: int | None = option(None, "ConvNet depth (default: from the resolution)")
     resolution: int | None = option(None, "size of the synthetic images (default: the dataset's own)")
@@ -53,8 +60,9 @@ def real_train(ctx: RunContext) -> MemorySplit:
     return in_memory(ctx.data.train, ctx.resolution, ctx.data.num_classes)
 
 
-def sample_real(split: MemorySplit, per_class: int, generator: torch.Generator,
-                classes: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_real(
+    split: MemorySplit, per_class: int, generator: torch.Generator, classes: range | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` random train images of every class (float, [0, 1]) and their labels, class-major."""
     classes = classes if classes is not None else range(split.num_classes)
     idx = torch.cat([split.sample_class(c, per_class, generator) for c in classes])
@@ -78,8 +86,9 @@ def initial_images(ctx: RunContext, init: str, factor: int = 1) -> torch.Tensor:
     return torch.cat(images)
 
 
-def class_feature_means(embed, x: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                        chunk: int = 512) -> torch.Tensor:
+def class_feature_means(
+    embed, x: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 512
+) -> torch.Tensor:
     """Per-class means of ``embed(x)`` computed in chunks (for real batches, under no_grad)."""
     sums, counts = None, torch.zeros(num_classes, device=x.device)
     for start in range(0, len(x), chunk):

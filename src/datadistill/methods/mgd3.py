@@ -26,8 +26,9 @@ from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
 class MGD3Options(DDPMOptions):
     mode_guidance_scale: float = option(0.1, "mode guidance scale lambda")
     stop_t: int = option(25, "no mode guidance at respaced step indices <= this (of --sampling-steps)")
-    modes: str = option("centroid", "guide to the k-means centres or to the real latents nearest them",
-                        ("centroid", "closest"))
+    modes: str = option(
+        "centroid", "guide to the k-means centres or to the real latents nearest them", ("centroid", "closest")
+    )
     batch_size: int = option(100, "samples per sampler batch")
 
     def validate(self) -> None:
@@ -35,8 +36,10 @@ class MGD3Options(DDPMOptions):
         if self.batch_size < 1 or self.stop_t < -1:
             raise ConfigError("--batch-size must be >= 1 and --stop-t >= -1")
         if self.stop_t >= self.sampling_steps - 1:
-            raise ConfigError(f"--stop-t {self.stop_t} leaves no guided step among the {self.sampling_steps} sampling "
-                              "steps (guidance runs at indices above it)")
+            raise ConfigError(
+                f"--stop-t {self.stop_t} leaves no guided step among the {self.sampling_steps} sampling "
+                "steps (guidance runs at indices above it)"
+            )
 
 
 class ModeGuidance(SamplerHook):
@@ -74,8 +77,14 @@ class MGD3(GuidedDDPM):
         b = ctx.opts.batch_size
         return [pairs[i : i + b] for i in range(0, len(pairs), b)]
 
-    def hooks(self, ctx: RunContext, state: GenerationState, classes: torch.Tensor, slots: torch.Tensor,
-              generator: torch.Generator) -> list[SamplerHook]:
+    def hooks(
+        self,
+        ctx: RunContext,
+        state: GenerationState,
+        classes: torch.Tensor,
+        slots: torch.Tensor,
+        generator: torch.Generator,
+    ) -> list[SamplerHook]:
         s = state.sampler
         modes = s.supports[classes.to(s.supports.device), slots.to(s.supports.device)]
         modes = modes.view(len(classes), *s.space.latent_shape)

@@ -18,8 +18,10 @@ from .base import BackboneOptions, Method, RunContext, register
 
 @dataclass
 class NeighborsOptions(BackboneOptions):
-    source: str | None = option(None, "the synthetic set to find neighbours for: a run directory, a synset folder "
-                                      "or a folder of PNGs (required)")
+    source: str | None = option(
+        None,
+        "the synthetic set to find neighbours for: a run directory, a synset folder or a folder of PNGs (required)",
+    )
     backbone: str | None = option(None, "feature extractor (default: the source run's distillation backbone)")
 
     def validate(self) -> None:
@@ -51,8 +53,13 @@ class Neighbors(Method):
             raise ConfigError(f"{ctx.opts.source} has {source.ipc} images per class: pass --ipc {source.ipc}")
         crop = ctx.crop
         with torch.inference_mode():
-            queries = torch.cat([ctx.backbone(resize_center_crop(chunk, resize_for(crop), crop).to(ctx.device)).cpu()
-                                 for chunk in source.images.split(100)])
+            queries = torch.cat(
+                [
+                    ctx.backbone(resize_center_crop(chunk, resize_for(crop), crop).to(ctx.device)).cpu()
+                    for chunk in source.images.split(100)
+                ]
+            )
         indices = ctx.stats.nearest(queries, source.labels, metric="cos")
-        return ctx.synset(ctx.real_images(indices), source.labels, train_indices=indices.tolist(),
-                          source=str(ctx.opts.source))
+        return ctx.synset(
+            ctx.real_images(indices), source.labels, train_indices=indices.tolist(), source=str(ctx.opts.source)
+        )

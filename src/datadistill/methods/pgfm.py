@@ -35,9 +35,12 @@ from .base import Method, RunContext, get_method, register
 
 @dataclass
 class PGFMOptions(LatentOptions, FlowOptions):
-    mode: str = option("pgfm", "pgfm (guided sampling), or a baseline through the same pipeline: plain sampling, "
-                               "decoded prototypes, random reals encoded+decoded", ("pgfm", "plain", "prototypes",
-                                                                                   "real-recon"))
+    mode: str = option(
+        "pgfm",
+        "pgfm (guided sampling), or a baseline through the same pipeline: plain sampling, "
+        "decoded prototypes, random reals encoded+decoded",
+        ("pgfm", "plain", "prototypes", "real-recon"),
+    )
     sampling_steps: int = option(8, "ODE steps")
     solver: str = option("euler", "ODE solver (Heun: 2 evaluations per step)", ("euler", "heun"))
     cfg_scale: float = option(2.0, "classifier-free guidance scale w on the velocity (1: off)")
@@ -45,11 +48,13 @@ class PGFMOptions(LatentOptions, FlowOptions):
     strength: float = option(0.5, "path-to-prototype guidance strength lambda_0 (1: land on the prototype)")
     guidance_stop: float = option(0.6, "t at which the guidance has decayed to 0 (t = 1 is data)")
     schedule: str = option("cosine", "decay of lambda(t) up to --guidance-stop", ("cosine", "linear", "constant"))
-    trust_region: float = option(0.5, "clip the guidance step to this fraction of the model's step per sample "
-                                      "(<= 0: no clip)")
+    trust_region: float = option(
+        0.5, "clip the guidance step to this fraction of the model's step per sample (<= 0: no clip)"
+    )
     warm_start: float = option(0.0, "start at t_s on the straight path from noise to the prototype (0: from noise)")
-    prototype: str = option("centroid", "prototype: the k-means centre, or the real latent nearest to it",
-                            ("centroid", "nearest-real"))
+    prototype: str = option(
+        "centroid", "prototype: the k-means centre, or the real latent nearest to it", ("centroid", "nearest-real")
+    )
     kmeans_seed: int = option(0, "seed of the per-class k-means (fixed across generation seeds)")
     coverage_k: int | None = option(None, "K_eval of the mode-coverage metric (default: IPC)")
     batch_size: int = option(500, "trajectories per sampler batch")
@@ -77,8 +82,12 @@ class PGFM(Method):
         space = latent_space_from(opts, data, ctx.device)
         bank = latent_bank(data, space, "train")
         labels = ctx.class_labels()
-        meta: dict = {"mode": opts.mode, "latent_space": space.weights, "latent_shape": list(space.latent_shape),
-                      "sampling_seconds": 0.0}
+        meta: dict = {
+            "mode": opts.mode,
+            "latent_space": space.weights,
+            "latent_shape": list(space.latent_shape),
+            "sampling_seconds": 0.0,
+        }
         if opts.mode == "real-recon":
             picked = get_method("random").select(ctx)
             indices = torch.tensor(picked.meta["train_indices"])
@@ -108,8 +117,9 @@ class PGFM(Method):
             flat = bank.tensor(bank.nearest(flat, ctx.class_labels(), metric="l2"))
         return flat.view(-1, *space.latent_shape)
 
-    def sample(self, ctx: RunContext, space: LatentSpace, protos: torch.Tensor, labels: torch.Tensor,
-               meta: dict) -> torch.Tensor:
+    def sample(
+        self, ctx: RunContext, space: LatentSpace, protos: torch.Tensor, labels: torch.Tensor, meta: dict
+    ) -> torch.Tensor:
         opts = ctx.opts
         flow = flow_model_from(opts, opts, ctx.data, space, ctx.device, seed=ctx.config.seed)
         noise = torch.randn(len(labels), *space.latent_shape, generator=ctx.generator)
@@ -122,21 +132,51 @@ class PGFM(Method):
             hooks = []
             x0 = noise[rows]
             if guided:
-                hooks.append(PathToPrototype(protos[rows], opts.strength, opts.guidance_stop, opts.schedule,
-                                             opts.trust_region if opts.trust_region > 0 else None))
+                hooks.append(
+                    PathToPrototype(
+                        protos[rows],
+                        opts.strength,
+                        opts.guidance_stop,
+                        opts.schedule,
+                        opts.trust_region if opts.trust_region > 0 else None,
+                    )
+                )
                 if t_start > 0:
                     x0 = warm_start(protos[rows], x0, t_start)
-            result = ode_sample(flow, labels[rows], x0, opts.sampling_steps, opts.solver, opts.cfg_scale,
-                                opts.cfg_channels, hooks, t_start, desc=f"pgfm sampling ({opts.mode})")
+            result = ode_sample(
+                flow,
+                labels[rows],
+                x0,
+                opts.sampling_steps,
+                opts.solver,
+                opts.cfg_scale,
+                opts.cfg_channels,
+                hooks,
+                t_start,
+                desc=f"pgfm sampling ({opts.mode})",
+            )
             out.append(result.latents.cpu())
             nfe, passes = result.nfe, result.forward_passes
         meta["sampling_seconds"] = round(time.perf_counter() - start, 4)
-        meta.update({"flow_model": flow.weights, "nfe": nfe, "forward_passes_per_image": passes,
-                     "solver": opts.solver, "sampling_steps": opts.sampling_steps, "cfg_scale": opts.cfg_scale})
+        meta.update(
+            {
+                "flow_model": flow.weights,
+                "nfe": nfe,
+                "forward_passes_per_image": passes,
+                "solver": opts.solver,
+                "sampling_steps": opts.sampling_steps,
+                "cfg_scale": opts.cfg_scale,
+            }
+        )
         if guided:
-            meta["guidance"] = {"strength": opts.strength, "stop": opts.guidance_stop, "schedule": opts.schedule,
-                                "trust_region": opts.trust_region, "warm_start": opts.warm_start,
-                                "prototype": opts.prototype}
+            meta["guidance"] = {
+                "strength": opts.strength,
+                "stop": opts.guidance_stop,
+                "schedule": opts.schedule,
+                "trust_region": opts.trust_region,
+                "warm_start": opts.warm_start,
+                "prototype": opts.prototype,
+            }
         return dist.gather_rows(torch.cat(out), mine, len(labels))
 
     def coverage(self, ctx: RunContext, space: LatentSpace, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -150,5 +190,9 @@ class PGFM(Method):
         with torch.no_grad():
             latents = space.encode(images, mode="mean").cpu()
         result = mode_coverage(latents, labels, centres)
-        return {"mean": round(result["mean"], 4), "k": k, "clusters_from": "val",
-                "per_class": [round(v, 3) for v in result["per_class"]]}
+        return {
+            "mean": round(result["mean"], 4),
+            "k": k,
+            "clusters_from": "val",
+            "per_class": [round(v, 3) for v in result["per_class"]],
+        }

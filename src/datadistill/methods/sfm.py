@@ -44,8 +44,9 @@ def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: S
 
 @dataclass
 class SFMOptions(PixelOptions):
-    flow_norm: str = option("classes", "non-target centre: divide by C-1 (METHODS.md) or by mC-1 (official code)",
-                            ("classes", "images"))
+    flow_norm: str = option(
+        "classes", "non-target centre: divide by C-1 (METHODS.md) or by mC-1 (official code)", ("classes", "images")
+    )
     decouple_alpha: float | None = option(None, "decoupled TCDD/NCDD loss weight (1 = TCDD only, 0 = NCDD only)")
 
     def validate(self) -> None:

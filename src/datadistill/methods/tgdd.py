@@ -39,17 +39,25 @@ class TGDDOptions(MatchOptions, ExpertOptions):
     batch_real: int = option(128, "real images per class per step")
     max_syn: int = option(200, "at most this many (decoded) synthetic images of a class per step")
     lr: float | None = option(None, "SGD lr on the pixels (default: --lr-rule)")
-    lr_rule: str = option("code", "default lr: code = 0.01 x IPC (0.1 x IPC at >= 128 px), paper = 0.01 (0.1)",
-                          ("code", "paper"))
-    alpha: float | None = option(None, "weight of the class-separation CE term (default: paper, 2.5 for IPC <= 10, "
-                                       "0.5 above; the code's default is 1.0)")
+    lr_rule: str = option(
+        "code", "default lr: code = 0.01 x IPC (0.1 x IPC at >= 128 px), paper = 0.01 (0.1)", ("code", "paper")
+    )
+    alpha: float | None = option(
+        None,
+        "weight of the class-separation CE term (default: paper, 2.5 for IPC <= 10, "
+        "0.5 above; the code's default is 1.0)",
+    )
     region: int = option(7, "expert region L: the expert is p_{i,j'} with j' in [j, j + L - 1]")
     factor: int = option(1, "multi-formation factor f (code default 1; IDC / DANCE use 2)")
-    init: str = option("real", "initial images: real (f = 1), mix (f^2 real images tiled; used when f > 1), noise",
-                       ("real", "noise", "mix"))
+    init: str = option(
+        "real",
+        "initial images: real (f = 1), mix (f^2 real images tiled; used when f > 1), noise",
+        ("real", "noise", "mix"),
+    )
     dsa_strategy: str = option("color_crop_cutout", "DSA strategy shared by a class's real and synthetic batch")
-    dsa_mode: str = option("idc", "DSA mode (IDC: color and cutout always, one of the geometric ones)",
-                           ("all", "one", "idc"))
+    dsa_mode: str = option(
+        "idc", "DSA mode (IDC: color and cutout always, one of the geometric ones)", ("all", "one", "idc")
+    )
 
     def validate(self) -> None:
         MatchOptions.validate(self)
@@ -93,8 +101,10 @@ class TGDD(Method):
         if self.store is None:
             self.store = self.load_store(ctx)
         if self.store.spec.resolution != ctx.resolution:
-            raise ConfigError(f"the experts were trained at {self.store.spec.resolution} px, the synthetic images are "
-                              f"{ctx.resolution} px")
+            raise ConfigError(
+                f"the experts were trained at {self.store.spec.resolution} px, the synthetic images are "
+                f"{ctx.resolution} px"
+            )
         if ctx.resolution % opts.factor:
             raise ConfigError(f"--factor {opts.factor} must divide the resolution {ctx.resolution}")
         self.real = real_train(ctx)
@@ -122,8 +132,9 @@ class TGDD(Method):
         if self.dsa.ops:
             real_x = self.dsa.apply(real_x, u[real_labels])
         with autocast:
-            real_means = class_feature_means(lambda x: no_grad_forward(store.model, x, True, extractor), real_x,
-                                             real_labels, c)
+            real_means = class_feature_means(
+                lambda x: no_grad_forward(store.model, x, True, extractor), real_x, real_labels, c
+            )
         losses = []
         for cls in range(c):
             with autocast:

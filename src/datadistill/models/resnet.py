@@ -38,11 +38,13 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             if avgpool_down:
-                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(stride),
-                                              norm_layer(norm, c_out))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(stride), norm_layer(norm, c_out)
+                )
             else:
-                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                              norm_layer(norm, c_out))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(norm, c_out)
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -57,17 +59,34 @@ def _stem(channels: int, width: int, resolution: int, norm: str, avgpool_down: b
         return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), norm_layer(norm, width), nn.ReLU())
     if avgpool_down:
         if resolution <= 128:
-            return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), norm_layer(norm, width),
-                                 nn.ReLU(), nn.AvgPool2d(2))
-        return nn.Sequential(nn.Conv2d(channels, width, 7, padding=3, bias=False), norm_layer(norm, width),
-                             nn.ReLU(), nn.AvgPool2d(4))
-    return nn.Sequential(nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False), norm_layer(norm, width),
-                         nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
+            return nn.Sequential(
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                norm_layer(norm, width),
+                nn.ReLU(),
+                nn.AvgPool2d(2),
+            )
+        return nn.Sequential(
+            nn.Conv2d(channels, width, 7, padding=3, bias=False), norm_layer(norm, width), nn.ReLU(), nn.AvgPool2d(4)
+        )
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False),
+        norm_layer(norm, width),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    )
 
 
 class ResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int, channels: int = 3, resolution: int = 32, norm: str = "batch",
-                 avgpool_down: bool = False, width: int = 64):
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        channels: int = 3,
+        resolution: int = 32,
+        norm: str = "batch",
+        avgpool_down: bool = False,
+        width: int = 64,
+    ):
         super().__init__()
         if depth not in LAYERS:
             raise ValueError(f"ResNet depth must be one of {sorted(LAYERS)}, got {depth}")

@@ -26,8 +26,13 @@ from ..progress import log
 _COMPILED: dict = {}
 
 
-def no_grad_forward(model: nn.Module, x: torch.Tensor, features: bool = False,
-                    params: dict[str, torch.Tensor] | None = None, compile_from: int = 256) -> torch.Tensor:
+def no_grad_forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    features: bool = False,
+    params: dict[str, torch.Tensor] | None = None,
+    compile_from: int = 256,
+) -> torch.Tensor:
     """``model(x, features)`` without gradients, with ``params`` (default: the model's own) as inputs.
 
     Batches of at least ``compile_from`` images go through ONE ``torch.compile``d graph per architecture, mode and
@@ -41,8 +46,13 @@ def no_grad_forward(model: nn.Module, x: torch.Tensor, features: bool = False,
     if params is None:
         params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     use = os.environ.get("DATADISTILL_COMPILE", "1") != "0" and len(x) >= compile_from
-    key = (type(model).__name__, model.training, features, tuple((k, tuple(v.shape)) for k, v in params.items()),
-           x.device.type)
+    key = (
+        type(model).__name__,
+        model.training,
+        features,
+        tuple((k, tuple(v.shape)) for k, v in params.items()),
+        x.device.type,
+    )
     entry = _COMPILED.get(key) if use else None
     if use and entry is None:
         skeleton = copy.deepcopy(model)
@@ -131,8 +141,7 @@ class Recipe:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
 def _cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, generator: torch.Generator):
@@ -156,8 +165,16 @@ def _cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, generator: torch.Gene
     return x, y[perm], keep
 
 
-def train_epoch(model: nn.Module, norm: InputNorm, source: MemorySplit | FloatImages, recipe: Recipe, epoch: int,
-                optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> float:
+def train_epoch(
+    model: nn.Module,
+    norm: InputNorm,
+    source: MemorySplit | FloatImages,
+    recipe: Recipe,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+) -> float:
     """One epoch (or ``recipe.epoch_images`` shuffled images) of SGD; returns the mean training loss."""
     for group in optimizer.param_groups:
         group["lr"] = recipe.lr_at(epoch)
@@ -187,8 +204,9 @@ def train_epoch(model: nn.Module, norm: InputNorm, source: MemorySplit | FloatIm
     return total / max(seen, 1)
 
 
-def accuracy(model: nn.Module, norm: InputNorm, source: MemorySplit | FloatImages, device: torch.device,
-             batch_size: int = 1000) -> float:
+def accuracy(
+    model: nn.Module, norm: InputNorm, source: MemorySplit | FloatImages, device: torch.device, batch_size: int = 1000
+) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on every image of ``source``."""
     was_training = model.training
     model.eval()

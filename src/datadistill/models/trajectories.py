@@ -40,10 +40,14 @@ EXPERT_ARCHS = ("convnet", "convnet-nn")
 @dataclass
 class ExpertOptions:
     num_experts: int = option(5, "expert networks trained on the real train split (TGDD: 5)")
-    expert_epochs: int = option(60, "training epochs per expert; a snapshot after each (TGDD: 60 low-res, 80 for "
-                                    "the ImageNet subsets)")
-    expert_epoch_images: int | None = option(None, "images per expert epoch (default: the whole train split; fewer "
-                                                   "gives shorter snapshot intervals for CPU-sized runs)")
+    expert_epochs: int = option(
+        60, "training epochs per expert; a snapshot after each (TGDD: 60 low-res, 80 for the ImageNet subsets)"
+    )
+    expert_epoch_images: int | None = option(
+        None,
+        "images per expert epoch (default: the whole train split; fewer "
+        "gives shorter snapshot intervals for CPU-sized runs)",
+    )
     expert_arch: str = option("convnet", "expert architecture", EXPERT_ARCHS)
     expert_width: int | None = option(None, "expert width (default 128)")
     expert_depth: int | None = option(None, "expert depth (default: from the resolution, 3 for 28-32 px)")
@@ -78,22 +82,35 @@ def expert_options(opts, **overrides) -> ExpertOptions:
 def _spec(data: RealData, opts: ExpertOptions) -> tuple[ModelSpec, int]:
     resolution = opts.expert_resolution or data.native_size
     split = in_memory(data.train, resolution, data.num_classes)
-    return ModelSpec(opts.expert_arch, data.num_classes, split.channels, resolution, opts.expert_width,
-                     opts.expert_depth), resolution
+    return ModelSpec(
+        opts.expert_arch, data.num_classes, split.channels, resolution, opts.expert_width, opts.expert_depth
+    ), resolution
 
 
 def _recipe(opts: ExpertOptions) -> Recipe:
     dsa = None if opts.expert_dsa.lower() in ("", "none") else DSA(opts.expert_dsa, mode="idc")
-    return Recipe(epochs=opts.expert_epochs, batch_size=opts.expert_batch, lr=opts.expert_lr,
-                  milestones=(2 / 3, 5 / 6), gamma=0.2, dsa=dsa, cutmix=opts.expert_cutmix,
-                  epoch_images=opts.expert_epoch_images)
+    return Recipe(
+        epochs=opts.expert_epochs,
+        batch_size=opts.expert_batch,
+        lr=opts.expert_lr,
+        milestones=(2 / 3, 5 / 6),
+        gamma=0.2,
+        dsa=dsa,
+        cutmix=opts.expert_cutmix,
+        epoch_images=opts.expert_epoch_images,
+    )
 
 
 def _ident(data: RealData, opts: ExpertOptions, seed: int) -> dict:
     settings = {k: v for k, v in opts.expert_settings().items() if k not in ("num_experts", "expert_seed")}
     spec, resolution = _spec(data, opts)
-    return {"data": data.fingerprint(), **settings, "expert_resolution": resolution, "seed": seed,
-            "channels": spec.channels}
+    return {
+        "data": data.fingerprint(),
+        **settings,
+        "expert_resolution": resolution,
+        "seed": seed,
+        "channels": spec.channels,
+    }
 
 
 class _ExpertState:
@@ -105,8 +122,12 @@ class _ExpertState:
         self.train_loss: list[float] = []
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "val_acc": [-1.0 if v is None else v for v in self.val_acc], "train_loss": self.train_loss}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "val_acc": [-1.0 if v is None else v for v in self.val_acc],
+            "train_loss": self.train_loss,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -163,9 +184,19 @@ def train_expert(data: RealData, opts: ExpertOptions, k: int, device: torch.devi
     stacked = {name: torch.stack([s[name] for s in snapshots]).contiguous() for name in snapshots[0]}
     with atomic_dir(folder) as tmp:
         save_file(stacked, str(tmp / "trajectory.safetensors"))
-        write_json(tmp / "info.json", {"spec": spec.to_dict(), "norm": norm.to_dict(), "epochs": recipe.epochs,
-                                       "seed": seed, "dataset": data.name, "val_acc": state.val_acc,
-                                       "train_loss": state.train_loss, "options": ident})
+        write_json(
+            tmp / "info.json",
+            {
+                "spec": spec.to_dict(),
+                "norm": norm.to_dict(),
+                "epochs": recipe.epochs,
+                "seed": seed,
+                "dataset": data.name,
+                "val_acc": state.val_acc,
+                "train_loss": state.train_loss,
+                "options": ident,
+            },
+        )
     shutil.rmtree(staging, ignore_errors=True)
     remove_checkpoint(ckpt)
     return folder
@@ -183,15 +214,22 @@ def train_experts(data: RealData, opts: ExpertOptions, device: torch.device) -> 
     return out
 
 
-register_pretrainer(Pretrainer("experts", "expert trajectories for TGDD: N ConvNets trained on the real data, "
-                                          "a parameter snapshot per epoch", ExpertOptions, train_experts))
+register_pretrainer(
+    Pretrainer(
+        "experts",
+        "expert trajectories for TGDD: N ConvNets trained on the real data, a parameter snapshot per epoch",
+        ExpertOptions,
+        train_experts,
+    )
+)
 
 
 class TrajectoryStore:
     """All snapshots of a set of experts in memory: ``trajectories[i][name]`` is (epochs + 1) x shape."""
 
-    def __init__(self, spec: ModelSpec, norm: InputNorm, trajectories: list[dict[str, torch.Tensor]],
-                 infos: list[dict]):
+    def __init__(
+        self, spec: ModelSpec, norm: InputNorm, trajectories: list[dict[str, torch.Tensor]], infos: list[dict]
+    ):
         lengths = {next(iter(t.values())).shape[0] for t in trajectories}
         if len(lengths) != 1:
             raise DatadistillError(f"experts of one set must have the same number of snapshots, got {lengths}")

@@ -3,5 +3,4 @@ velocity / noise networks, and samplers with guidance hooks."""
 
 from .latent import LatentOptions, LatentSpace, center_crop_arr, latent_bank, latent_space_from, load_latent_space
 
-__all__ = ["LatentOptions", "LatentSpace", "center_crop_arr", "latent_bank", "latent_space_from",
-           "load_latent_space"]
+__all__ = ["LatentOptions", "LatentSpace", "center_crop_arr", "latent_bank", "latent_space_from", "load_latent_space"]

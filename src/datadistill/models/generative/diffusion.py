@@ -42,8 +42,9 @@ class Denoiser(Protocol):
     in_channels: int
     sample_size: int
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                 embedding_transform: EmbeddingTransform | None = None) -> torch.Tensor: ...
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, embedding_transform: EmbeddingTransform | None = None
+    ) -> torch.Tensor: ...
 
 
 def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
@@ -122,20 +123,25 @@ class GaussianDiffusion:
         return torch.from_numpy(self.timesteps).to(index.device)[index]
 
     def q_sample(self, x0: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_alphas_cumprod, index, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod,
-                                                                            index, x0) * noise
+        return (
+            self._at(self.sqrt_alphas_cumprod, index, x0) * x0
+            + self._at(self.sqrt_one_minus_alphas_cumprod, index, x0) * noise
+        )
 
     def predict_x0(self, x: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_recip_alphas_cumprod, index, x) * x - self._at(self.sqrt_recipm1_alphas_cumprod,
-                                                                                 index, x) * eps
+        return (
+            self._at(self.sqrt_recip_alphas_cumprod, index, x) * x
+            - self._at(self.sqrt_recipm1_alphas_cumprod, index, x) * eps
+        )
 
     def q_posterior(self, x0: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = self._at(self.posterior_mean_coef1, index, x) * x0 + self._at(self.posterior_mean_coef2, index, x) * x
         return mean, self._at(self.posterior_log_variance_clipped, index, x)
 
-    def model_log_variance(self, var_values: torch.Tensor | None, index: torch.Tensor,
-                           like: torch.Tensor) -> torch.Tensor:
+    def model_log_variance(
+        self, var_values: torch.Tensor | None, index: torch.Tensor, like: torch.Tensor
+    ) -> torch.Tensor:
         """Learned range: values in [-1, 1] interpolate log posterior variance .. log beta; fixed-small without."""
         min_log = self._at(self.posterior_log_variance_clipped, index, like)
         if var_values is None:
@@ -152,8 +158,9 @@ def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, l
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def training_loss(model: Denoiser, diffusion: GaussianDiffusion, x0: torch.Tensor, labels: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+def training_loss(
+    model: Denoiser, diffusion: GaussianDiffusion, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """ADM's hybrid loss (DiT's default): MSE on eps, plus with learned sigma the variational bound term with the
     mean frozen (so it trains only the variance). The t = 0 term is a continuous Gaussian NLL, since latents
     are not 8-bit pixels (ADM's discretised decoder likelihood assumes those)."""
@@ -236,9 +243,15 @@ def _chain(transforms: list[EmbeddingTransform]) -> EmbeddingTransform | None:
     return apply
 
 
-def guided_eps(model: Denoiser, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg_scale: float,
-               cfg_channels: int | None,
-               transform: EmbeddingTransform | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def guided_eps(
+    model: Denoiser,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    cfg_channels: int | None,
+    transform: EmbeddingTransform | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One model call with classifier-free guidance: eps (B, C, ...) and variance values (or None).
 
     The conditional and null rows run in one batch (conditional first). CFG applies to the first
@@ -258,10 +271,18 @@ def guided_eps(model: Denoiser, x: torch.Tensor, t: torch.Tensor, labels: torch.
 
 
 @torch.no_grad()
-def ddpm_sample(model: Denoiser, diffusion: GaussianDiffusion, labels: torch.Tensor, noise: torch.Tensor,
-                generator: torch.Generator, cfg_scale: float = 4.0, cfg_channels: int | None = 3,
-                hooks: Sequence[SamplerHook] = (), clip_x0: float | None = None,
-                desc: str | None = None) -> torch.Tensor:
+def ddpm_sample(
+    model: Denoiser,
+    diffusion: GaussianDiffusion,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    generator: torch.Generator,
+    cfg_scale: float = 4.0,
+    cfg_channels: int | None = 3,
+    hooks: Sequence[SamplerHook] = (),
+    clip_x0: float | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
     """Ancestral sampling from ``noise`` (B, C, H, W) for ``labels`` (B,). Step noise is drawn from ``generator``
     on the CPU (device independent). Hooks run under ``torch.enable_grad`` when they need gradients."""
     x = noise

@@ -39,21 +39,25 @@ class DiTDenoiser(nn.Module):
         self.in_channels = int(cfg.in_channels)
         out = int(cfg.out_channels or cfg.in_channels)
         if out not in (self.in_channels, 2 * self.in_channels):
-            raise WeightsError(f"DiT with {out} output channels for {self.in_channels} input channels: expected eps "
-                               "(same) or eps + learned variance (twice)")
+            raise WeightsError(
+                f"DiT with {out} output channels for {self.in_channels} input channels: expected eps "
+                "(same) or eps + learned variance (twice)"
+            )
         self.learn_sigma = out == 2 * self.in_channels
         self.sample_size = int(cfg.sample_size)
         self._labels = [m for m in transformer.modules() if type(m).__name__ == "LabelEmbedding"]
         rows = self._labels[0].embedding_table.num_embeddings if self._labels else 0
         self.null_class = self.num_classes if rows > self.num_classes else -1  # -1: no null label, no CFG
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                embedding_transform: EmbeddingTransform | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, embedding_transform: EmbeddingTransform | None = None
+    ) -> torch.Tensor:
         handles = []
         if embedding_transform is not None:
             for module in self._labels:
-                handles.append(module.register_forward_hook(
-                    lambda mod, _args, out: embedding_transform(out, mod.embedding_table)))
+                handles.append(
+                    module.register_forward_hook(lambda mod, _args, out: embedding_transform(out, mod.embedding_table))
+                )
         try:
             return self.model(x, timestep=t, class_labels=y).sample
         finally:
@@ -61,8 +65,16 @@ class DiTDenoiser(nn.Module):
                 h.remove()
 
 
-def tiny_dit(in_channels: int, sample_size: int, num_classes: int, width: int = 128, depth: int = 4,
-             heads: int = 4, patch_size: int | None = None, learn_sigma: bool = True) -> nn.Module:
+def tiny_dit(
+    in_channels: int,
+    sample_size: int,
+    num_classes: int,
+    width: int = 128,
+    depth: int = 4,
+    heads: int = 4,
+    patch_size: int | None = None,
+    learn_sigma: bool = True,
+) -> nn.Module:
     """A small diffusers DiT for the offline latent space (patch 2 when the latent side is even, else 1).
 
     Its label table has the null row for CFG; the model's own random label dropout is switched off, so the
@@ -74,10 +86,16 @@ def tiny_dit(in_channels: int, sample_size: int, num_classes: int, width: int = 
     patch = patch_size or (2 if sample_size % 2 == 0 else 1)
     if sample_size % patch:
         raise ConfigError(f"latent size {sample_size} is not a multiple of the patch size {patch}")
-    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=width // heads,
-                                  in_channels=in_channels, out_channels=in_channels * (2 if learn_sigma else 1),
-                                  num_layers=depth, sample_size=sample_size, patch_size=patch,
-                                  num_embeds_ada_norm=num_classes)
+    model = DiTTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=width // heads,
+        in_channels=in_channels,
+        out_channels=in_channels * (2 if learn_sigma else 1),
+        num_layers=depth,
+        sample_size=sample_size,
+        patch_size=patch,
+        num_embeds_ada_norm=num_classes,
+    )
     _dit_init(model)
     # One conditioning embedding for all blocks, as in DiT (diffusers keeps a copy per block: ``untie`` before
     # saving; converted DiT checkpoints hold identical copies too).
@@ -126,8 +144,10 @@ def _transformer_folder(path: Path) -> tuple[Path, str | None]:
         return path, "transformer"
     if (path / "config.json").is_file():
         return path, None
-    raise WeightsError(f"{path} holds no DiT (expected transformer/config.json of a DiT pipeline folder, or the "
-                       "transformer's config.json and weights)")
+    raise WeightsError(
+        f"{path} holds no DiT (expected transformer/config.json of a DiT pipeline folder, or the "
+        "transformer's config.json and weights)"
+    )
 
 
 def load_dit(spec: str, device: str | torch.device = "cpu") -> DiTDenoiser:
@@ -151,13 +171,16 @@ def load_dit(spec: str, device: str | torch.device = "cpu") -> DiTDenoiser:
     else:
         source, subfolder = HUB_ALIASES.get(spec, spec), "transformer"
     try:
-        model = DiTTransformer2DModel.from_pretrained(source, subfolder=subfolder, local_files_only=local,
-                                                      low_cpu_mem_usage=False)
+        model = DiTTransformer2DModel.from_pretrained(
+            source, subfolder=subfolder, local_files_only=local, low_cpu_mem_usage=False
+        )
     except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         where = f"the folder {source}" if local else f"the hub ({source})"
-        raise WeightsError(f"cannot load the DiT from {where}: {reason}. Without network access, download it "
-                           "elsewhere (e.g. huggingface-cli download facebook/DiT-XL-2-256 --local-dir DIR) and pass "
-                           "the folder") from None
+        raise WeightsError(
+            f"cannot load the DiT from {where}: {reason}. Without network access, download it "
+            "elsewhere (e.g. huggingface-cli download facebook/DiT-XL-2-256 --local-dir DIR) and pass "
+            "the folder"
+        ) from None
     model.eval().requires_grad_(False)
     return DiTDenoiser(model.to(device), f"diffusers DiT {source}")

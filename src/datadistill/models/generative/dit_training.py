@@ -58,8 +58,13 @@ class DiffusionTrainOptions(LatentOptions):
 def _identity(data: RealData, space: LatentSpace, opts: DiffusionTrainOptions) -> dict:
     skip = {"checkpoint_every", *LatentOptions.__dataclass_fields__}
     train = {k: v for k, v in asdict(opts).items() if k not in skip}
-    return {"format": FORMAT, "data": data.fingerprint(), "dataset": data.name, "latent_space": space.identity(),
-            **train}
+    return {
+        "format": FORMAT,
+        "data": data.fingerprint(),
+        "dataset": data.name,
+        "latent_space": space.identity(),
+        **train,
+    }
 
 
 @dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
@@ -77,8 +82,9 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
     if h != w:
         raise ConfigError(f"the DiT needs square latents, got {h} x {w}")
     torch.manual_seed(opts.seed)
-    model = tiny_dit(c, h, data.num_classes, opts.width, opts.depth, opts.heads, opts.patch_size,
-                     opts.learn_sigma).to(device)
+    model = tiny_dit(c, h, data.num_classes, opts.width, opts.depth, opts.heads, opts.patch_size, opts.learn_sigma).to(
+        device
+    )
     ema = copy.deepcopy(model).requires_grad_(False)
     net = DiTDenoiser(model, "training")
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
@@ -102,12 +108,27 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
 
     model.train()
     ckpt = checkpoint_path("diffusion", ident)
-    losses = train_resumable(f"diffusion {data.name}", opts.steps, step, {"model": model, "ema": ema,
-                             "optimizer": optimizer}, ckpt, every=opts.checkpoint_every, generator=generator)
-    tail = losses[-min(len(losses), 200):]
-    info = {"format": FORMAT, "dataset": data.name, "num_classes": data.num_classes, "classes": list(data.classes),
-            "latent_space": space.identity(), "train_options": ident, "steps": opts.steps,
-            "final_loss": sum(tail) / max(1, len(tail)), "weights": "EMA"}
+    losses = train_resumable(
+        f"diffusion {data.name}",
+        opts.steps,
+        step,
+        {"model": model, "ema": ema, "optimizer": optimizer},
+        ckpt,
+        every=opts.checkpoint_every,
+        generator=generator,
+    )
+    tail = losses[-min(len(losses), 200) :]
+    info = {
+        "format": FORMAT,
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+        "latent_space": space.identity(),
+        "train_options": ident,
+        "steps": opts.steps,
+        "final_loss": sum(tail) / max(1, len(tail)),
+        "weights": "EMA",
+    }
     with atomic_dir(folder) as tmp:
         untie(ema).save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "datadistill.json", info)
@@ -128,5 +149,11 @@ def load_offline_dit(folder: str | Path, device: str | torch.device = "cpu") -> 
     return model, info
 
 
-register_pretrainer(Pretrainer("diffusion", "small class-conditional latent DiT (DDPM, learned sigma) for DMGD and "
-                               "MGD3 (offline)", DiffusionTrainOptions, train_diffusion))
+register_pretrainer(
+    Pretrainer(
+        "diffusion",
+        "small class-conditional latent DiT (DDPM, learned sigma) for DMGD and MGD3 (offline)",
+        DiffusionTrainOptions,
+        train_diffusion,
+    )
+)

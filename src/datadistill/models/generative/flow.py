@@ -37,19 +37,38 @@ class VelocityMLP(nn.Module):
     """``forward(x (B,C,H,W), t (B,), y (B,)) -> velocity``: residual MLP blocks with adaLN-Zero (shift, scale,
     gate from the time + class embedding), zero-initialised output."""
 
-    def __init__(self, latent_shape: tuple[int, int, int], num_classes: int, width: int = 512, depth: int = 4,
-                 class_dropout_prob: float = 0.1):
+    def __init__(
+        self,
+        latent_shape: tuple[int, int, int],
+        num_classes: int,
+        width: int = 512,
+        depth: int = 4,
+        class_dropout_prob: float = 0.1,
+    ):
         super().__init__()
-        self.config = {"latent_shape": list(latent_shape), "num_classes": num_classes, "width": width,
-                       "depth": depth, "class_dropout_prob": class_dropout_prob}
+        self.config = {
+            "latent_shape": list(latent_shape),
+            "num_classes": num_classes,
+            "width": width,
+            "depth": depth,
+            "class_dropout_prob": class_dropout_prob,
+        }
         dim = int(torch.tensor(latent_shape).prod())
         self.num_classes = num_classes
         self.inp = nn.Linear(dim, width)
         self.t_embed = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.y_embed = nn.Embedding(num_classes + int(class_dropout_prob > 0), width)
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "norm": nn.LayerNorm(width, elementwise_affine=False), "mod": nn.Linear(width, 3 * width),
-            "fc1": nn.Linear(width, 2 * width), "fc2": nn.Linear(2 * width, width)}) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "norm": nn.LayerNorm(width, elementwise_affine=False),
+                    "mod": nn.Linear(width, 3 * width),
+                    "fc1": nn.Linear(width, 2 * width),
+                    "fc2": nn.Linear(2 * width, width),
+                }
+            )
+            for _ in range(depth)
+        )
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.out_mod = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, dim)
@@ -69,8 +88,9 @@ class VelocityMLP(nn.Module):
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             shift, scale, gate = block["mod"](c).chunk(3, dim=1)
-            h = h + gate * block["fc2"](F.gelu(block["fc1"](block["norm"](h) * (1 + scale) + shift),
-                                               approximate="tanh"))
+            h = h + gate * block["fc2"](
+                F.gelu(block["fc1"](block["norm"](h) * (1 + scale) + shift), approximate="tanh")
+            )
         shift, scale = self.out_mod(c).chunk(2, dim=1)
         return self.out(self.out_norm(h) * (1 + scale) + shift).view_as(x)
 
@@ -88,8 +108,11 @@ class FlowModel:
 
     @property
     def null_class(self) -> int | None:
-        rows = self.net.y_embedder.embedding_table.num_embeddings if self.arch == "sit" else \
-            self.net.y_embed.num_embeddings
+        rows = (
+            self.net.y_embedder.embedding_table.num_embeddings
+            if self.arch == "sit"
+            else self.net.y_embed.num_embeddings
+        )
         return self.net.num_classes if rows > self.net.num_classes else None
 
     @property
@@ -97,11 +120,21 @@ class FlowModel:
         return next(self.net.parameters()).device
 
     def identity(self) -> dict:
-        return {"arch": self.arch, "weights": self.weights, "latent_shape": list(self.latent_shape),
-                "class_ids": self.class_ids.tolist()}
+        return {
+            "arch": self.arch,
+            "weights": self.weights,
+            "latent_shape": list(self.latent_shape),
+            "class_ids": self.class_ids.tolist(),
+        }
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor | float, labels: torch.Tensor, cfg_scale: float = 1.0,
-                 cfg_channels: int | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        labels: torch.Tensor,
+        cfg_scale: float = 1.0,
+        cfg_channels: int | None = None,
+    ) -> torch.Tensor:
         """Velocity at (x, t) for dataset classes ``labels``, with classifier-free guidance
         v_u + w (v_c - v_u) when w != 1 (one batched call; on the first ``cfg_channels`` channels only if set,
         the SiT/DiT code's quirk)."""
@@ -110,8 +143,9 @@ class FlowModel:
         if cfg_scale == 1.0:
             return self.net(x, t, y)
         if self.null_class is None:
-            raise ConfigError("this flow model was trained without label dropout: classifier-free guidance needs "
-                              "--cfg-scale 1")
+            raise ConfigError(
+                "this flow model was trained without label dropout: classifier-free guidance needs --cfg-scale 1"
+            )
         v = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null_class)]))
         cond, uncond = v.chunk(2)
         guided = uncond + cfg_scale * (cond - uncond)
@@ -120,8 +154,15 @@ class FlowModel:
         return guided
 
 
-def flow_matching_loss(net: nn.Module, x1: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-                       null_class: int | None, dropout: float = 0.1, time_sampling: str = "uniform") -> torch.Tensor:
+def flow_matching_loss(
+    net: nn.Module,
+    x1: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    null_class: int | None,
+    dropout: float = 0.1,
+    time_sampling: str = "uniform",
+) -> torch.Tensor:
     """L_FM = E ||v(x_t, t, y) - (x_1 - eps)||^2 with x_t = t x_1 + (1 - t) eps; labels dropped to the null
     class with probability ``dropout``. ``time_sampling``: uniform (SiT) or logit-normal (SD3)."""
     b = len(x1)
@@ -199,10 +240,20 @@ def sit_from_state_dict(state: dict, heads: int | None = None) -> SiT:
     heads = heads or zoo.get(hidden)
     if heads is None:
         raise WeightsError(f"cannot tell the attention heads of a SiT of width {hidden}: pass --flow-heads")
-    grid = round(tokens ** 0.5)
+    grid = round(tokens**0.5)
     # SiT is trained with label dropout: the last embedding row is the null class (1001 rows for ImageNet).
-    return SiT(grid * patch, patch, in_channels, hidden, depth, heads, mlp_ratio, rows - 1,
-               learn_sigma=out == 2 * in_channels, class_dropout_prob=0.1)
+    return SiT(
+        grid * patch,
+        patch,
+        in_channels,
+        hidden,
+        depth,
+        heads,
+        mlp_ratio,
+        rows - 1,
+        learn_sigma=out == 2 * in_channels,
+        class_dropout_prob=0.1,
+    )
 
 
 def load_sit_checkpoint(path: str | Path, data: RealData | None = None, heads: int | None = None) -> FlowModel:
@@ -226,10 +277,17 @@ def load_sit_checkpoint(path: str | Path, data: RealData | None = None, heads: i
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise WeightsError(f"the SiT checkpoint {path} does not fit its inferred architecture: "
-                           f"{str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(
+            f"the SiT checkpoint {path} does not fit its inferred architecture: {str(exc).splitlines()[0][:200]}"
+        ) from None
     c = net.config
     shape = (c["in_channels"], c["input_size"], c["input_size"])
     weights = f"SiT checkpoint {path} (depth {c['depth']}, width {c['hidden_size']}, patch {c['patch_size']})"
-    return FlowModel(net.eval().requires_grad_(False), "sit", weights, shape,
-                     class_ids_for(data, net.num_classes), {"net": c, "source": str(path)})
+    return FlowModel(
+        net.eval().requires_grad_(False),
+        "sit",
+        weights,
+        shape,
+        class_ids_for(data, net.num_classes),
+        {"net": c, "source": str(path)},
+    )

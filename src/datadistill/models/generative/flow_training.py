@@ -39,8 +39,9 @@ class FlowTrainOptions(LatentOptions):
     lr: float = option(1e-3, "AdamW learning rate (cosine decay to 10 %)")
     ema: float = option(0.999, "EMA decay of the saved weights")
     class_dropout: float = option(0.1, "probability of the null label (trains the unconditional velocity for CFG)")
-    time_sampling: str = option("uniform", "distribution of t in training: uniform (SiT) or logit-normal (SD3)",
-                                ("uniform", "logit-normal"))
+    time_sampling: str = option(
+        "uniform", "distribution of t in training: uniform (SiT) or logit-normal (SD3)", ("uniform", "logit-normal")
+    )
     seed: int = option(0, "seed of initialisation, batches, noise and times")
     checkpoint_every: int = option(500, "resumable checkpoint every N steps")
 
@@ -65,10 +66,24 @@ def _latents(data: RealData, space: LatentSpace) -> _Latents:
     return _Latents(train.tensor().view(shape), train.labels.long(), val.tensor().view(shape), val.labels.long())
 
 
-def fit_flow(net: nn.Module, params: Iterable[nn.Parameter], lat: _Latents, class_ids: torch.Tensor,
-             null_class: int | None, name: str, steps: int, batch_size: int, lr: float, ema_decay: float,
-             dropout: float, time_sampling: str, seed: int, checkpoint: Path | None, every: int,
-             device: torch.device) -> tuple[nn.Module, list[float], float]:
+def fit_flow(
+    net: nn.Module,
+    params: Iterable[nn.Parameter],
+    lat: _Latents,
+    class_ids: torch.Tensor,
+    null_class: int | None,
+    name: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    ema_decay: float,
+    dropout: float,
+    time_sampling: str,
+    seed: int,
+    checkpoint: Path | None,
+    every: int,
+    device: torch.device,
+) -> tuple[nn.Module, list[float], float]:
     """Train ``net`` (only ``params``) with the flow-matching loss; returns the EMA copy, the losses and the
     loss of the EMA on the validation latents (fixed noise and times)."""
     params = list(params)
@@ -97,20 +112,30 @@ def fit_flow(net: nn.Module, params: Iterable[nn.Parameter], lat: _Latents, clas
         return float(loss.detach())
 
     net.train()
-    losses = train_resumable(name, steps, step, {"net": net, "ema": ema, "optimizer": optimizer,
-                                                 "schedule": schedule}, checkpoint, every=every, generator=generator)
+    losses = train_resumable(
+        name,
+        steps,
+        step,
+        {"net": net, "ema": ema, "optimizer": optimizer, "schedule": schedule},
+        checkpoint,
+        every=every,
+        generator=generator,
+    )
     return ema.eval(), losses, validation_loss(ema, lat, ids, null_class, device)
 
 
 @torch.no_grad()
-def validation_loss(net: nn.Module, lat: _Latents, ids: torch.Tensor, null_class: int | None,
-                    device: torch.device, limit: int = 4000) -> float:
+def validation_loss(
+    net: nn.Module, lat: _Latents, ids: torch.Tensor, null_class: int | None, device: torch.device, limit: int = 4000
+) -> float:
     """Flow-matching loss on (at most ``limit``) validation latents with fixed noise and times (comparable
     across runs; selection of training length uses this, never the test split)."""
     g = torch.Generator().manual_seed(1234)
     x1, y = lat.val[:limit].to(device), ids.to(device)[lat.val_labels[:limit].to(device)]
-    losses = [float(flow_matching_loss(net, a, b, g, null_class, 0.0)) * len(a)
-              for a, b in zip(x1.split(500), y.split(500), strict=True)]
+    losses = [
+        float(flow_matching_loss(net, a, b, g, null_class, 0.0)) * len(a)
+        for a, b in zip(x1.split(500), y.split(500), strict=True)
+    ]
     return sum(losses) / max(1, len(x1))
 
 
@@ -119,8 +144,13 @@ def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> 
     """Train (resumably) or reuse the offline velocity network for ``data``; returns its folder."""
     space = latent_space_from(opts, data, device)
     skip = {"checkpoint_every", *LatentOptions.__dataclass_fields__}
-    ident = {"format": "flow-mlp/1", "data": data.fingerprint(), "dataset": data.name,
-             "latent_space": space.identity(), **{k: v for k, v in asdict(opts).items() if k not in skip}}
+    ident = {
+        "format": "flow-mlp/1",
+        "data": data.fingerprint(),
+        "dataset": data.name,
+        "latent_space": space.identity(),
+        **{k: v for k, v in asdict(opts).items() if k not in skip},
+    }
     folder = model_dir("flow", ident)
     if (folder / "config.json").exists():
         return folder
@@ -128,17 +158,42 @@ def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> 
     torch.manual_seed(opts.seed)
     net = VelocityMLP(space.latent_shape, data.num_classes, opts.width, opts.depth, opts.class_dropout).to(device)
     null = data.num_classes if opts.class_dropout > 0 else None
-    ema, losses, val = fit_flow(net, net.parameters(), lat, torch.arange(data.num_classes), null,
-                                f"flow {data.name}", opts.steps, opts.batch_size, opts.lr, opts.ema,
-                                opts.class_dropout, opts.time_sampling, opts.seed, checkpoint_path("flow", ident),
-                                opts.checkpoint_every, device)
+    ema, losses, val = fit_flow(
+        net,
+        net.parameters(),
+        lat,
+        torch.arange(data.num_classes),
+        null,
+        f"flow {data.name}",
+        opts.steps,
+        opts.batch_size,
+        opts.lr,
+        opts.ema,
+        opts.class_dropout,
+        opts.time_sampling,
+        opts.seed,
+        checkpoint_path("flow", ident),
+        opts.checkpoint_every,
+        device,
+    )
     with atomic_dir(folder) as tmp:
-        save_flow(tmp, ema, "mlp", {
-            "latent_shape": list(space.latent_shape), "class_ids": list(range(data.num_classes)),
-            "classes": list(data.classes), "dataset": data.name, "latent_space": space.identity(),
-            "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
-                       f"key {folder.name})",
-            "train_options": ident, "final_train_loss": losses[-1] if losses else None, "val_loss": val})
+        save_flow(
+            tmp,
+            ema,
+            "mlp",
+            {
+                "latent_shape": list(space.latent_shape),
+                "class_ids": list(range(data.num_classes)),
+                "classes": list(data.classes),
+                "dataset": data.name,
+                "latent_space": space.identity(),
+                "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
+                f"key {folder.name})",
+                "train_options": ident,
+                "final_train_loss": losses[-1] if losses else None,
+                "val_loss": val,
+            },
+        )
     remove_checkpoint(checkpoint_path("flow", ident))
     log.info("flow model for %s in %s (val loss %.4f)", data.name, folder, val)
     return folder
@@ -156,33 +211,80 @@ def difffit_parameters(net: nn.Module) -> list[nn.Parameter]:
     return keep
 
 
-def finetune_flow(flow: FlowModel, data: RealData, space: LatentSpace, steps: int, lr: float, params: str,
-                  batch_size: int, seed: int, device: torch.device) -> FlowModel:
+def finetune_flow(
+    flow: FlowModel,
+    data: RealData,
+    space: LatentSpace,
+    steps: int,
+    lr: float,
+    params: str,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> FlowModel:
     """Fine-tune ``flow`` on the train latents of ``data`` (cached by data, space, source weights and options)."""
     if tuple(flow.latent_shape) != tuple(space.latent_shape):
-        raise ConfigError(f"the flow model's latents {tuple(flow.latent_shape)} differ from the latent space's "
-                          f"{tuple(space.latent_shape)}")
-    ident = {"format": "flow-finetune/1", "source": flow.weights, "data": data.fingerprint(),
-             "latent_space": space.identity(), "steps": steps, "lr": lr, "params": params,
-             "batch_size": batch_size, "seed": seed}
+        raise ConfigError(
+            f"the flow model's latents {tuple(flow.latent_shape)} differ from the latent space's "
+            f"{tuple(space.latent_shape)}"
+        )
+    ident = {
+        "format": "flow-finetune/1",
+        "source": flow.weights,
+        "data": data.fingerprint(),
+        "latent_space": space.identity(),
+        "steps": steps,
+        "lr": lr,
+        "params": params,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
     folder = model_dir("flow-finetune", ident)
     if not (folder / "config.json").exists():
         net = copy.deepcopy(flow.net).to(device).requires_grad_(True)
         chosen = difffit_parameters(net) if params == "difffit" else list(net.parameters())
-        ema, _, val = fit_flow(net, chosen, _latents(data, space), flow.class_ids, flow.null_class,
-                               f"finetune flow {data.name}", steps, batch_size, lr, 0.999, 0.1, "uniform", seed,
-                               checkpoint_path("flow-finetune", ident), max(1, steps // 10), device)
+        ema, _, val = fit_flow(
+            net,
+            chosen,
+            _latents(data, space),
+            flow.class_ids,
+            flow.null_class,
+            f"finetune flow {data.name}",
+            steps,
+            batch_size,
+            lr,
+            0.999,
+            0.1,
+            "uniform",
+            seed,
+            checkpoint_path("flow-finetune", ident),
+            max(1, steps // 10),
+            device,
+        )
         with atomic_dir(folder) as tmp:
-            save_flow(tmp, ema, flow.arch, {
-                "latent_shape": list(flow.latent_shape), "class_ids": flow.class_ids.tolist(),
-                "weights": f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {folder.name})",
-                "train_options": ident, "val_loss": val})
+            save_flow(
+                tmp,
+                ema,
+                flow.arch,
+                {
+                    "latent_shape": list(flow.latent_shape),
+                    "class_ids": flow.class_ids.tolist(),
+                    "weights": (
+                        f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {folder.name})"
+                    ),
+                    "train_options": ident,
+                    "val_loss": val,
+                },
+            )
         remove_checkpoint(checkpoint_path("flow-finetune", ident))
     return load_flow_folder(folder, data)
 
 
-register_pretrainer(Pretrainer("flow", "class-conditional latent flow-matching velocity network (offline, PGFM)",
-                               FlowTrainOptions, train_flow))
+register_pretrainer(
+    Pretrainer(
+        "flow", "class-conditional latent flow-matching velocity network (offline, PGFM)", FlowTrainOptions, train_flow
+    )
+)
 
 
 # ---- what a generative method asks for ---------------------------------------------------------------------------
@@ -190,14 +292,20 @@ register_pretrainer(Pretrainer("flow", "class-conditional latent flow-matching v
 
 @dataclass
 class FlowOptions:
-    flow: str = option("tiny", "flow model: 'tiny' (offline velocity MLP, trained and cached by `datadistill pretrain "
-                               "flow`), a flow folder written by datadistill, or a SiT checkpoint file (.pt / "
-                               ".safetensors in SiT's layout, e.g. SiT-XL-2-256x256.pt)")
+    flow: str = option(
+        "tiny",
+        "flow model: 'tiny' (offline velocity MLP, trained and cached by `datadistill pretrain "
+        "flow`), a flow folder written by datadistill, or a SiT checkpoint file (.pt / "
+        ".safetensors in SiT's layout, e.g. SiT-XL-2-256x256.pt)",
+    )
     flow_heads: int | None = option(None, "attention heads of a SiT checkpoint (default: the SiT zoo's for its width)")
     flow_steps: int = option(8000, "training steps of the offline 'tiny' flow model when it is not cached yet")
     finetune_steps: int = option(0, "fine-tune the flow model on the target classes for N steps first (0: off)")
-    finetune_params: str = option("difffit", "parameters to fine-tune: DiffFit subset (bias, norm, class embedding, "
-                                             "adaLN) or all", ("difffit", "all"))
+    finetune_params: str = option(
+        "difffit",
+        "parameters to fine-tune: DiffFit subset (bias, norm, class embedding, adaLN) or all",
+        ("difffit", "all"),
+    )
     finetune_lr: float = option(1e-4, "fine-tuning learning rate")
 
 
@@ -211,8 +319,9 @@ def check_flow_spec(opts: FlowOptions) -> Path | None:
     return path
 
 
-def flow_model_from(opts: FlowOptions, latent: LatentOptions, data: RealData, space: LatentSpace,
-                    device: torch.device, seed: int = 0) -> FlowModel:
+def flow_model_from(
+    opts: FlowOptions, latent: LatentOptions, data: RealData, space: LatentSpace, device: torch.device, seed: int = 0
+) -> FlowModel:
     """The flow model the options ask for, on ``device``: trained offline or loaded, then optionally fine-tuned."""
     from .flow import load_sit_checkpoint
 
@@ -224,11 +333,14 @@ def flow_model_from(opts: FlowOptions, latent: LatentOptions, data: RealData, sp
         path = check_flow_spec(opts)
         flow = load_flow_folder(path, data) if path.is_dir() else load_sit_checkpoint(path, data, opts.flow_heads)
     if tuple(flow.latent_shape) != tuple(space.latent_shape):
-        raise ConfigError(f"the flow model works on latents {tuple(flow.latent_shape)} but the latent space gives "
-                          f"{tuple(space.latent_shape)}: pick a matching --vae / --vae-image-size")
+        raise ConfigError(
+            f"the flow model works on latents {tuple(flow.latent_shape)} but the latent space gives "
+            f"{tuple(space.latent_shape)}: pick a matching --vae / --vae-image-size"
+        )
     flow.net.to(device)
     if opts.finetune_steps > 0:
-        flow = finetune_flow(flow, data, space, opts.finetune_steps, opts.finetune_lr, opts.finetune_params, 128,
-                             seed, device)
+        flow = finetune_flow(
+            flow, data, space, opts.finetune_steps, opts.finetune_lr, opts.finetune_params, 128, seed, device
+        )
         flow.net.to(device)
     return flow

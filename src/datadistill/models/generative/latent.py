@@ -42,8 +42,11 @@ def center_crop_arr(images: torch.Tensor, size: int) -> torch.Tensor:
     h, w = images.shape[-2:]
     while min(h, w) >= 2 * size:
         h, w = h // 2, w // 2
-        images = F.adaptive_avg_pool2d(images, (h, w)) if (images.shape[-2] % 2 or images.shape[-1] % 2) \
+        images = (
+            F.adaptive_avg_pool2d(images, (h, w))
+            if (images.shape[-2] % 2 or images.shape[-1] % 2)
             else F.avg_pool2d(images, 2)
+        )
     if min(h, w) != size:
         scale = size / min(h, w)
         h, w = max(size, round(h * scale)), max(size, round(w * scale))
@@ -55,9 +58,19 @@ def center_crop_arr(images: torch.Tensor, size: int) -> torch.Tensor:
 class LatentSpace(nn.Module):
     """A frozen autoencoder: ``encode`` (images in [0,1] -> scaled latents), ``decode`` (back to [0,1])."""
 
-    def __init__(self, model: nn.Module, kind: str, name: str, weights: str, image_size: int,
-                 latent_shape: tuple[int, int, int], scale: float, shift: float = 0.0, encode_mode: str = "sample",
-                 seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        name: str,
+        weights: str,
+        image_size: int,
+        latent_shape: tuple[int, int, int],
+        scale: float,
+        shift: float = 0.0,
+        encode_mode: str = "sample",
+        seed: int = 0,
+    ):
         super().__init__()
         if encode_mode not in ("sample", "mean"):
             raise ConfigError(f"encode mode must be 'sample' or 'mean', got {encode_mode!r}")
@@ -86,9 +99,17 @@ class LatentSpace(nn.Module):
         return self.image_size
 
     def identity(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "weights": self.weights, "image_size": self.image_size,
-                "latent_shape": list(self.latent_shape), "scale": self.scale, "shift": self.shift,
-                "encode": self.encode_mode, "seed": self.seed}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "weights": self.weights,
+            "image_size": self.image_size,
+            "latent_shape": list(self.latent_shape),
+            "scale": self.scale,
+            "shift": self.shift,
+            "encode": self.encode_mode,
+            "seed": self.seed,
+        }
 
     def train(self, mode: bool = True) -> LatentSpace:
         return super().train(False)  # frozen
@@ -115,8 +136,13 @@ class LatentSpace(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         return center_crop_arr(images.float(), self.image_size)
 
-    def encode(self, images: torch.Tensor, mode: str | None = None, generator: torch.Generator | None = None,
-               batch_size: int = 256) -> torch.Tensor:
+    def encode(
+        self,
+        images: torch.Tensor,
+        mode: str | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
         """Scaled latents (B, C, h, w): ``(z - shift) * scale`` with z the posterior sample (or mean)."""
         mode = mode or self.encode_mode
         out = []
@@ -182,8 +208,13 @@ def latent_bank(data: RealData, space: LatentSpace, split: str = "train", batch_
     ``.kmeans(k)`` gives per-class k-means centres (C x k x F) and masses."""
     if getattr(data, split) is None:
         raise DataError(f"dataset '{data.name}' has no {split} split")
-    view = dataclasses.replace(data, **{s: _Prepared(getattr(data, s), space) if getattr(data, s) is not None else None
-                                        for s in ("train", "val", "test")})
+    view = dataclasses.replace(
+        data,
+        **{
+            s: _Prepared(getattr(data, s), space) if getattr(data, s) is not None else None
+            for s in ("train", "val", "test")
+        },
+    )
     return feature_bank(view, space, split, crop=space.input_size, batch_size=batch_size, device=space.device)
 
 
@@ -194,16 +225,25 @@ def latent_bank(data: RealData, space: LatentSpace, split: str = "train", batch_
 class LatentOptions:
     """The latent-space options every generative method shares."""
 
-    vae: str = option("tiny", "latent autoencoder: 'tiny' (offline, trained and cached by `datadistill pretrain "
-                              "vae`), a local folder (diffusers AutoencoderKL or a tiny-vae folder), or a hub id "
-                              "such as sd-vae-ft-mse")
-    vae_image_size: int | None = option(None, "image size of the latent space (default: the dataset's own for "
-                                              "'tiny', the VAE's sample_size for diffusers)")
-    vae_encode: str = option("sample", "encode real images with a posterior sample (DMGD/Minimax code) or its mean",
-                             ("sample", "mean"))
+    vae: str = option(
+        "tiny",
+        "latent autoencoder: 'tiny' (offline, trained and cached by `datadistill pretrain "
+        "vae`), a local folder (diffusers AutoencoderKL or a tiny-vae folder), or a hub id "
+        "such as sd-vae-ft-mse",
+    )
+    vae_image_size: int | None = option(
+        None,
+        "image size of the latent space (default: the dataset's own for 'tiny', the VAE's sample_size for diffusers)",
+    )
+    vae_encode: str = option(
+        "sample", "encode real images with a posterior sample (DMGD/Minimax code) or its mean", ("sample", "mean")
+    )
     vae_steps: int = option(2000, "training steps of the offline 'tiny' autoencoder when it is not cached yet")
-    vae_levels: int | None = option(None, "downsampling levels of the offline 'tiny' autoencoder (default 2: 28 px "
-                                          "-> 7 x 7 latents; 1: 14 x 14, a near-lossless reconstruction)")
+    vae_levels: int | None = option(
+        None,
+        "downsampling levels of the offline 'tiny' autoencoder (default 2: 28 px "
+        "-> 7 x 7 latents; 1: 14 x 14, a near-lossless reconstruction)",
+    )
     vae_latent_channels: int | None = option(None, "latent channels of the offline 'tiny' autoencoder (default 4)")
 
 
@@ -214,16 +254,26 @@ def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | 
         train["image_size"] = opts.vae_image_size
     shape = {"levels": opts.vae_levels, "latent_channels": opts.vae_latent_channels}
     if any(v is not None for v in shape.values()) and opts.vae not in ("tiny", "offline"):
-        raise ConfigError("--vae-levels / --vae-latent-channels shape the offline 'tiny' autoencoder; "
-                          f"--vae {opts.vae} brings its own architecture")
+        raise ConfigError(
+            "--vae-levels / --vae-latent-channels shape the offline 'tiny' autoencoder; "
+            f"--vae {opts.vae} brings its own architecture"
+        )
     train.update({k: v for k, v in shape.items() if v is not None})
-    return load_latent_space(opts.vae, data, device, encode_mode=opts.vae_encode, image_size=opts.vae_image_size,
-                             train_options=train)
+    return load_latent_space(
+        opts.vae, data, device, encode_mode=opts.vae_encode, image_size=opts.vae_image_size, train_options=train
+    )
 
 
-def load_latent_space(spec: str = "tiny", data: RealData | None = None, device: str | torch.device = "cpu",
-                      encode_mode: str = "sample", image_size: int | None = None, scale: float | None = None,
-                      seed: int = 0, train_options: dict | None = None) -> LatentSpace:
+def load_latent_space(
+    spec: str = "tiny",
+    data: RealData | None = None,
+    device: str | torch.device = "cpu",
+    encode_mode: str = "sample",
+    image_size: int | None = None,
+    scale: float | None = None,
+    seed: int = 0,
+    train_options: dict | None = None,
+) -> LatentSpace:
     """Load a latent space.
 
     ``spec``: ``tiny`` (the offline autoencoder for ``data``: reused from the cache, else trained now with
@@ -270,27 +320,46 @@ def _load_tiny(folder: Path, device: torch.device, encode_mode: str, scale: floa
     model, config = load_tiny_vae(folder)
     # The cache key, not the path: cached latents and models keyed by this identity stay valid in another cache.
     weights = f"tiny-vae trained by datadistill on {config['dataset']} ({config['steps']} steps, key {folder.name})"
-    return LatentSpace(model.to(device), "tiny", "tiny-vae", weights, config["image_size"],
-                       tuple(config["latent_shape"]), scale or config["scaling_factor"], config["shift_factor"],
-                       encode_mode, seed)
+    return LatentSpace(
+        model.to(device),
+        "tiny",
+        "tiny-vae",
+        weights,
+        config["image_size"],
+        tuple(config["latent_shape"]),
+        scale or config["scaling_factor"],
+        config["shift_factor"],
+        encode_mode,
+        seed,
+    )
 
 
-def _load_diffusers(source: str, device: torch.device, encode_mode: str, image_size: int | None,
-                    scale: float | None, seed: int, local: bool) -> LatentSpace:
+def _load_diffusers(
+    source: str,
+    device: torch.device,
+    encode_mode: str,
+    image_size: int | None,
+    scale: float | None,
+    seed: int,
+    local: bool,
+) -> LatentSpace:
     try:
         from diffusers import AutoencoderKL
     except ImportError:
-        raise WeightsError("diffusers AutoencoderKL weights need the diffusers package: pip install diffusers") \
-            from None
+        raise WeightsError(
+            "diffusers AutoencoderKL weights need the diffusers package: pip install diffusers"
+        ) from None
     subfolder = "vae" if local and (Path(source) / "vae" / "config.json").is_file() else None
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=local)
     except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         where = f"the folder {source}" if local else f"the hub ({source})"
-        raise WeightsError(f"cannot load the AutoencoderKL from {where}: {reason}. Without network access, download "
-                           "it elsewhere (e.g. huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir DIR) "
-                           "and pass the folder") from None
+        raise WeightsError(
+            f"cannot load the AutoencoderKL from {where}: {reason}. Without network access, download "
+            "it elsewhere (e.g. huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir DIR) "
+            "and pass the folder"
+        ) from None
     cfg = vae.config
     sample_size = cfg.sample_size[0] if isinstance(cfg.sample_size, list | tuple) else cfg.sample_size
     size = int(image_size or sample_size)
@@ -298,7 +367,15 @@ def _load_diffusers(source: str, device: torch.device, encode_mode: str, image_s
     if size % factor:
         raise ConfigError(f"image size {size} is not a multiple of the autoencoder's downsampling factor {factor}")
     shape = (int(cfg.latent_channels), size // factor, size // factor)
-    return LatentSpace(vae.to(device), "diffusers", f"AutoencoderKL:{Path(source).name}",
-                       f"diffusers AutoencoderKL {source}", size, shape,
-                       scale or float(cfg.scaling_factor), float(getattr(cfg, "shift_factor", None) or 0.0),
-                       encode_mode, seed)
+    return LatentSpace(
+        vae.to(device),
+        "diffusers",
+        f"AutoencoderKL:{Path(source).name}",
+        f"diffusers AutoencoderKL {source}",
+        size,
+        shape,
+        scale or float(cfg.scaling_factor),
+        float(getattr(cfg, "shift_factor", None) or 0.0),
+        encode_mode,
+        seed,
+    )

@@ -57,9 +57,18 @@ def time_grid(steps: int, t_start: float = 0.0) -> list[float]:
 
 
 @torch.no_grad()
-def ode_sample(flow: FlowModel, labels: torch.Tensor, x_start: torch.Tensor, steps: int = 8, solver: str = "euler",
-               cfg_scale: float = 1.0, cfg_channels: int | None = None, hooks: Sequence[VelocityHook] = (),
-               t_start: float = 0.0, desc: str | None = None) -> SampleResult:
+def ode_sample(
+    flow: FlowModel,
+    labels: torch.Tensor,
+    x_start: torch.Tensor,
+    steps: int = 8,
+    solver: str = "euler",
+    cfg_scale: float = 1.0,
+    cfg_channels: int | None = None,
+    hooks: Sequence[VelocityHook] = (),
+    t_start: float = 0.0,
+    desc: str | None = None,
+) -> SampleResult:
     """Integrate the (guided) flow from ``x_start`` at ``t_start`` to t = 1 for dataset classes ``labels``."""
     if solver not in ("euler", "heun"):
         raise ConfigError(f"unknown ODE solver '{solver}' (euler or heun)")

@@ -19,9 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 # name -> (depth, hidden, patch, heads), the SiT/DiT model zoo
-SIT_CONFIGS = {f"SiT-{size}/{p}": (depth, hidden, p, heads)
-               for size, (depth, hidden, heads) in {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12),
-                                                    "S": (12, 384, 6)}.items() for p in (2, 4, 8)}
+SIT_CONFIGS = {
+    f"SiT-{size}/{p}": (depth, hidden, p, heads)
+    for size, (depth, hidden, heads) in {
+        "XL": (28, 1152, 16),
+        "L": (24, 1024, 16),
+        "B": (12, 768, 12),
+        "S": (12, 384, 6),
+    }.items()
+    for p in (2, 4, 8)
+}
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -39,6 +46,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     """2-D sine-cosine positional embedding (grid*grid, dim): half the channels for each axis (MAE/DiT)."""
+
     def axis(d: int, pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2))
         out = np.outer(pos.reshape(-1), omega)
@@ -131,16 +139,34 @@ class FinalLayer(nn.Module):
 class SiT(nn.Module):
     """``forward(x (B,C,H,W), t (B,) in [0,1], y (B,) class or num_classes for null) -> velocity (B,C,H,W)``."""
 
-    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
-                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000,
-                 learn_sigma: bool = True, class_dropout_prob: float = 0.1):
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        class_dropout_prob: float = 0.1,
+    ):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"latent size {input_size} is not a multiple of the patch size {patch_size}")
-        self.config = {"input_size": input_size, "patch_size": patch_size, "in_channels": in_channels,
-                       "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-                       "num_classes": num_classes, "learn_sigma": learn_sigma,
-                       "class_dropout_prob": class_dropout_prob}
+        self.config = {
+            "input_size": input_size,
+            "patch_size": patch_size,
+            "in_channels": in_channels,
+            "hidden_size": hidden_size,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "num_classes": num_classes,
+            "learn_sigma": learn_sigma,
+            "class_dropout_prob": class_dropout_prob,
+        }
         self.in_channels, self.patch, self.num_classes = in_channels, patch_size, num_classes
         self.out_channels = in_channels * (2 if learn_sigma else 1)
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)

@@ -37,8 +37,14 @@ def _norm(channels: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-                                  _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -47,12 +53,18 @@ class ResBlock(nn.Module):
 class TinyVAE(nn.Module):
     """``encode(x in [-1,1]) -> (mean, logvar)``, ``decode(z) -> x in [-1,1]`` (unclamped)."""
 
-    def __init__(self, image_size: int = 28, latent_channels: int = 4, width: int = 16, levels: int = 2,
-                 in_channels: int = 3):
+    def __init__(
+        self, image_size: int = 28, latent_channels: int = 4, width: int = 16, levels: int = 2, in_channels: int = 3
+    ):
         super().__init__()
-        self.config = {"image_size": image_size, "latent_channels": latent_channels, "width": width,
-                       "levels": levels, "in_channels": in_channels}
-        widths = [width * min(2 ** i, 2) for i in range(levels + 1)]  # e.g. 32, 64, 64
+        self.config = {
+            "image_size": image_size,
+            "latent_channels": latent_channels,
+            "width": width,
+            "levels": levels,
+            "in_channels": in_channels,
+        }
+        widths = [width * min(2**i, 2) for i in range(levels + 1)]  # e.g. 32, 64, 64
         self.sizes = [image_size]
         for _ in range(levels):
             self.sizes.append((self.sizes[-1] + 1) // 2)
@@ -64,8 +76,9 @@ class TinyVAE(nn.Module):
         self.dec_in = nn.Sequential(nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1]))
         self.ups = nn.ModuleList()
         for i in reversed(range(levels)):
-            self.ups.append(nn.ModuleDict({"conv": nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
-                                           "block": ResBlock(widths[i])}))
+            self.ups.append(
+                nn.ModuleDict({"conv": nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), "block": ResBlock(widths[i])})
+            )
         self.dec_out = nn.Sequential(_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], in_channels, 3, padding=1))
 
     @property
@@ -104,8 +117,8 @@ class VAEOptions:
             raise ConfigError("vae: --steps, --batch-size, --levels, --width and --latent-channels must be >= 1")
         if self.lr <= 0 or self.kl_weight < 0:
             raise ConfigError("vae: --lr must be positive and --kl-weight non-negative")
-        if self.image_size is not None and self.image_size < 2 ** self.levels:
-            raise ConfigError(f"vae: --image-size {self.image_size} is smaller than the factor {2 ** self.levels}")
+        if self.image_size is not None and self.image_size < 2**self.levels:
+            raise ConfigError(f"vae: --image-size {self.image_size} is smaller than the factor {2**self.levels}")
 
 
 def prepared_batch(split: LabelledImages, indices: torch.Tensor, size: int) -> torch.Tensor:
@@ -152,14 +165,30 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
 
     ckpt = checkpoint_path("vae", ident)
     model.train()
-    losses = train_resumable(f"vae {data.name}", opts.steps, step, {"model": model, "optimizer": optimizer,
-                             "schedule": schedule}, ckpt, every=opts.checkpoint_every, generator=generator)
+    losses = train_resumable(
+        f"vae {data.name}",
+        opts.steps,
+        step,
+        {"model": model, "optimizer": optimizer, "schedule": schedule},
+        ckpt,
+        every=opts.checkpoint_every,
+        generator=generator,
+    )
     model.eval()
     shift, scale, val_mse = _calibrate(model, data, size, device)
-    config = {"format": TINY_FORMAT, "dataset": data.name, "data_fingerprint": ident["data"], **model.config,
-              "latent_shape": list(model.latent_shape), "scaling_factor": scale, "shift_factor": shift,
-              "steps": opts.steps, "train_options": ident, "final_train_mse": losses[-1] if losses else None,
-              "val_mse": val_mse}
+    config = {
+        "format": TINY_FORMAT,
+        "dataset": data.name,
+        "data_fingerprint": ident["data"],
+        **model.config,
+        "latent_shape": list(model.latent_shape),
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "steps": opts.steps,
+        "train_options": ident,
+        "final_train_mse": losses[-1] if losses else None,
+        "val_mse": val_mse,
+    }
     _save(folder, model, config)
     remove_checkpoint(ckpt)
     log.info("tiny VAE for %s in %s (val MSE %.5f, scale %.4f)", data.name, folder, val_mse, scale)
@@ -171,8 +200,9 @@ def _calibrate(model: TinyVAE, data: RealData, size: int, device: torch.device) 
     """Latent shift and scale (mean and 1/std of posterior means on <= 5000 train images); val MSE in [-1,1]."""
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train), generator=g)[:5000]
-    means = torch.cat([model.encode(prepared_batch(data.train, chunk, size).to(device) * 2 - 1)[0].cpu()
-                       for chunk in idx.split(500)])
+    means = torch.cat(
+        [model.encode(prepared_batch(data.train, chunk, size).to(device) * 2 - 1)[0].cpu() for chunk in idx.split(500)]
+    )
     shift, std = float(means.mean()), float(means.std())
     vidx = torch.arange(min(len(data.val), 2000))
     errors = []
@@ -187,8 +217,9 @@ def _save(folder: Path, model: TinyVAE, config: dict) -> None:
     from safetensors.torch import save_file
 
     with atomic_dir(folder) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
+        )
         write_json(tmp / "config.json", config)
 
 
@@ -199,13 +230,21 @@ def load_tiny_vae(folder: str | Path) -> tuple[TinyVAE, dict]:
     folder = Path(folder)
     try:
         config = json.loads((folder / "config.json").read_text())
-        model = TinyVAE(config["image_size"], config["latent_channels"], config["width"], config["levels"],
-                        config.get("in_channels", 3))
+        model = TinyVAE(
+            config["image_size"],
+            config["latent_channels"],
+            config["width"],
+            config["levels"],
+            config.get("in_channels", 3),
+        )
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (OSError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"cannot load the tiny VAE in {folder}: {str(exc).splitlines()[0][:200]}") from None
     return model.eval(), config
 
 
-register_pretrainer(Pretrainer("vae", "small KL autoencoder for the generative methods' latent space (offline)",
-                               VAEOptions, train_tiny_vae))
+register_pretrainer(
+    Pretrainer(
+        "vae", "small KL autoencoder for the generative methods' latent space (offline)", VAEOptions, train_tiny_vae
+    )
+)
