@@ -18,8 +18,27 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
+class StandardDraw:
+    """The random parameters of a ``StandardAugment`` call, one row per image, so a slice of the images (a rank's
+    share under torchrun) can be augmented exactly as in the whole batch: ``draw[rows]``."""
+
+    uniform: torch.Tensor  # N x 6: crop area, aspect ratio, centre x, centre y, flip, noise gate
+    noise: torch.Tensor | None  # N x C x H x W standard normal, None without noise
+
+    def __len__(self) -> int:
+        return len(self.uniform)
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> StandardDraw:
+        return StandardDraw(self.uniform[rows], None if self.noise is None else self.noise[rows])
+
+
+@dataclass(frozen=True)
 class StandardAugment:
-    """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training)."""
+    """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training).
+
+    ``aug(x, g)`` is ``aug.apply(x, aug.draw(len(x), x.shape[1], g))``: parameters are drawn for a whole batch and can
+    be applied to any slice of it.
+    """
 
     out_size: int
     flip_p: float = 0.5
@@ -30,17 +49,28 @@ class StandardAugment:
     noise_mean: float = 0.0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b = x.shape[0]
-        draw = torch.rand(b, 6, generator=generator)
-        area = self.scale[0] + (self.scale[1] - self.scale[0]) * draw[:, 0]
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * draw[:, 1]
+        return self.apply(x, self.draw(len(x), x.shape[1], generator))
+
+    def draw(self, n: int, channels: int, generator: torch.Generator) -> StandardDraw:
+        """Parameters for ``n`` images of ``channels`` channels."""
+        uniform = torch.rand(n, 6, generator=generator)
+        noise = None
+        if self.noise_p > 0:
+            noise = torch.randn(n, channels, self.out_size, self.out_size, generator=generator)
+        return StandardDraw(uniform, noise)
+
+    def apply(self, x: torch.Tensor, draw: StandardDraw) -> torch.Tensor:
+        """Augment ``x`` with one row of ``draw`` per image."""
+        b, u = x.shape[0], draw.uniform
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
         aspect = torch.exp(log_r)
         # Crop width and height as fractions of the image side (normalised coordinates span 2).
         w = torch.sqrt(area * aspect).clamp(max=1.0)
         h = torch.sqrt(area / aspect).clamp(max=1.0)
-        cx = (2 * draw[:, 2] - 1) * (1 - w)
-        cy = (2 * draw[:, 3] - 1) * (1 - h)
-        flip = torch.where(draw[:, 4] < self.flip_p, -1.0, 1.0)
+        cx = (2 * u[:, 2] - 1) * (1 - w)
+        cy = (2 * u[:, 3] - 1) * (1 - h)
+        flip = torch.where(u[:, 4] < self.flip_p, -1.0, 1.0)
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0] = w * flip
         theta[:, 0, 2] = cx
@@ -49,9 +79,9 @@ class StandardAugment:
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], self.out_size, self.out_size], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if self.noise_p > 0:
-            noise = torch.randn(out.shape, generator=generator) * self.noise_std + self.noise_mean
-            mask = (draw[:, 5] < self.noise_p).float().view(b, 1, 1, 1)
+        if draw.noise is not None:
+            noise = draw.noise * self.noise_std + self.noise_mean
+            mask = (u[:, 5] < self.noise_p).float().view(b, 1, 1, 1)
             out = out + (noise * mask).to(device=x.device, dtype=x.dtype)
         return out
 
