@@ -2,8 +2,11 @@
 and DSA (Zhao & Bilen's differentiable Siamese augmentation, METHODS.md 8.4) for DM, TGDD and the ConvNet
 protocols.
 
-The flip is folded into the crop's affine matrix, so one ``grid_sample`` does both. Random draws come from a
-CPU ``torch.Generator`` so a run is reproducible on any device and resumable from its saved generator state.
+The flip is folded into the crop's affine matrix, so one ``grid_sample`` does both. Random parameters come from a
+CPU ``torch.Generator``, so a run is reproducible and resumable from its saved generator state. The one large
+draw, the standard augmentation's additive noise, is generated on the images' device from a seed per image drawn
+with those parameters: it costs no host-to-device copy, and an image's noise does not depend on which process of
+a torchrun job augments it (a CUDA run's noise differs from a CPU run's).
 """
 
 from __future__ import annotations
@@ -23,21 +26,21 @@ class StandardDraw:
     share under torchrun) can be augmented exactly as in the whole batch: ``draw[rows]``."""
 
     uniform: torch.Tensor  # N x 6: crop area, aspect ratio, centre x, centre y, flip, noise gate
-    noise: torch.Tensor | None  # N x C x H x W standard normal, None without noise
+    seeds: torch.Tensor | None  # N int64 seeds of the images' noise, None without noise
 
     def __len__(self) -> int:
         return len(self.uniform)
 
     def __getitem__(self, rows: slice | torch.Tensor) -> StandardDraw:
-        return StandardDraw(self.uniform[rows], None if self.noise is None else self.noise[rows])
+        return StandardDraw(self.uniform[rows], None if self.seeds is None else self.seeds[rows])
 
 
 @dataclass(frozen=True)
 class StandardAugment:
     """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training).
 
-    ``aug(x, g)`` is ``aug.apply(x, aug.draw(len(x), x.shape[1], g))``: parameters are drawn for a whole batch and can
-    be applied to any slice of it.
+    ``aug(x, g)`` is ``aug.apply(x, aug.draw(len(x), g))``: parameters are drawn for a whole batch and can be
+    applied to any slice of it.
     """
 
     out_size: int
@@ -49,15 +52,13 @@ class StandardAugment:
     noise_mean: float = 0.0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.apply(x, self.draw(len(x), x.shape[1], generator))
+        return self.apply(x, self.draw(len(x), generator))
 
-    def draw(self, n: int, channels: int, generator: torch.Generator) -> StandardDraw:
-        """Parameters for ``n`` images of ``channels`` channels."""
+    def draw(self, n: int, generator: torch.Generator) -> StandardDraw:
+        """Parameters for ``n`` images (without noise, exactly the draws of the crop and flip)."""
         uniform = torch.rand(n, 6, generator=generator)
-        noise = None
-        if self.noise_p > 0:
-            noise = torch.randn(n, channels, self.out_size, self.out_size, generator=generator)
-        return StandardDraw(uniform, noise)
+        seeds = torch.randint(_SEED_BOUND, (n,), generator=generator) if self.noise_p > 0 else None
+        return StandardDraw(uniform, seeds)
 
     def apply(self, x: torch.Tensor, draw: StandardDraw) -> torch.Tensor:
         """Augment ``x`` with one row of ``draw`` per image."""
@@ -79,11 +80,20 @@ class StandardAugment:
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], self.out_size, self.out_size], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if draw.noise is not None:
-            noise = draw.noise * self.noise_std + self.noise_mean
-            mask = (u[:, 5] < self.noise_p).float().view(b, 1, 1, 1)
-            out = out + (noise * mask).to(device=x.device, dtype=x.dtype)
+        noisy = [] if draw.seeds is None else torch.nonzero(u[:, 5] < self.noise_p).flatten().tolist()
+        if noisy:
+            noise = torch.stack([_seeded_normal(out.shape[1:], int(draw.seeds[i]), out.device) for i in noisy])
+            noise = (noise * self.noise_std + self.noise_mean).to(out.dtype)
+            out = out.index_add(0, torch.tensor(noisy, device=out.device), noise)
         return out
+
+
+_SEED_BOUND = 1 << 62
+
+
+def _seeded_normal(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
+    """Standard normal noise generated on ``device`` by a generator of its own, seeded with ``seed``."""
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
 def aug_basic(out_size: int) -> StandardAugment:

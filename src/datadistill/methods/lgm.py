@@ -83,7 +83,7 @@ class LGM(Method):
         indices = torch.randperm(len(train), generator=ctx.generator)[: self.real_batch]
         n = len(indices)
         # Under torchrun every rank draws the whole batch's augmentation and decodes, augments and embeds its share.
-        draw = self.augment.draw(n, 3, ctx.generator)
+        draw = self.augment.draw(n, ctx.generator)
         share = dist.part(n)
         with torch.no_grad():
             images = self.augment.apply(ctx.real_images(indices[share]).to(ctx.device), draw[share])

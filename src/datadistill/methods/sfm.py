@@ -40,7 +40,7 @@ def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: S
     engine's step).
     """
     n = augs * len(images)
-    draw = augment.draw(n, images.shape[1], ctx.generator)
+    draw = augment.draw(n, ctx.generator)
     share = dist.part(n)
     mine = torch.arange(n)[share] % len(images)  # view-major: view k of image i is row k * N + i
     views = augment.apply(images[mine.to(images.device)], draw[share])
