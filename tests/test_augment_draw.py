@@ -16,6 +16,7 @@ def test_a_slice_is_augmented_as_in_the_whole_batch():
     draw = aug.draw(7, torch.Generator().manual_seed(3))
     for rows in (slice(0, 4), slice(4, 7), torch.tensor([6, 1])):
         assert torch.equal(aug.apply(x[rows], draw[rows]), whole[rows])
+    assert aug.apply(x[:0], draw[:0]).shape == (0, 3, 16, 16)  # a process left without images
     aug.apply(x[2:5], draw[2:5]).sum().backward()  # differentiable through the slice only
     assert x.grad[2:5].abs().sum() > 0 and x.grad[:2].abs().sum() == 0 and x.grad[5:].abs().sum() == 0
 

@@ -41,8 +41,10 @@ SCRIPT = textwrap.dedent("""
     count(StandardAugment, "apply", "augmented")
     count(DSA, "apply", "dsa")
     runs = {
-        "lgm": lambda: dd.distill("lgm", "digits", dataset=data, model=bb, crop=32, grow_every=2, lr=0.05, steps=2,
+        "lgm": lambda: dd.distill("lgm", "digits", dataset=data, model=bb, crop=32, grow_every=2, lr=0.01, steps=2,
                                   augs=2),
+        # one real image for two processes: the second gets none
+        "lgm_one_real": lambda: dd.distill("lgm", "digits", dataset=data, model=bb, crop=32, steps=1, real_batch=1),
         "dm": lambda: dd.distill("dm", "digits", dataset=data, ipc=2, steps=3, batch_real=16, width=16),
         "dm_bn": lambda: dd.distill("dm", "digits", dataset=data, ipc=1, steps=2, batch_real=16, width=16,
                                     arch="convnet-bn"),
@@ -80,7 +82,7 @@ def test_lgm_dm_tgdd_share_the_work_and_match_one_process(tmp_path):
     multi = _run(tmp_path, "multi", torchrun)
     assert single["world"] == 1 and multi["world"] == 2
     diffs = {}
-    for name in ("lgm", "dm", "dm_bn", "tgdd", "tgdd_f2"):
+    for name in ("lgm", "lgm_one_real", "dm", "dm_bn", "tgdd", "tgdd_f2"):
         one, two = single[name], multi[name]
         diffs[name] = float(np.abs(np.array(one["images"]) - np.array(two["images"])).max())
         if name == "dm_bn":  # batch norm ties a class's features to the batch: every rank matches every class
@@ -89,7 +91,7 @@ def test_lgm_dm_tgdd_share_the_work_and_match_one_process(tmp_path):
         # every row one process augments (and LGM decodes) is processed by exactly one of the two ranks
         for key, total in one["rows"][0].items():
             mine = [r.get(key, 0) for r in two["rows"]]
-            assert sum(mine) == total and min(mine) > 0, (name, key, mine, total)
+            assert sum(mine) == total and (min(mine) > 0 or total < 2), (name, key, mine, total)
     print(diffs)
     assert max(diffs.values()) < 1e-4, diffs
 

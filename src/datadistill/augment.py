@@ -63,6 +63,8 @@ class StandardAugment:
     def apply(self, x: torch.Tensor, draw: StandardDraw) -> torch.Tensor:
         """Augment ``x`` with one row of ``draw`` per image."""
         b, u = x.shape[0], draw.uniform
+        if b == 0:  # a process's empty share of a batch
+            return x.new_zeros(0, x.shape[1], self.out_size, self.out_size)
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
         log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
         aspect = torch.exp(log_r)
@@ -82,7 +84,8 @@ class StandardAugment:
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         noisy = [] if draw.seeds is None else torch.nonzero(u[:, 5] < self.noise_p).flatten().tolist()
         if noisy:
-            noise = torch.stack([_seeded_normal(out.shape[1:], int(draw.seeds[i]), out.device) for i in noisy])
+            seeds = draw.seeds.tolist()
+            noise = torch.stack([_seeded_normal(out.shape[1:], seeds[i], out.device) for i in noisy])
             noise = (noise * self.noise_std + self.noise_mean).to(out.dtype)
             out = out.index_add(0, torch.tensor(noisy, device=out.device), noise)
         return out

@@ -84,9 +84,11 @@ class LGM(Method):
         n = len(indices)
         # Under torchrun every rank draws the whole batch's augmentation and decodes, augments and embeds its share.
         draw = self.augment.draw(n, ctx.generator)
-        share = dist.part(n)
+        share, r = dist.part(n), ctx.resolution
+        # (a rank is left without images when the batch is smaller than the number of processes)
+        real = ctx.real_images(indices[share]) if share.stop > share.start else torch.zeros(0, 3, r, r)
         with torch.no_grad():
-            images = self.augment.apply(ctx.real_images(indices[share]).to(ctx.device), draw[share])
+            images = self.augment.apply(real.to(ctx.device), draw[share])
             z = dist.gather_parts(ctx.backbone(images).float(), n)
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 

@@ -42,8 +42,7 @@ def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: S
     n = augs * len(images)
     draw = augment.draw(n, ctx.generator)
     share = dist.part(n)
-    mine = torch.arange(n)[share] % len(images)  # view-major: view k of image i is row k * N + i
-    views = augment.apply(images[mine.to(images.device)], draw[share])
+    views = augment.apply(images.repeat(augs, 1, 1, 1)[share], draw[share])
     return dist.gather_parts(ctx.backbone(views), n)
 
 
