@@ -22,7 +22,9 @@ SCRIPT = textwrap.dedent("""
     out = sys.argv[1]
     data, bb = load_dataset("digits"), load_backbone("efficientnet_lite0")
     bank = dd.compute_stats(data, bb, crop=32)
-    small = dict(dataset=data, model=bb, crop=32, grow_every=2, lr=0.05, checkpoint_every=2)
+    # A small lr: with a large one, Adam's steps on these tiny sets amplify the float differences of batching
+    # (1e-6) into visible ones for some random draws, and the comparison would measure luck.
+    small = dict(dataset=data, model=bb, crop=32, grow_every=2, lr=0.01, checkpoint_every=2)
     sfm = dd.distill("sfm", "digits", out=f"{out}/sfm", steps=6, augs=3, **small)
     lgm = dd.distill("lgm", "digits", steps=3, augs=2, **small)
     ev = dd.evaluate(f"{out}/sfm", seeds=3, epochs=20, views=3)

@@ -2,8 +2,11 @@
 and DSA (Zhao & Bilen's differentiable Siamese augmentation, METHODS.md 8.4) for DM, TGDD and the ConvNet
 protocols.
 
-The flip is folded into the crop's affine matrix, so one ``grid_sample`` does both. Random draws come from a
-CPU ``torch.Generator`` so a run is reproducible on any device and resumable from its saved generator state.
+The flip is folded into the crop's affine matrix, so one ``grid_sample`` does both. Random parameters come from a
+CPU ``torch.Generator``, so a run is reproducible and resumable from its saved generator state. The one large
+draw, the standard augmentation's additive noise, is generated on the images' device from a seed per image drawn
+with those parameters: it costs no host-to-device copy, and an image's noise does not depend on which process of
+a torchrun job augments it (a CUDA run's noise differs from a CPU run's).
 """
 
 from __future__ import annotations
@@ -18,8 +21,27 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
+class StandardDraw:
+    """The random parameters of a ``StandardAugment`` call, one row per image, so a slice of the images (a rank's
+    share under torchrun) can be augmented exactly as in the whole batch: ``draw[rows]``."""
+
+    uniform: torch.Tensor  # N x 6: crop area, aspect ratio, centre x, centre y, flip, noise gate
+    seeds: torch.Tensor | None  # N int64 seeds of the images' noise, None without noise
+
+    def __len__(self) -> int:
+        return len(self.uniform)
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> StandardDraw:
+        return StandardDraw(self.uniform[rows], None if self.seeds is None else self.seeds[rows])
+
+
+@dataclass(frozen=True)
 class StandardAugment:
-    """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training)."""
+    """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training).
+
+    ``aug(x, g)`` is ``aug.apply(x, aug.draw(len(x), g))``: parameters are drawn for a whole batch and can be
+    applied to any slice of it.
+    """
 
     out_size: int
     flip_p: float = 0.5
@@ -30,17 +52,28 @@ class StandardAugment:
     noise_mean: float = 0.0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b = x.shape[0]
-        draw = torch.rand(b, 6, generator=generator)
-        area = self.scale[0] + (self.scale[1] - self.scale[0]) * draw[:, 0]
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * draw[:, 1]
+        return self.apply(x, self.draw(len(x), generator))
+
+    def draw(self, n: int, generator: torch.Generator) -> StandardDraw:
+        """Parameters for ``n`` images (without noise, exactly the draws of the crop and flip)."""
+        uniform = torch.rand(n, 6, generator=generator)
+        seeds = torch.randint(_SEED_BOUND, (n,), generator=generator) if self.noise_p > 0 else None
+        return StandardDraw(uniform, seeds)
+
+    def apply(self, x: torch.Tensor, draw: StandardDraw) -> torch.Tensor:
+        """Augment ``x`` with one row of ``draw`` per image."""
+        b, u = x.shape[0], draw.uniform
+        if b == 0:  # a process's empty share of a batch
+            return x.new_zeros(0, x.shape[1], self.out_size, self.out_size)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
         aspect = torch.exp(log_r)
         # Crop width and height as fractions of the image side (normalised coordinates span 2).
         w = torch.sqrt(area * aspect).clamp(max=1.0)
         h = torch.sqrt(area / aspect).clamp(max=1.0)
-        cx = (2 * draw[:, 2] - 1) * (1 - w)
-        cy = (2 * draw[:, 3] - 1) * (1 - h)
-        flip = torch.where(draw[:, 4] < self.flip_p, -1.0, 1.0)
+        cx = (2 * u[:, 2] - 1) * (1 - w)
+        cy = (2 * u[:, 3] - 1) * (1 - h)
+        flip = torch.where(u[:, 4] < self.flip_p, -1.0, 1.0)
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0] = w * flip
         theta[:, 0, 2] = cx
@@ -49,11 +82,21 @@ class StandardAugment:
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], self.out_size, self.out_size], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if self.noise_p > 0:
-            noise = torch.randn(out.shape, generator=generator) * self.noise_std + self.noise_mean
-            mask = (draw[:, 5] < self.noise_p).float().view(b, 1, 1, 1)
-            out = out + (noise * mask).to(device=x.device, dtype=x.dtype)
+        noisy = [] if draw.seeds is None else torch.nonzero(u[:, 5] < self.noise_p).flatten().tolist()
+        if noisy:
+            seeds = draw.seeds.tolist()
+            noise = torch.stack([_seeded_normal(out.shape[1:], seeds[i], out.device) for i in noisy])
+            noise = (noise * self.noise_std + self.noise_mean).to(out.dtype)
+            out = out.index_add(0, torch.tensor(noisy, device=out.device), noise)
         return out
+
+
+_SEED_BOUND = 1 << 62
+
+
+def _seeded_normal(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
+    """Standard normal noise generated on ``device`` by a generator of its own, seeded with ``seed``."""
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
 def aug_basic(out_size: int) -> StandardAugment:

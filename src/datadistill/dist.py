@@ -165,6 +165,38 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        total = local.detach().clone()
+        tdist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor) -> torch.Tensor:
+        # Every rank holds the same upstream gradient: the sum's gradient over ranks is world times it.
+        return upstream * world()
+
+
+def sum_over_ranks(local: torch.Tensor) -> torch.Tensor:
+    """The sum of every rank's ``local`` on every rank, keeping autograd: a loss that is a sum over classes, each
+    rank computing its share of the classes. As with ``gather_parts``, ``average_gradients`` after backward then
+    gives every rank the single-process gradient."""
+    return _SumOverRanks.apply(local) if active() else local
+
+
+def share_rows_(tensor: torch.Tensor, mine: slice) -> torch.Tensor:
+    """In place, on every rank: rows ``mine`` (along dim 0) from this rank, every other row from the rank whose
+    ``mine`` holds it (the ranks' slices must cover the tensor without overlap). Exact: a sum with zeros."""
+    if active():
+        with torch.no_grad():
+            theirs = torch.ones(len(tensor), dtype=torch.bool, device=tensor.device)
+            theirs[mine] = False
+            tensor[theirs] = 0
+            tdist.all_reduce(tensor)
+    return tensor
+
+
 def all_gather_objects(obj: object) -> list[object]:
     if not active():
         return [obj]

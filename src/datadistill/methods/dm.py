@@ -13,6 +13,11 @@ only the pictures it saves. ``--no-clamp`` (default) does the same: the set is s
 (``meta["unbounded"]``) and evaluated so, the PNG grid clamped for display. ``--clamp`` keeps the pixels in
 [0, 1] after every step, so the set is exactly what an image file holds; at IPC 1 that cost DM about 2 points
 on Fashion-MNIST and MNIST (BENCHMARKS.md).
+
+Under torchrun every rank draws the same network and every class's real indices and DSA parameters, then embeds
+the real and synthetic images of its share of the classes only; the loss is summed over ranks (with autograd),
+so every rank's update is the single-process one. With batch norm (``--arch convnet-bn``) a class's features
+depend on the other classes in the batch, so then every rank matches every class.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from .. import dist
 from ..errors import ConfigError
 from ..models.architectures import ModelSpec, build_model, init_parameters_
 from ..models.supervised import no_grad_forward
@@ -28,7 +35,16 @@ from ..options import option
 from ..progress import log
 from ..synset import ImageParam, RawPixelParam
 from .base import Method, RunContext, register
-from .matching import MatchOptions, class_feature_means, initial_images, norm_for, real_train, sample_real
+from .matching import (
+    MatchOptions,
+    class_feature_means,
+    class_rows,
+    initial_images,
+    norm_for,
+    rank_classes,
+    real_train,
+    sample_real,
+)
 
 
 @dataclass
@@ -69,6 +85,8 @@ class DM(Method):
         spec = ModelSpec(opts.arch, ctx.data.num_classes, self.real.channels, ctx.resolution, opts.width, opts.depth)
         self.net = build_model(spec, ctx.generator).to(ctx.device).requires_grad_(False)
         self.labels = ctx.class_labels()
+        self.shares_classes = not any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())
+        self.classes = rank_classes(ctx.data.num_classes) if self.shares_classes else range(ctx.data.num_classes)
         images = initial_images(ctx, opts.init)
         if opts.space == "normalized":
             return RawPixelParam(images, self.norm.mean, self.norm.std)
@@ -81,22 +99,23 @@ class DM(Method):
         return {} if ctx.opts.clamp else {"unbounded": True}
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
-        opts, c = ctx.opts, ctx.data.num_classes
+        opts, c, mine = ctx.opts, ctx.data.num_classes, self.classes
         init_parameters_(self.net, ctx.generator)  # a fresh random network every iteration
         self.net.train()
-        real, real_labels = sample_real(self.real, opts.batch_real, ctx.generator)
+        real, real_labels = sample_real(self.real, opts.batch_real, ctx.generator, mine)
         u = self.dsa.draw(c, ctx.generator)  # one draw per class, shared by its real and synthetic images
-        real_x = (
-            self.dsa.apply(self.norm(real.to(ctx.device)), u[real_labels])
-            if self.dsa.ops
-            else self.norm(real.to(ctx.device))
-        )
-        real_means = class_feature_means(lambda x: no_grad_forward(self.net, x, features=True), real_x, real_labels, c)
-        syn_x = self.norm(images)
+        if not len(mine):  # more ranks than classes: this one adds nothing
+            return dist.sum_over_ranks(images[:0].sum())
+        rows = class_rows(mine, ctx.config.ipc)
+        real_x = self.norm(real.to(ctx.device))
+        syn_x, syn_labels = self.norm(images[rows]), self.labels[rows]
         if self.dsa.ops:
-            syn_x = self.dsa.apply(syn_x, u[self.labels])
-        syn_means = class_feature_means(self.net.embed, syn_x, self.labels, c, chunk=len(syn_x))
-        return (real_means - syn_means).pow(2).sum()
+            real_x, syn_x = self.dsa.apply(real_x, u[real_labels]), self.dsa.apply(syn_x, u[syn_labels])
+        embed_real = lambda x: no_grad_forward(self.net, x, features=True)  # noqa: E731
+        real_means = class_feature_means(embed_real, real_x, real_labels, c)
+        syn_means = class_feature_means(self.net.embed, syn_x, syn_labels, c, chunk=len(syn_x))
+        loss = (real_means - syn_means).pow(2).sum()
+        return dist.sum_over_ranks(loss) if self.shares_classes else loss
 
     def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast) -> float:
         if ctx.opts.clamp:

@@ -81,10 +81,15 @@ class LGM(Method):
         """Head gradient on a fresh uniform real batch (not class-balanced), one augmented view per image."""
         train = ctx.data.train
         indices = torch.randperm(len(train), generator=ctx.generator)[: self.real_batch]
+        n = len(indices)
+        # Under torchrun every rank draws the whole batch's augmentation and decodes, augments and embeds its share.
+        draw = self.augment.draw(n, ctx.generator)
+        share, r = dist.part(n), ctx.resolution
+        # (a rank is left without images when the batch is smaller than the number of processes)
+        real = ctx.real_images(indices[share]) if share.stop > share.start else torch.zeros(0, 3, r, r)
         with torch.no_grad():
-            images = self.augment(ctx.real_images(indices).to(ctx.device), ctx.generator)
-            share = dist.part(len(images))  # under torchrun each rank embeds its share of the real batch
-            z = dist.gather_parts(ctx.backbone(images[share]).float(), len(images))
+            images = self.augment.apply(real.to(ctx.device), draw[share])
+            z = dist.gather_parts(ctx.backbone(images).float(), n)
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:

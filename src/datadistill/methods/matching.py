@@ -1,9 +1,13 @@
 """Shared blocks of the pixel-space distribution-matching methods (DM, TGDD): options, the real-image sampler,
-initialisation from real images, and per-class feature means.
+initialisation from real images, per-class feature means, and how classes are shared out under torchrun.
 
 Images are raw pixels (``RawPixelParam``) initialised from random real images of each class, optimised by SGD
 with momentum on the pixels. Networks see ``InputNorm(x)`` (per-channel normalisation with the real train
 split's statistics, grayscale sets as one channel) followed by DSA, as in the official code.
+
+Each class is matched on its own (its real batch, its synthetic images, its DSA draw), so under torchrun every
+rank matches a contiguous share of the classes (``rank_classes``). Every rank still makes every random draw of
+every class, in the single-process order, so the draws do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import dist
 from ..augment import DSA, DSA_CODE_STRATEGY, DSA_MODES, default_strategy
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
@@ -60,12 +65,25 @@ def real_train(ctx: RunContext) -> MemorySplit:
     return in_memory(ctx.data.train, ctx.resolution, ctx.data.num_classes)
 
 
+def rank_classes(num_classes: int) -> range:
+    """The classes this rank matches: a contiguous share under torchrun, every class as one process."""
+    return range(num_classes)[dist.part(num_classes)]
+
+
+def class_rows(classes: range, ipc: int) -> slice:
+    """The synthetic set's rows of ``classes`` (IPC images per class, class-major)."""
+    return slice(classes.start * ipc, classes.stop * ipc)
+
+
 def sample_real(
     split: MemorySplit, per_class: int, generator: torch.Generator, classes: range | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` random train images of every class (float, [0, 1]) and their labels, class-major."""
+    """``per_class`` random train images (float, [0, 1]) and their labels, class-major, of ``classes`` (default:
+    every class). The indices of every class are drawn whatever ``classes`` holds, so the generator moves on as
+    for all of them."""
+    drawn = [split.sample_class(c, per_class, generator) for c in range(split.num_classes)]
     classes = classes if classes is not None else range(split.num_classes)
-    idx = torch.cat([split.sample_class(c, per_class, generator) for c in classes])
+    idx = torch.cat([drawn[c] for c in classes]) if len(classes) else torch.zeros(0, dtype=torch.long)
     return split.batch(idx), split.labels[idx]
 
 

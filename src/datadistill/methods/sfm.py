@@ -35,11 +35,15 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: StandardAugment) -> torch.Tensor:
     """Backbone features of ``augs`` independently augmented views of every image: (augs * N) x F, view-major.
 
-    Under torchrun every rank draws the same views and runs the backbone on its share only; the features are
-    gathered with autograd (the backward pass then needs ``dist.average_gradients``, done by the engine's step).
+    Under torchrun every rank draws the parameters of every view and augments and embeds its share only; the
+    features are gathered with autograd (the backward pass then needs ``dist.average_gradients``, done by the
+    engine's step).
     """
-    views = augment(images.repeat(augs, 1, 1, 1), ctx.generator)
-    return dist.gather_parts(ctx.backbone(views[dist.part(len(views))]), len(views))
+    n = augs * len(images)
+    draw = augment.draw(n, ctx.generator)
+    share = dist.part(n)
+    views = augment.apply(images.repeat(augs, 1, 1, 1)[share], draw[share])
+    return dist.gather_parts(ctx.backbone(views), n)
 
 
 @dataclass

@@ -10,6 +10,12 @@ Trajectories come from ``datadistill pretrain experts`` (trained once, cached, r
 real features of all classes are computed in one no-grad pass per iteration (they do not depend on the
 pixels); the synthetic ones per class, since each class step moves every image through the momentum.
 
+Under torchrun every rank makes every random draw and matches its share of the classes. A class's loss depends
+only on its own images, and the images of a class move only through its own gradient and the momentum, so a rank
+takes all C optimizer steps, with a zero gradient at the steps of other ranks' classes; at the end of the
+iteration every rank's images and momentum of its classes are copied to the others (``dist.share_rows_``), and
+the update equals one process's.
+
 Paper vs code (options, defaults in brackets):
 - image lr: code reproduce 0.01 x IPC (0.1 x IPC at >= 128 px) vs paper 0.01 (0.1)  [--lr-rule code];
 - alpha: paper 2.5 for IPC <= 10 and 0.5 for IPC 50, code default 1.0  [--alpha: the paper rule];
@@ -19,18 +25,28 @@ Paper vs code (options, defaults in brackets):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..errors import ConfigError
 from ..models.supervised import no_grad_forward
 from ..models.trajectories import ExpertOptions, TrajectoryStore, expert_options, train_experts
 from ..options import option
 from ..synset import ImageParam, RawPixelParam, decode_multi_formation
 from .base import Method, RunContext, register
-from .matching import MatchOptions, class_feature_means, initial_images, real_train, sample_real
+from .matching import (
+    MatchOptions,
+    class_feature_means,
+    class_rows,
+    initial_images,
+    rank_classes,
+    real_train,
+    sample_real,
+)
 
 
 @dataclass
@@ -124,37 +140,52 @@ class TGDD(Method):
     def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast) -> float:
         opts, g, store = ctx.opts, ctx.generator, self.store
         c, ipc = ctx.data.num_classes, ctx.config.ipc
+        mine = rank_classes(c)
         extractor, expert = store.sample_pair(opts.region, g)
         param.project_()
-        real, real_labels = sample_real(self.real, opts.batch_real, g)
+        real, real_labels = sample_real(self.real, opts.batch_real, g, mine)
         u = self.dsa.draw(c, g)  # one draw per class, shared by its real and synthetic batch
-        real_x = self.norm(real.to(ctx.device))
-        if self.dsa.ops:
-            real_x = self.dsa.apply(real_x, u[real_labels])
-        with autocast:
-            real_means = class_feature_means(
-                lambda x: no_grad_forward(store.model, x, True, extractor), real_x, real_labels, c
-            )
-        losses = []
-        for cls in range(c):
+        decoded = ipc * opts.factor**2  # a class's images after multi-formation; --max-syn keeps a random subset
+        keep = (
+            [torch.randperm(decoded, generator=g)[: opts.max_syn] for _ in range(c)] if decoded > opts.max_syn else None
+        )
+        if len(mine):
+            real_x = self.norm(real.to(ctx.device))
+            if self.dsa.ops:
+                real_x = self.dsa.apply(real_x, u[real_labels])
             with autocast:
-                images = param.render()[cls * ipc : (cls + 1) * ipc]
-                labels = torch.full((len(images),), cls, device=images.device)
-                images, labels = decode_multi_formation(images, labels, opts.factor)
-                if len(images) > opts.max_syn:
-                    keep = torch.randperm(len(images), generator=g)[: opts.max_syn].to(images.device)
-                    images, labels = images[keep], labels[keep]
-                x = self.norm(images)
-                if self.dsa.ops:
-                    x = self.dsa.apply(x, u[cls].expand(len(x), -1))
-                mmd = (store.run(extractor, x, features=True).mean(dim=0) - real_means[cls]).pow(2).sum()
-                ce = F.cross_entropy(store.run(expert, x), labels)
-                loss = mmd + self.alpha * ce
-            value = float(loss.detach())
-            if not torch.isfinite(loss):
-                return value
+                real_means = class_feature_means(
+                    lambda x: no_grad_forward(store.model, x, True, extractor), real_x, real_labels, c
+                )
+        losses = [0.0] * c  # this rank's classes' losses; the others' come from their ranks
+        for cls in range(c):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if cls in mine:
+                with autocast:
+                    images = param.render()[cls * ipc : (cls + 1) * ipc]
+                    labels = torch.full((len(images),), cls, device=images.device)
+                    images, labels = decode_multi_formation(images, labels, opts.factor)
+                    if keep is not None:
+                        kept = keep[cls].to(images.device)
+                        images, labels = images[kept], labels[kept]
+                    x = self.norm(images)
+                    if self.dsa.ops:
+                        x = self.dsa.apply(x, u[cls].expand(len(x), -1))
+                    mmd = (store.run(extractor, x, features=True).mean(dim=0) - real_means[cls]).pow(2).sum()
+                    ce = F.cross_entropy(store.run(expert, x), labels)
+                    loss = mmd + self.alpha * ce
+                losses[cls] = float(loss.detach())
+                if not torch.isfinite(loss):
+                    break
+                loss.backward()
+            for p in param.parameters():  # another rank's class: the momentum still moves this rank's images
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             optimizer.step()
-            losses.append(value)
-        return sum(losses) / len(losses)
+        rows = class_rows(mine, ipc)
+        for p in param.parameters():
+            dist.share_rows_(p, rows)
+            if optimizer.state[p].get("momentum_buffer") is not None:
+                dist.share_rows_(optimizer.state[p]["momentum_buffer"], rows)
+        values = dist.all_reduce_sum(torch.tensor(losses, dtype=torch.float64, device=ctx.device)).tolist()
+        return next((v for v in values if not math.isfinite(v)), sum(values) / c)
