@@ -114,7 +114,7 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[tor
 
 def _jpeg_device(dataset: LabelledImages, device: torch.device) -> torch.device | None:
     """The device that decodes the split's JPEGs: the GPU for a folder of JPEGs on CUDA, else none (PIL)."""
-    jpeg = getattr(dataset, "jpeg", None) if isinstance(dataset, FileImages) else None
+    jpeg = dataset.jpeg if isinstance(dataset, FileImages) else None
     return device if device.type == "cuda" and jpeg is not None and len(jpeg) and bool(jpeg.all()) else None
 
 

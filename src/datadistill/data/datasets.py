@@ -203,7 +203,6 @@ def iter_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        worker_init_fn=_one_thread if workers else None,
     )
     start = 0
     for images, labels in loader:
@@ -221,15 +220,11 @@ def loader_workers(requested: int | None, batches: int) -> int:
     return 0 if batches <= 1 else min(workers, batches)
 
 
-def _one_thread(_: int) -> None:
-    """Workers decode with one thread each: the cores are shared among them and the main process keeps its
-    threads for the forward."""
-    torch.set_num_threads(1)
-
-
 def _loader(tasks: Dataset, workers: int, pin_memory: bool) -> DataLoader:
     """A loader of whole batches (``batch_size=None``): a task decodes one batch, one tensor crosses back. Each
-    worker keeps two batches ready; it is iterated once, so its workers end with the pass."""
+    worker keeps two batches ready; it is iterated once, so its workers end with the pass. Torch runs each worker
+    with one thread (its worker loop sets it), so the workers share the cores and the main process keeps its
+    threads for the forward."""
     return DataLoader(
         tasks,
         batch_size=None,
@@ -237,7 +232,6 @@ def _loader(tasks: Dataset, workers: int, pin_memory: bool) -> DataLoader:
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
-        worker_init_fn=_one_thread if workers else None,
     )
 
 

@@ -166,7 +166,9 @@ def _load_cifar(root: str | None, which: str) -> Loaded:
     return wrap(tr), wrap(te), list(tr.classes), 32, f"torchvision {cls.__name__} in {root}"
 
 
-def _folder_split(folder: Path, base: Path, scan: FileScan, classes: list[str] | None = None):
+def _folder_split(
+    folder: Path, base: Path, scan: FileScan, classes: list[str] | None = None
+) -> tuple[FileImages, list[str], Manifest, list[Path]]:
     """The images of one ImageFolder split (from its manifest), its classes, its manifest and the unreadable files
     left out (``--skip-corrupt``; without it the first one stops the command)."""
     m = image_manifest(folder, classes, scan.processes)
@@ -178,8 +180,9 @@ def _folder_split(folder: Path, base: Path, scan: FileScan, classes: list[str] |
             "remove it or pass --skip-corrupt to leave unreadable files out"
         )
     keep = np.setdiff1d(np.arange(len(m)), bad)
+    prefix = f"{folder}{os.sep}"  # plain string joins: a million Path objects would take seconds
     files = FileImages(
-        [str(folder / m.relpaths[i]) for i in keep],
+        [prefix + m.relpaths[i] for i in keep],
         torch.from_numpy(m.labels[keep]),
         base,
         identity=f"{m.digest}|skip_corrupt={scan.skip_corrupt}",
@@ -204,6 +207,8 @@ def native_size(m: Manifest, name: str) -> int:
     images (read from their headers), so neither an odd first file nor a few outliers decide it."""
     ok = np.ones(len(m), dtype=bool)
     ok[list(m.errors)] = False
+    if not ok.any():
+        raise DataError(f"image folder {name} has no readable images")
     shorter = np.minimum(m.widths[ok], m.heights[ok])
     size = int(np.round(np.median(shorter)))
     low, high = int(shorter.min()), int(shorter.max())
