@@ -91,6 +91,8 @@ def _commands(data: str, tmp: Path) -> dict[str, list[str]]:
             *("--views", "1", "--seeds", "1"),
         ],
         "stats": ["stats", "--data", data, "--crop", "32"],
+        "bench": ["bench", "--data", data, "--methods", "random", "--seeds", "1", "--out", str(tmp / "b")],
+        "pretrain": ["pretrain", "vae", "--data", data],
     }
 
 
@@ -99,7 +101,7 @@ def _cli(capsys, argv: list[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["distill random", "distill centroids", "eval", "stats"])
+@pytest.mark.parametrize("command", ["distill random", "distill centroids", "eval", "stats", "bench", "pretrain"])
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
 def test_unreadable_file_stops_every_command_with_one_line(command, corrupt, tmp_path, capsys):
     folder = _folder(tmp_path / "f")

@@ -234,8 +234,8 @@ def _cmd_bench(args) -> int:
         args.root,
         args.device,
         evaluate_with,
-        args.workers,
-        args.skip_corrupt,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
     )
     records = bench(plan, args.out)
     say((Path(args.out) / "summary.md").read_text())

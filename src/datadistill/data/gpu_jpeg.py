@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import DataError
 from ..progress import log
-from .decode import decode_resized, resize_center_crop
+from .decode import decode_resized, resize_center_crop, unreadable
 
 
 def read_files(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +22,7 @@ def read_files(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             blobs.append(np.fromfile(path, dtype=np.uint8))
         except OSError as exc:
-            raise DataError(f"corrupt or unreadable image {path}: {exc.strerror or exc}") from None
+            raise unreadable(path, exc) from None
     return torch.from_numpy(np.concatenate(blobs)), torch.tensor([len(b) for b in blobs])
 
 
