@@ -50,7 +50,14 @@ def _check_ipc(data: RealData, ipc: int) -> None:
 def build_context(config: DistillConfig, data: RealData | None = None, model: Backbone | None = None) -> RunContext:
     algo = get_method(config.method)
     device = resolve_device(config.device)
-    data = data or load_dataset(config.data, config.root, config.val_fraction, config.split_seed)
+    data = data or load_dataset(
+        config.data,
+        config.root,
+        config.val_fraction,
+        config.split_seed,
+        workers=config.workers,
+        skip_corrupt=config.skip_corrupt,
+    )
     ctx = RunContext(config, algo.Options(**config.options), data, device, algo, model=model)
     ctx.generator.manual_seed(config.seed)
     return ctx
@@ -70,9 +77,13 @@ def distill(
 
     ``options`` are the common run options (seed, device, checkpoint_every, ...) and the method's own
     (``datadistill distill METHOD --help`` lists them). ``dataset`` / ``model`` pass an already loaded
-    dataset / backbone.
+    dataset / backbone (the dataset's own loading then decides workers and skip_corrupt).
     """
+    if dataset is not None:
+        options.setdefault("skip_corrupt", dataset.extras.get("skip_corrupt", False))
     config = make_config(method, data, ipc, **options)
+    if dataset is not None and config.skip_corrupt != dataset.extras.get("skip_corrupt", False):
+        raise ConfigError("skip_corrupt differs from the loaded dataset's; load it with the same setting")
     algo = get_method(method)
     run = RunDir(out) if out is not None else None
     if run is not None and run.synset_path.exists() and run.metrics().get("distill", {}).get("complete"):
@@ -178,7 +189,7 @@ def evaluate(
         if (path / "config.json").exists():
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
-        data = _eval_data(data, run_cfg, root)
+        data = _eval_data(data, run_cfg, root, common)
         synset = SyntheticSet.load(path, classes=list(data.classes))  # a folder of PNGs takes the dataset's classes
     synsets = synset if isinstance(synset, list) else ([synset] * common.seeds if synset is not None else [])
     if proto.needs_synset and not synsets:
@@ -188,7 +199,7 @@ def evaluate(
     if not run_cfg and synsets and synsets[0].meta.get("backbone"):
         meta = synsets[0].meta
         run_cfg = {"options": {"backbone": meta["backbone"], "crop": meta.get("crop")}}
-    data = _eval_data(data, run_cfg, root)
+    data = _eval_data(data, run_cfg, root, common)
     device = resolve_device(common.device)
     timer = PhaseTimer(device)
     with timer.phase("eval"):
@@ -208,13 +219,15 @@ def pretrain(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     device: str = "auto",
+    workers: int | None = None,
+    skip_corrupt: bool = False,
     **options,
 ) -> Path:
     """Train (or reuse from the cache) a model of ``kind`` on ``data``; returns its folder. Resumable."""
     trainer = get_pretrainer(kind)
     opts = build(trainer.Options, options, f"pretrain '{kind}'")
     if not isinstance(data, RealData):
-        data = load_dataset(data, root, val_fraction, split_seed)
+        data = load_dataset(data, root, val_fraction, split_seed, workers=workers, skip_corrupt=skip_corrupt)
     return trainer.run(data, opts, resolve_device(device))
 
 
@@ -239,17 +252,21 @@ def _run_protocol(proto, job: EvalJob) -> EvalResult:
     return result
 
 
-def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None) -> RealData:
-    """The dataset to evaluate on: given, or the run's (with the run's validation split)."""
+def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None, common: EvalConfig) -> RealData:
+    """The dataset to evaluate on: given, or the run's (with the run's validation split and unreadable files
+    left out as the run left them out, unless ``skip_corrupt`` says otherwise)."""
     if isinstance(data, RealData):
         return data
     if data is None and not run_cfg.get("data"):
         raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
+    skip = common.skip_corrupt if common.skip_corrupt is not None else run_cfg.get("skip_corrupt", False)
     return load_dataset(
         data or run_cfg["data"],
         root or run_cfg.get("root"),
         run_cfg.get("val_fraction", 0.1),
         run_cfg.get("split_seed", 0),
+        workers=common.workers,
+        skip_corrupt=skip,
     )
 
 
@@ -262,10 +279,14 @@ def compute_stats(
     root: str | None = None,
     weights: str | None = None,
     device: str = "auto",
+    workers: int | None = None,
+    skip_corrupt: bool = False,
 ) -> FeatureBank:
-    """The cached statistics pass (features, class means, counts; k-means modes when ``kmeans`` > 0)."""
+    """The cached statistics pass (features, class means, counts; k-means modes when ``kmeans`` > 0).
+    ``workers`` and ``skip_corrupt`` apply when ``data`` is a name (see ``load_dataset``)."""
     dev = resolve_device(device)
-    data = data if isinstance(data, RealData) else load_dataset(data, root)
+    if not isinstance(data, RealData):
+        data = load_dataset(data, root, workers=workers, skip_corrupt=skip_corrupt)
     backbone = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, weights, dev)
     bank = feature_bank(data, backbone, split, crop=crop, device=dev)
     if kmeans:

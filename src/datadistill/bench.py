@@ -58,6 +58,8 @@ class BenchPlan:
     root: str | None = None
     device: str = "auto"
     evaluate_with: dict[str, list[str]] = field(default_factory=dict)  # method spec -> its protocols (a subset)
+    workers: int | None = None  # processes decoding image files (None: one per available core)
+    skip_corrupt: bool = False  # leave unreadable image files out instead of stopping
 
     def validate(self) -> BenchPlan:
         for spec in self.methods:
@@ -167,7 +169,9 @@ class Bench:
     @property
     def data(self) -> RealData:
         if self._data is None:
-            self._data = load_dataset(self.plan.data, self.plan.root)
+            self._data = load_dataset(
+                self.plan.data, self.plan.root, workers=self.plan.workers, skip_corrupt=self.plan.skip_corrupt
+            )
         return self._data
 
     def model(self, name: str) -> Backbone:

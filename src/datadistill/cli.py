@@ -26,6 +26,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="local weights file or folder for the backbone")
     p.add_argument("--crop", type=int, default=None, help="backbone input size (default: the backbone's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    _add_loading_args(p)
+
+
+def _add_loading_args(p: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--skip-corrupt`` for the commands that take no config dataclass (stats, bench, pretrain)."""
+    from .config import SKIP_CORRUPT_HELP, WORKERS_HELP
+
+    p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
+    p.add_argument("--skip-corrupt", action="store_true", help=SKIP_CORRUPT_HELP)
 
 
 def say(text: str) -> None:
@@ -128,6 +137,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--root", default=None)
     b.add_argument("--device", default="auto")
+    _add_loading_args(b)
 
     r = sub.add_parser(
         "report",
@@ -150,6 +160,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         k.add_argument("--val-fraction", type=float, default=0.1)
         k.add_argument("--split-seed", type=int, default=0)
         k.add_argument("--device", default="auto")
+        _add_loading_args(k)
         add_arguments(k.add_argument_group(f"{name} options"), trainer.Options)
 
     s = sub.add_parser("stats", help="run (or reuse) the cached statistics pass")
@@ -223,6 +234,8 @@ def _cmd_bench(args) -> int:
         args.root,
         args.device,
         evaluate_with,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
     )
     records = bench(plan, args.out)
     say((Path(args.out) / "summary.md").read_text())
@@ -241,7 +254,10 @@ def _cmd_report(args) -> int:
 def _cmd_pretrain(args) -> int:
     from .api import pretrain
 
-    options = _options(args, {"command", "quiet", "kind", "data", "root", "val_fraction", "split_seed", "device"})
+    loading = {"workers", "skip_corrupt"}
+    options = _options(
+        args, {"command", "quiet", "kind", "data", "root", "val_fraction", "split_seed", "device", *loading}
+    )
     folder = pretrain(
         args.kind,
         args.data,
@@ -249,6 +265,8 @@ def _cmd_pretrain(args) -> int:
         val_fraction=args.val_fraction,
         split_seed=args.split_seed,
         device=args.device,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
         **options,
     )
     say(f"{args.kind} model ready in {folder}")
@@ -267,6 +285,8 @@ def _cmd_stats(args) -> int:
         root=args.root,
         weights=args.weights,
         device=args.device,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
     )
     say(
         f"{len(bank.labels)} images, {len(bank.means)} classes, features {tuple(bank.features.shape)} "

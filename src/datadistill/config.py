@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 from .options import option
 
+WORKERS_HELP = "processes decoding image files (default: one per available core; 0: in the main process)"
+SKIP_CORRUPT_HELP = "leave unreadable image files out (one warning with their count) instead of stopping at the first"
+
 
 @dataclass
 class DistillConfig:
@@ -25,6 +28,8 @@ class DistillConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
     amp: bool = option(True, "bf16 autocast on CUDA (no effect on CPU)")
     checkpoint_every: int = option(100, "write a resumable checkpoint every N steps")
+    workers: int | None = option(None, WORKERS_HELP)
+    skip_corrupt: bool = option(False, SKIP_CORRUPT_HELP)
     options: dict = field(default_factory=dict)  # the method's resolved options
 
     def validate(self) -> DistillConfig:
@@ -41,12 +46,15 @@ class DistillConfig:
 
 
 def flat_config(d: dict) -> dict:
-    """A saved ``DistillConfig`` dict with the method options lifted beside the common fields."""
-    return {**{k: v for k, v in d.items() if k != "options"}, **d.get("options", {})}
+    """A saved ``DistillConfig`` dict with the method options lifted beside the common fields; a common field
+    saved before it existed reads as its default (so older runs still resume)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
+    common = {**defaults, **{k: v for k, v in d.items() if k != "options"}}
+    return {**common, **d.get("options", {})}
 
 
 # Fields that may change between a killed run and its resumption without changing the result.
-RESUME_FREE_FIELDS = {"checkpoint_every", "device", "root"}
+RESUME_FREE_FIELDS = {"checkpoint_every", "device", "root", "workers"}
 
 
 @dataclass
@@ -56,6 +64,8 @@ class EvalConfig:
     seeds: int = option(3, "evaluation seeds (mean ± std over them)")
     first_seed: int = option(3407, "seed of the first evaluation run; run k uses first_seed + k")
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    workers: int | None = option(None, WORKERS_HELP)
+    skip_corrupt: bool | None = option(None, SKIP_CORRUPT_HELP + " (default: as the run was distilled)")
 
     def validate(self) -> EvalConfig:
         if self.seeds < 1:

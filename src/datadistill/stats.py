@@ -1,14 +1,17 @@
 """One streaming pass over a real split through a frozen backbone: per-image features, class means and
 counts (k-means modes on request), cached on disk by a fingerprint of (data, backbone, transform).
 
-Features are written to a float16 ``.npy`` memory map batch by batch, so peak memory does not grow with the
-dataset; everything downstream (centroids, neighbours, k-means, full-data probes) reads that map.
+Features are written to a float16 ``.npy`` file batch by batch (plain writes, so its pages stay out of the
+process's resident memory), so peak memory does not grow with the dataset; everything downstream (centroids,
+neighbours, k-means, full-data probes) reads it as a memory map. Image files are decoded by loader workers; the
+main process only moves each uint8 batch to the device, converts it and runs the forward.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 
 from . import dist
 from .augment import aug_basic
-from .data import RealData, iter_batches
+from .data import FileImages, LabelledImages, RealData, as_float, iter_batches
 from .errors import DataError
 from .io import atomic_dir, cache_root, write_json
 from .models.backbones import Backbone
@@ -109,7 +112,21 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[tor
     return centers, torch.bincount(assign, minlength=k).float() / len(x)
 
 
-def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int, view_seed: int | None) -> str:
+def _jpeg_device(dataset: LabelledImages, device: torch.device) -> torch.device | None:
+    """The device that decodes the split's JPEGs: the GPU for a folder of JPEGs on CUDA, else none (PIL)."""
+    jpeg = dataset.jpeg if isinstance(dataset, FileImages) else None
+    return device if device.type == "cuda" and jpeg is not None and len(jpeg) and bool(jpeg.all()) else None
+
+
+def _key(
+    data: RealData,
+    split: str,
+    backbone: Backbone,
+    resize: int,
+    crop: int,
+    view_seed: int | None,
+    decoder: str | None = None,
+) -> str:
     ident = {
         "data": data.fingerprint(),
         "split": split,
@@ -120,6 +137,8 @@ def _key(data: RealData, split: str, backbone: Backbone, resize: int, crop: int,
     }
     if view_seed is not None:
         ident["augbasic_view"] = {"seed": view_seed, "generator": "per batch"}
+    if decoder is not None:  # the GPU's JPEG decoder gives slightly other pixels than PIL
+        ident["decoder"] = decoder
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -130,30 +149,37 @@ def feature_bank(
     crop: int | None = None,
     batch_size: int = 100,
     device: str | torch.device = "cpu",
-    num_workers: int = 0,
+    num_workers: int | None = None,
     view_seed: int | None = None,
 ) -> FeatureBank:
     """Features of ``split`` through ``backbone`` at ``crop`` px, cached.
 
     By default each image is resized and center-cropped (no augmentation). With ``view_seed``, each image
     gets one AugBasic view (flip + RandomResizedCrop) instead, drawn from a generator seeded by it and the batch
-    index: one cached augmented view of the whole split, as used by the full-dataset probe.
+    index: one cached augmented view of the whole split, as used by the full-dataset probe. Image files are
+    decoded by ``num_workers`` processes (default: the split's ``workers``); the count never changes the features.
     """
     crop = crop or backbone.input_size
     resize = resize_for(crop)
+    device = torch.device(device)
     dataset = getattr(data, split)
     if dataset is None:
         raise DataError(f"dataset '{data.name}' has no {split} split")
-    key = _key(data, split, backbone, resize, crop, view_seed)
+    jpeg_device = _jpeg_device(dataset, device) if view_seed is None else None
+    key = _key(data, split, backbone, resize, crop, view_seed, "torchvision-cuda" if jpeg_device else None)
     directory = cache_root() / "features" / key
     # A cache hit involves no other rank (so it is safe inside ``dist.main_first`` blocks).
     if (directory / "stats.json").exists():
         return _load_bank(directory, key)
     if dist.is_main():
         with atomic_dir(directory) as tmp:
-            _compute(tmp, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key)
+            _compute(
+                tmp, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key, jpeg_device
+            )
     else:
-        _compute(None, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key)
+        _compute(
+            None, data, split, backbone, resize, crop, batch_size, device, num_workers, view_seed, key, jpeg_device
+        )
     dist.barrier()  # rank 0 has renamed the finished folder into place
     log.info("cached %s features of %s/%s in %s", backbone.name, data.name, split, directory)
     return _load_bank(directory, key)
@@ -167,13 +193,14 @@ def _compute(
     resize: int,
     crop: int,
     batch_size: int,
-    device,
-    num_workers: int,
+    device: torch.device,
+    num_workers: int | None,
     view_seed: int | None,
     key: str,
+    jpeg_device: torch.device | None,
 ) -> None:
     """The pass itself. Under torchrun every rank takes every W-th batch (the single-process batches, so the same
-    features), writes its rows into rank 0's memory map, and class sums are all-reduced; rank 0 (``tmp`` given)
+    features), writes its rows into rank 0's features file, and class sums are all-reduced; rank 0 (``tmp`` given)
     writes the statistics."""
     dataset = getattr(data, split)
     n, c = len(dataset), data.num_classes
@@ -181,31 +208,40 @@ def _compute(
     if dist.is_main():
         np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, backbone.feat_dim))
     dist.barrier()
-    feats = np.load(tmp / "features.npy", mmap_mode="r+")
+    offset = np.load(tmp / "features.npy", mmap_mode="r").offset  # where the rows start, after the .npy header
     starts = list(range(0, n, batch_size))[dist.rank() :: dist.world()]
     mine = torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts]) if starts else torch.arange(0)
     sums = torch.zeros(c, backbone.feat_dim, dtype=torch.float64)
     batches = iter_batches(
-        dataset, batch_size, resize, resize if view_seed is not None else crop, indices=mine, num_workers=num_workers
+        dataset,
+        batch_size,
+        resize,
+        resize if view_seed is not None else crop,
+        indices=mine,
+        num_workers=num_workers,
+        keep_uint8=True,
+        pin_memory=device.type == "cuda",
+        jpeg_device=jpeg_device,
     )
     what = f"view {view_seed}" if view_seed is not None else "features"
-    with torch.inference_mode():
+    with torch.inference_mode(), open(tmp / "features.npy", "r+b") as out:
         for k, batch in enumerate(
             progress(batches, f"{what} {data.name}/{split} @ {backbone.name}", total=len(starts))
         ):
-            images = batch.images
             batch_index = dist.rank() + k * dist.world()
             if hasattr(backbone, "begin_batch"):  # a stochastic encoder (latent space) reseeds per batch
                 backbone.begin_batch(batch_index)
             if view_seed is not None:  # one generator per batch: the same views whichever rank draws them
+                images = as_float(batch.images)
                 images = aug_basic(crop)(images, torch.Generator().manual_seed(view_seed * 1_000_003 + batch_index))
-            f = backbone(images.to(device)).cpu()
+                images = images.to(device)
+            else:
+                images = as_float(batch.images, device)
+            f = backbone(images).cpu()
             if not torch.isfinite(f).all():
                 raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
-            feats[batch.indices.numpy()] = f.numpy().astype(np.float16)
+            _write_rows(out, offset, batch.indices.numpy(), f.numpy().astype(np.float16))
             sums.index_add_(0, batch.labels, f.double())
-    feats.flush()
-    del feats
     dist.all_reduce_sum(sums)
     if not dist.is_main():
         return
@@ -227,6 +263,15 @@ def _compute(
             "view_seed": view_seed,
         },
     )
+
+
+def _write_rows(out, offset: int, rows: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` as rows ``rows`` of the .npy file ``out`` (a batch is one run of consecutive rows)."""
+    row_bytes = values.shape[1] * values.itemsize
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for run_rows, run_values in zip(np.split(rows, breaks), np.split(values, breaks), strict=True):
+        if len(run_rows):
+            os.pwrite(out.fileno(), np.ascontiguousarray(run_values).tobytes(), offset + int(run_rows[0]) * row_bytes)
 
 
 def _load_bank(directory: Path, key: str) -> FeatureBank:

