@@ -124,3 +124,125 @@ def test_process_peak_survives_the_per_phase_resets():
     with timer.phase("small"):
         np.ones(8)
     assert process_peak_rss_mb() >= timer.phases["big"]["peak_rss_mb"] > timer.phases["small"]["peak_rss_mb"] + 300
+
+
+def _config(**options):
+    from datadistill.api import make_config
+
+    return make_config("sfm", "digits", crop=32, steps=4, **options)
+
+
+def test_claim_replaces_the_config_of_a_run_that_never_wrote_a_checkpoint(tmp_path, caplog):
+    from datadistill.engine import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.claim(_config(lr=1e6), {}) is False  # a run that diverged at once: config, no checkpoint
+    with caplog.at_level("WARNING", logger="datadistill"):
+        assert run.claim(_config(lr=0.01), {}) is False
+    assert run.read_config()["distill"]["options"]["lr"] == 0.01
+    assert "stopped before its first checkpoint" in caplog.text and "(lr)" in caplog.text
+
+
+def test_claim_keeps_the_config_of_a_run_with_a_checkpoint(tmp_path):
+    from datadistill.engine import RunDir
+    from datadistill.errors import ConfigError
+    from datadistill.io import save_checkpoint
+
+    run = RunDir(tmp_path / "run")
+    run.claim(_config(lr=0.01), {})
+    save_checkpoint(run.checkpoints / "last.pt", {"step": 2})
+    assert run.claim(_config(lr=0.01, checkpoint_every=7), {}) is True  # resumes: checkpoint_every may change
+    with pytest.raises(ConfigError, match=r"different config \(lr\); use another --out, or delete it"):
+        run.claim(_config(lr=0.02), {})
+
+
+def test_divergence_after_a_checkpoint_keeps_it_and_the_config(tmp_path, monkeypatch, digits, lite0):
+    """A loss that turns NaN at step 3 of 4 (checkpoint every 2): the checkpoint of step 2 stays and binds the config;
+    the same config resumes from it, another is refused with what to do."""
+    from datadistill.api import distill
+    from datadistill.errors import ConfigError
+    from datadistill.methods.lgm import LGM
+
+    real_loss, calls = LGM.loss, []
+
+    def diverging(self, ctx, images):
+        calls.append(1)
+        loss = real_loss(self, ctx, images)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    out = tmp_path / "run"
+    kw = dict(dataset=digits, model=lite0, crop=32, steps=4, augs=1, init="real", checkpoint_every=2)
+    monkeypatch.setattr(LGM, "loss", diverging)
+    with pytest.raises(TrainingDiverged, match="step 3; the last checkpoint is at step 2"):
+        distill("lgm", "digits", out=out, **kw)
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")[0]["step"] == 2
+    with pytest.raises(ConfigError, match="delete it to start over"):
+        distill("lgm", "digits", out=out, lr=0.001, **kw)
+    synset = distill("lgm", "digits", out=out, **kw)
+    assert len(synset) == 10 and "resumed from" in (out / "log.txt").read_text()
+
+
+def test_hold_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    import os
+
+    from datadistill.errors import DatadistillError
+    from datadistill.io import hold_lock
+
+    lock = tmp_path / "run" / ".lock"
+    hint = "wait for it or use another --out"
+    with hold_lock(lock, "runs/x", hint), pytest.raises(DatadistillError) as caught, hold_lock(lock, "runs/x", hint):
+        pass
+    message = str(caught.value)
+    assert message.startswith(f"runs/x is in use by process {os.getpid()} (started ")
+    assert message.endswith("); wait for it or use another --out")
+    with hold_lock(lock, "runs/x"):  # released at the end of the block; the file stays
+        pass
+
+
+def test_a_lock_file_left_by_a_killed_process_blocks_nothing(tmp_path):
+    """A real second process holds the lock until it is killed (SIGKILL: no clean-up of its own)."""
+    import signal
+    import subprocess
+    import sys
+
+    from datadistill.errors import DatadistillError
+    from datadistill.io import hold_lock
+
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom datadistill.io import hold_lock\n"
+            f"with hold_lock({str(lock)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DatadistillError, match=f"x is in use by process {holder.pid} "), hold_lock(lock, "x"):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert str(holder.pid) in lock.read_text()  # the stale record is still there ...
+    with hold_lock(lock, "x"):  # ... and blocks nothing
+        assert str(holder.pid) not in lock.read_text()
+
+
+def test_train_resumable_holds_its_checkpoint_lock(tmp_path):
+    from datadistill.errors import DatadistillError
+    from datadistill.io import hold_lock
+
+    ckpt = tmp_path / "model.pt"
+
+    def step(i: int) -> float:
+        with pytest.raises(DatadistillError, match="in use by process"), hold_lock(tmp_path / "model.pt.lock", "x"):
+            pass
+        return 1.0
+
+    assert train_resumable("m", 2, step, {}, ckpt) == [1.0, 1.0]
+    with hold_lock(tmp_path / "model.pt.lock", "x"), pytest.raises(DatadistillError, match="wait for it to finish"):
+        train_resumable("m", 2, step, {}, ckpt)

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from . import __version__, dist
-from .config import DistillConfig, EvalConfig
+from .config import DistillConfig, EvalConfig, check_val_fraction
 from .data import RealData, load_dataset
 from .engine import LoopState, PhaseTimer, RunDir, optimise, resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
+from .io import check_creatable
 from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
@@ -33,7 +34,8 @@ def make_config(method: str, data: str, ipc: int = 1, **values) -> DistillConfig
         if reserved in common:
             raise ConfigError(f"'{reserved}' cannot be passed as an option")
     opts = algo.resolve(build(algo.Options, rest, f"method '{method}'"))
-    return DistillConfig(method=method, data=data, ipc=ipc, options=to_dict(opts), **common).validate()
+    fields = {"method": method, "data": data, "ipc": ipc, "options": to_dict(opts), **common}
+    return build(DistillConfig, fields, "distill")
 
 
 def _check_ipc(data: RealData, ipc: int) -> None:
@@ -85,18 +87,20 @@ def distill(
     if dataset is not None and config.skip_corrupt != dataset.extras.get("skip_corrupt", False):
         raise ConfigError("skip_corrupt differs from the loaded dataset's; load it with the same setting")
     algo = get_method(method)
-    run = RunDir(out) if out is not None else None
-    if run is not None and run.synset_path.exists() and run.metrics().get("distill", {}).get("complete"):
-        run.claim(config, {})
-        log.info("%s is already complete", run.path)
-        return SyntheticSet.load(run.synset_path)
+    if out is not None:
+        check_creatable(out)  # before the data is loaded, creating nothing
+        finished = _finished_run(out, config)
+        if finished is not None:
+            return finished
+    # Everything that can refuse the input runs before the run folder exists, so a refusal leaves nothing behind.
     timer = PhaseTimer()
-    with run.logging() if run else nullcontext():
-        with timer.phase("load"):
-            ctx = build_context(config, dataset, model)
-            timer.device = ctx.device
-            _check_ipc(ctx.data, ipc)
-            resolved = _resolved(ctx)
+    with timer.phase("load"):
+        ctx = build_context(config, dataset, model)
+        timer.device = ctx.device
+        _check_ipc(ctx.data, ipc)
+        resolved = _resolved(ctx)
+    run = RunDir(out) if out is not None else None
+    with run.session() if run else nullcontext():
         if run is not None:
             resumed = run.claim(config, resolved)
             log.info("%s run in %s%s", method, run.path, " (resuming)" if resumed else "")
@@ -134,6 +138,18 @@ def distill(
             write_report(run.path)
     dist.barrier()
     return synset
+
+
+def _finished_run(out: str | Path, config: DistillConfig) -> SyntheticSet | None:
+    """The synthetic set of a complete run in ``out`` made with ``config`` (another config is refused), else None."""
+    if not Path(out, "synset").exists():
+        return None
+    run = RunDir(out)
+    if not run.metrics().get("distill", {}).get("complete"):
+        return None
+    run.claim(config, {})
+    log.info("%s is already complete", run.path)
+    return SyntheticSet.load(run.synset_path)
 
 
 def _resolved(ctx: RunContext) -> dict:
@@ -226,6 +242,7 @@ def pretrain(
     """Train (or reuse from the cache) a model of ``kind`` on ``data``; returns its folder. Resumable."""
     trainer = get_pretrainer(kind)
     opts = build(trainer.Options, options, f"pretrain '{kind}'")
+    check_val_fraction(val_fraction)
     if not isinstance(data, RealData):
         data = load_dataset(data, root, val_fraction, split_seed, workers=workers, skip_corrupt=skip_corrupt)
     return trainer.run(data, opts, resolve_device(device))

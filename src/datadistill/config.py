@@ -37,12 +37,16 @@ class DistillConfig:
             raise ConfigError(f"--ipc must be at least 1, got {self.ipc}")
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be at least 1")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError("--val-fraction must lie in [0, 1)")
+        check_val_fraction(self.val_fraction)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_val_fraction(value: float) -> None:
+    if not 0 <= value < 1:  # NaN too
+        raise ConfigError(f"--val-fraction must lie in [0, 1), got {value}")
 
 
 def flat_config(d: dict) -> dict:

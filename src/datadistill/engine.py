@@ -7,8 +7,8 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torch
 from . import dist
 from .config import RESUME_FREE_FIELDS, DistillConfig, flat_config
 from .errors import ConfigError, DatadistillError, TrainingDiverged
-from .io import check_writable, load_checkpoint, save_checkpoint, write_json
+from .io import check_writable, hold_lock, load_checkpoint, previous_checkpoint, save_checkpoint, write_json
 from .progress import log, progress_bar
 
 
@@ -94,7 +94,8 @@ class PhaseTimer:
 
 
 class RunDir:
-    """``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``, ``report.md``."""
+    """``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``, ``report.md``, and ``.lock``
+    (held by the process distilling there)."""
 
     def __init__(self, path: str | Path):
         self.path = check_writable(path) if dist.is_main() else Path(path)
@@ -112,22 +113,43 @@ class RunDir:
     def synset_path(self) -> Path:
         return self.path / "synset"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
     def read_config(self) -> dict | None:
         return json.loads(self.config_path.read_text()) if self.config_path.exists() else None
 
+    def has_progress(self) -> bool:
+        """Whether a process got as far as a checkpoint or a synthetic set here (then its config binds)."""
+        last = self.checkpoints / "last.pt"
+        return any(p.exists() for p in (last, previous_checkpoint(last), self.synset_path))
+
     def claim(self, config: DistillConfig, resolved: dict) -> bool:
-        """Write the config, or check it matches the one already there. True if the run was started before."""
+        """Write the config, or check it matches the one already there. True if the run resumes earlier progress.
+
+        A config whose run stopped before its first checkpoint (bad input found late, a loss that diverged at once)
+        holds nothing to resume: the new config replaces it.
+        """
         previous = self.read_config()
         if previous is not None:
             old = {k: v for k, v in flat_config(previous.get("distill", {})).items() if k not in RESUME_FREE_FIELDS}
             new = {k: v for k, v in flat_config(config.to_dict()).items() if k not in RESUME_FREE_FIELDS}
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
+            progress = self.has_progress()
+            if diff and progress:
                 raise ConfigError(
                     f"{self.path} holds a run with a different config ({', '.join(diff)}); "
                     "use another --out, or delete it to start over"
                 )
-            return True
+            if progress:
+                return True
+            if diff:
+                log.warning(
+                    "%s: the run there stopped before its first checkpoint; starting over with the new config (%s)",
+                    self.path,
+                    ", ".join(diff),
+                )
         if dist.is_main():
             write_json(self.config_path, {"distill": config.to_dict(), **resolved})
         return False
@@ -146,21 +168,34 @@ class RunDir:
         return metrics
 
     @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold the run's lock and log into its ``log.txt`` for the life of the block (the process that distills
+        here). A second process on the same folder stops at the lock, naming the first; under torchrun the ranks
+        of one run are one owner, so only rank 0 takes it."""
+        lock = hold_lock(self.lock_path, self.path, "wait for it or use another --out")
+        with lock if dist.is_main() else nullcontext(), self.logging():
+            yield
+
+    @contextmanager
     def logging(self):
         if not dist.is_main():
             yield
             return
         handler = logging.FileHandler(self.path / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
         log.addHandler(handler)
+        log.addHandler(console)
         previous = log.level, log.propagate
-        # INFO goes to the run's log file; the console keeps only progress bars and the CLI's own output.
+        # INFO goes to the run's log file; the console keeps progress bars, warnings and the CLI's own output.
         log.setLevel(logging.INFO)
         log.propagate = False
         try:
             yield
         finally:
             log.removeHandler(handler)
+            log.removeHandler(console)
             handler.close()
             log.setLevel(previous[0])
             log.propagate = previous[1]
@@ -204,7 +239,8 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
             optimizer = method.make_optimizer(ctx, param)
         loss = method.train_step(ctx, param, optimizer, autocast)
         if not math.isfinite(loss):
-            where = f"; the last checkpoint is at step {state.step - state.step % cfg.checkpoint_every}" if run else ""
+            last = state.step - state.step % cfg.checkpoint_every
+            where = (f"; the last checkpoint is at step {last}" if last else "; no checkpoint yet") if run else ""
             raise TrainingDiverged(
                 f"{cfg.method} loss became {loss} at step {step}{where}. "
                 "Try a lower --lr or check the data for constant images"
@@ -248,41 +284,47 @@ def train_resumable(
     ``generator`` and torch's global RNG are checkpointed atomically to ``checkpoint`` every ``every`` steps and
     at the end, so a killed run resumes where its last checkpoint left it. A non-finite loss stops the run.
     """
-    losses: list[float] = []
-    start = 0
-    found = load_checkpoint(checkpoint) if checkpoint is not None else None
-    if found is not None:
-        saved, source = found
-        try:
-            for key, obj in state.items():
-                obj.load_state_dict(saved["state"][key])
-            if generator is not None:
-                generator.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            start, losses = int(saved["step"]), list(saved["losses"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise DatadistillError(f"checkpoint {source} cannot be resumed ({exc}); delete it to start over") from None
-        log.info("%s: resumed from %s at step %d", name, source, start)
-    bar = progress_bar(name, total=total, initial=start)
-    for i in range(start + 1, total + 1):
-        loss = step(i)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"{name}: loss became {loss} at step {i}. Try a lower learning rate")
-        losses.append(round(loss, 6))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if checkpoint is not None and dist.is_main() and (i % every == 0 or i == total):
-            save_checkpoint(
-                checkpoint,
-                {
-                    "state": {k: v.state_dict() for k, v in state.items()},
-                    "step": i,
-                    "losses": losses,
-                    "torch_rng": torch.get_rng_state(),
-                    "generator": generator.get_state() if generator is not None else None,
-                },
-            )
-        if i % max(1, total // 10) == 0:
-            log.info("%s: step %d/%d loss %.5f", name, i, total, loss)
-    bar.close()
-    return losses
+    guard = nullcontext()
+    if checkpoint is not None and dist.is_main():  # two processes training one model would take turns at its checkpoint
+        guard = hold_lock(checkpoint.with_name(f"{checkpoint.name}.lock"), checkpoint, "wait for it to finish")
+    with guard:
+        losses: list[float] = []
+        start = 0
+        found = load_checkpoint(checkpoint) if checkpoint is not None else None
+        if found is not None:
+            saved, source = found
+            try:
+                for key, obj in state.items():
+                    obj.load_state_dict(saved["state"][key])
+                if generator is not None:
+                    generator.set_state(saved["generator"])
+                torch.set_rng_state(saved["torch_rng"])
+                start, losses = int(saved["step"]), list(saved["losses"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise DatadistillError(
+                    f"checkpoint {source} cannot be resumed ({exc}); delete it to start over"
+                ) from None
+            log.info("%s: resumed from %s at step %d", name, source, start)
+        bar = progress_bar(name, total=total, initial=start)
+        for i in range(start + 1, total + 1):
+            loss = step(i)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"{name}: loss became {loss} at step {i}. Try a lower learning rate")
+            losses.append(round(loss, 6))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if checkpoint is not None and dist.is_main() and (i % every == 0 or i == total):
+                save_checkpoint(
+                    checkpoint,
+                    {
+                        "state": {k: v.state_dict() for k, v in state.items()},
+                        "step": i,
+                        "losses": losses,
+                        "torch_rng": torch.get_rng_state(),
+                        "generator": generator.get_state() if generator is not None else None,
+                    },
+                )
+            if i % max(1, total // 10) == 0:
+                log.info("%s: step %d/%d loss %.5f", name, i, total, loss)
+        bar.close()
+        return losses

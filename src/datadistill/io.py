@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -10,8 +11,10 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -160,3 +163,61 @@ def check_writable(directory: str | Path) -> Path:
     except OSError as exc:
         raise DatadistillError(f"output directory {directory} is not writable: {exc.strerror or exc}") from None
     return directory
+
+
+def check_creatable(directory: str | Path) -> None:
+    """Fail as ``check_writable`` would, but create nothing: the nearest existing ancestor must be a writable
+    folder (so bad input found later leaves no folder behind)."""
+    directory = Path(directory).absolute()
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem is not None:
+        raise DatadistillError(f"output directory {directory} is not writable: {problem}")
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | Path, what: str | Path, hint: str = "wait for it") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the life of the block.
+
+    A second holder, in this process or another, gets a DatadistillError naming the owner (pid, host, start time,
+    which the file records) and ``hint``. The lock is the kernel's (``flock``): it goes with the process, so a lock
+    file left by a killed process blocks nothing.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _fail(path, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatadistillError(f"{what} is in use by {_lock_owner(path)}; {hint}") from None
+        except OSError as exc:  # a file system without locks (some network mounts): run unguarded, as before
+            logging.getLogger("datadistill").warning(
+                "cannot lock %s (%s); a second process would not be stopped", path, exc.strerror or exc
+            )
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a process opening it)
+
+
+def _lock_owner(path: Path) -> str:
+    """'process 1234 (started 12:03:04)' from a held lock file, as far as it can be read."""
+    try:
+        owner = json.loads(path.read_text())
+        started = datetime.fromisoformat(owner["started"])
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"  # its owner is still writing the record
+    when = started.strftime("%H:%M:%S" if started.date() == datetime.now().date() else "%Y-%m-%d %H:%M:%S")
+    where = "" if host == socket.gethostname() else f" on {host}"
+    return f"process {pid}{where} (started {when})"

@@ -23,7 +23,7 @@ from ..data import RealData
 from ..errors import ConfigError
 from ..io import atomic_dir, write_json
 from ..models.backbones import Backbone
-from ..options import option
+from ..options import option, positive
 from ..progress import log
 from ..stats import cache_root, feature_bank
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
@@ -45,6 +45,7 @@ class FullProbeOptions:
     def validate(self) -> None:
         if self.full_epochs < 1 or self.full_batch < 1 or self.full_views < 0:
             raise ConfigError("--full-epochs and --full-batch must be >= 1, --full-views >= 0")
+        positive(self, "full_base_lr")
 
     def full_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in FullProbeOptions.__dataclass_fields__}
@@ -146,6 +147,7 @@ def _golden_classifier(
 @dataclass
 class FullOptions(EvalBackboneOptions, FullProbeOptions):
     def validate(self) -> None:
+        EvalBackboneOptions.validate(self)
         FullProbeOptions.validate(self)
 
 

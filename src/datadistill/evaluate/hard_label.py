@@ -27,7 +27,7 @@ from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
 from ..models.supervised import FloatImages, InputNorm, Recipe, accuracy, train_epoch
-from ..options import option
+from ..options import at_least, option, positive
 from ..progress import log, progress
 from ..stats import resize_for
 from .from_scratch import synset_tensors
@@ -84,6 +84,8 @@ class HardLabelOptions:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.batch_size < 1 or self.resolution < 8 or not 0 < self.rrc_scale <= 1 or not 0 <= self.cutmix <= 1:
             raise ConfigError("need --batch-size >= 1, --resolution >= 8, --rrc-scale in (0, 1], --cutmix in [0, 1]")
+        positive(self, "lr")
+        at_least(self, 0, "weight_decay")
 
 
 class MinimaxAugment:

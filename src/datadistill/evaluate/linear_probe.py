@@ -24,7 +24,7 @@ from ..augment import aug_basic
 from ..data import resize_center_crop
 from ..errors import ConfigError, DataError
 from ..models.backbones import Backbone
-from ..options import option
+from ..options import at_least, fraction, option, positive
 from ..progress import progress
 from ..stats import feature_bank, resize_for
 from ..synset import SyntheticSet
@@ -47,8 +47,10 @@ class ProbeOptions(EvalBackboneOptions):
     )
 
     def validate(self) -> None:
+        EvalBackboneOptions.validate(self)
         if self.epochs < 1 or self.views < 1 or self.batch_size < 1:
             raise ConfigError("--epochs, --views and --batch-size must be at least 1")
+        positive(self, "base_lr")
 
 
 @dataclass
@@ -69,12 +71,19 @@ class InheritOptions(ProbeOptions, FullProbeOptions):
     def validate(self) -> None:
         ProbeOptions.validate(self)
         FullProbeOptions.validate(self)
+        at_least(self, 1, "distill_crop")
+        positive(self, "projector_lr")
 
 
 @dataclass
 class KDOptions(InheritOptions):
     temperature: float = option(4.0, "KD temperature T")
     alpha: float = option(0.5, "KD weight of the soft-label term (1 - alpha on the hard labels)")
+
+    def validate(self) -> None:
+        InheritOptions.validate(self)
+        positive(self, "temperature")
+        fraction(self, "alpha")
 
 
 def view_features(

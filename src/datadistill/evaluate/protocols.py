@@ -13,7 +13,7 @@ from ..config import EvalConfig
 from ..data import RealData
 from ..errors import ConfigError
 from ..models.backbones import Backbone, load_backbone
-from ..options import option
+from ..options import at_least, option
 from ..synset import SyntheticSet
 from .results import EvalResult
 
@@ -25,6 +25,9 @@ class EvalBackboneOptions:
     crop: int | None = option(
         None, "evaluation input size (default: the run's crop for its own backbone, else the backbone's own)"
     )
+
+    def validate(self) -> None:
+        at_least(self, 1, "crop")
 
 
 @dataclass

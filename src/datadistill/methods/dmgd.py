@@ -29,7 +29,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.generative.diffusion import EmbeddingTransform, SamplerHook, StepState
-from ..options import option
+from ..options import at_least, option
 from ..ot import ot_loss
 from .base import RunContext, register
 from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
@@ -67,6 +67,7 @@ class DMGDOptions(DDPMOptions):
             raise ConfigError("need 0 <= --t-lower < --t-upper <= 1000")
         if self.supports < 1 or self.ot_iters < 1 or self.ot_epsilon <= 0:
             raise ConfigError("--supports and --ot-iters must be >= 1 and --ot-epsilon > 0")
+        at_least(self, 0, "noise_weight", "label_weight", "window_low")
         if self.window_low > self.window_high:
             raise ConfigError("--window-low must not exceed --window-high")
         if self.ot and self.window_low >= self.sampling_steps:

@@ -26,7 +26,7 @@ from ..errors import ConfigError, WeightsError
 from ..models.generative.diffusion import GaussianDiffusion, SamplerHook, ddpm_sample
 from ..models.generative.dit import DiTDenoiser, load_dit
 from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_space_from
-from ..options import option
+from ..options import at_least, option
 from ..ot import ot_loss
 from ..progress import log
 from ..synset import ImageParam
@@ -55,10 +55,12 @@ class DDPMOptions(LatentOptions):
     resolution: int | None = option(None, "size of the saved images (default: the dataset's own)")
 
     def validate(self) -> None:
+        LatentOptions.validate(self)
         if self.sampling_steps < 1 or self.sampling_steps > 1000 or self.dit_train_steps < 1:
-            raise ConfigError("--sampling-steps must lie in [1, 1000] and --model-train-steps be >= 1")
+            raise ConfigError("--sampling-steps must lie in [1, 1000] and --dit-train-steps be >= 1")
         if self.cfg_scale < 0:
             raise ConfigError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
+        at_least(self, 1, "resolution")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..augment import DSA, DSA_CODE_STRATEGY, DSA_MODES, default_strategy
 from ..data.memory import MemorySplit, in_memory
 from ..errors import ConfigError
 from ..models.supervised import InputNorm
-from ..options import option
+from ..options import at_least, option
 from ..synset import tile_images
 from .base import RunContext
 
@@ -53,6 +53,7 @@ class MatchOptions:
             raise ConfigError("--steps must be >= 0 and --batch-real >= 1")
         if not 0 <= self.momentum < 1:
             raise ConfigError("--momentum must lie in [0, 1)")
+        at_least(self, 1, "width", "depth", "resolution")
         self.dsa()
 
     def dsa(self, mirror_safe: bool = True) -> DSA:

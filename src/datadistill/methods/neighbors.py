@@ -25,6 +25,7 @@ class NeighborsOptions(BackboneOptions):
     backbone: str | None = option(None, "feature extractor (default: the source run's distillation backbone)")
 
     def validate(self) -> None:
+        super().validate()
         if not self.source:
             raise ConfigError("neighbors needs --source RUN (the synthetic set whose neighbours to pick)")
 

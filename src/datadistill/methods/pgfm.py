@@ -28,7 +28,7 @@ from ..evaluate.metrics import mode_coverage
 from ..models.generative.flow_training import FlowOptions, check_flow_spec, flow_model_from
 from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_space_from
 from ..models.generative.samplers import PathToPrototype, ode_sample, warm_start
-from ..options import option
+from ..options import at_least, option
 from ..synset import SyntheticSet
 from .base import Method, RunContext, get_method, register
 
@@ -61,6 +61,9 @@ class PGFMOptions(LatentOptions, FlowOptions):
     resolution: int | None = option(None, "size of the saved images (default: the dataset's own)")
 
     def validate(self) -> None:
+        LatentOptions.validate(self)
+        FlowOptions.validate(self)
+        at_least(self, 1, "cfg_channels", "coverage_k", "resolution")
         if self.sampling_steps < 1 or self.batch_size < 1:
             raise ConfigError("--sampling-steps and --batch-size must be >= 1")
         if self.strength < 0 or not 0 < self.guidance_stop <= 1 or not 0 <= self.warm_start < 1:

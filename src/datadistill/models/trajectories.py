@@ -27,7 +27,7 @@ from ..data.memory import in_memory
 from ..engine import train_resumable
 from ..errors import ConfigError, DatadistillError
 from ..io import atomic_dir, previous_checkpoint, remove_checkpoint, write_json
-from ..options import option
+from ..options import at_least, option
 from ..pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ..progress import log
 from .architectures import ModelSpec, build_model, check_arch
@@ -66,6 +66,7 @@ class ExpertOptions:
             raise ConfigError("--expert-epoch-images must be at least 1")
         if self.expert_lr <= 0 or not 0 <= self.expert_cutmix <= 1 or self.expert_val_every < 0:
             raise ConfigError("--expert-lr must be positive, --expert-cutmix in [0, 1], --expert-val-every >= 0")
+        at_least(self, 1, "expert_width", "expert_depth", "expert_resolution")
         DSA(self.expert_dsa, mode="idc")
         check_arch(self.expert_arch)
 

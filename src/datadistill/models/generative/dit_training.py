@@ -23,7 +23,7 @@ from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
 from ...io import atomic_dir, remove_checkpoint, write_json
-from ...options import option
+from ...options import at_least, option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
 from .diffusion import GaussianDiffusion, training_loss
@@ -49,6 +49,8 @@ class DiffusionTrainOptions(LatentOptions):
     checkpoint_every: int = option(500, "resumable checkpoint every N steps")
 
     def validate(self) -> None:
+        LatentOptions.validate(self)
+        at_least(self, 1, "patch_size", "checkpoint_every")
         if min(self.width, self.depth, self.heads, self.steps, self.batch_size) < 1:
             raise ConfigError("diffusion: --width, --depth, --heads, --steps and --batch-size must be >= 1")
         if self.lr <= 0 or not 0 <= self.ema < 1 or not 0 <= self.class_dropout < 1:

@@ -23,7 +23,7 @@ from ...data import RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
 from ...io import atomic_dir, remove_checkpoint
-from ...options import option
+from ...options import at_least, option, positive
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
 from .flow import FlowModel, VelocityMLP, flow_matching_loss, load_flow_folder, save_flow
@@ -46,6 +46,7 @@ class FlowTrainOptions(LatentOptions):
     checkpoint_every: int = option(500, "resumable checkpoint every N steps")
 
     def validate(self) -> None:
+        LatentOptions.validate(self)
         if min(self.width, self.depth, self.steps, self.batch_size, self.checkpoint_every) < 1:
             raise ConfigError("flow: --width, --depth, --steps, --batch-size and --checkpoint-every must be >= 1")
         if self.lr <= 0 or not 0 <= self.ema < 1 or not 0 <= self.class_dropout < 1:
@@ -307,6 +308,11 @@ class FlowOptions:
         ("difffit", "all"),
     )
     finetune_lr: float = option(1e-4, "fine-tuning learning rate")
+
+    def validate(self) -> None:
+        at_least(self, 1, "flow_heads", "flow_steps")
+        at_least(self, 0, "finetune_steps")
+        positive(self, "finetune_lr")
 
 
 def check_flow_spec(opts: FlowOptions) -> Path | None:

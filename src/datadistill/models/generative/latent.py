@@ -29,7 +29,7 @@ from torch import nn
 
 from ...data import LabelledImages, RealData
 from ...errors import ConfigError, DataError, WeightsError
-from ...options import option
+from ...options import at_least, option
 from ...stats import FeatureBank, feature_bank
 
 HUB_ALIASES = {"sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse", "sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema"}
@@ -246,6 +246,9 @@ class LatentOptions:
         "-> 7 x 7 latents; 1: 14 x 14, a near-lossless reconstruction)",
     )
     vae_latent_channels: int | None = option(None, "latent channels of the offline 'tiny' autoencoder (default 4)")
+
+    def validate(self) -> None:
+        at_least(self, 1, "vae_image_size", "vae_steps", "vae_levels", "vae_latent_channels")
 
 
 def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | torch.device = "cpu") -> LatentSpace:

@@ -24,7 +24,7 @@ from ...data import LabelledImages, RealData
 from ...engine import train_resumable
 from ...errors import ConfigError, WeightsError
 from ...io import atomic_dir, remove_checkpoint, write_json
-from ...options import option
+from ...options import at_least, option
 from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
 from ...progress import log
 from .latent import TINY_FORMAT, center_crop_arr
@@ -115,6 +115,7 @@ class VAEOptions:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.levels < 1 or self.width < 1 or self.latent_channels < 1:
             raise ConfigError("vae: --steps, --batch-size, --levels, --width and --latent-channels must be >= 1")
+        at_least(self, 1, "checkpoint_every")
         if self.lr <= 0 or self.kl_weight < 0:
             raise ConfigError("vae: --lr must be positive and --kl-weight non-negative")
         if self.image_size is not None and self.image_size < 2**self.levels:
