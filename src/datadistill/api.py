@@ -11,7 +11,7 @@ import torch
 from . import __version__, dist
 from .config import DistillConfig, EvalConfig, check_val_fraction
 from .data import RealData, load_dataset
-from .engine import LoopState, PhaseTimer, RunDir, optimise, resolve_device
+from .engine import LoopState, PhaseTimer, RunDir, buffered_log, optimise, resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
 from .io import check_creatable
@@ -94,13 +94,13 @@ def distill(
             return finished
     # Everything that can refuse the input runs before the run folder exists, so a refusal leaves nothing behind.
     timer = PhaseTimer()
-    with timer.phase("load"):
+    with buffered_log() as earlier, timer.phase("load"):
         ctx = build_context(config, dataset, model)
         timer.device = ctx.device
         _check_ipc(ctx.data, ipc)
         resolved = _resolved(ctx)
     run = RunDir(out) if out is not None else None
-    with run.session() if run else nullcontext():
+    with run.session(earlier) if run else nullcontext():
         if run is not None:
             resumed = run.claim(config, resolved)
             log.info("%s run in %s%s", method, run.path, " (resuming)" if resumed else "")

@@ -168,37 +168,64 @@ class RunDir:
         return metrics
 
     @contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self, earlier: list[logging.LogRecord] = ()) -> Iterator[None]:
         """Hold the run's lock and log into its ``log.txt`` for the life of the block (the process that distills
         here). A second process on the same folder stops at the lock, naming the first; under torchrun the ranks
-        of one run are one owner, so only rank 0 takes it."""
+        of one run are one owner, so only rank 0 takes it. ``earlier`` lines (logged before the folder existed,
+        see ``buffered_log``) open the log once the lock is held."""
         lock = hold_lock(self.lock_path, self.path, "wait for it or use another --out")
-        with lock if dist.is_main() else nullcontext(), self.logging():
+        with lock if dist.is_main() else nullcontext(), self.logging(earlier):
             yield
 
     @contextmanager
-    def logging(self):
+    def logging(self, earlier: list[logging.LogRecord] = ()):
         if not dist.is_main():
             yield
             return
         handler = logging.FileHandler(self.path / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        console = logging.StreamHandler()
-        console.setLevel(logging.WARNING)
-        log.addHandler(handler)
-        log.addHandler(console)
-        previous = log.level, log.propagate
-        # INFO goes to the run's log file; the console keeps progress bars, warnings and the CLI's own output.
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        try:
+        for record in earlier:
+            handler.handle(record)
+        with _run_logging(handler):
             yield
-        finally:
-            log.removeHandler(handler)
-            log.removeHandler(console)
-            handler.close()
-            log.setLevel(previous[0])
-            log.propagate = previous[1]
+
+
+@contextmanager
+def _run_logging(handler: logging.Handler) -> Iterator[None]:
+    """INFO goes to ``handler``; the console keeps progress bars, warnings and the CLI's own output."""
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    log.addHandler(handler)
+    log.addHandler(console)
+    previous = log.level, log.propagate
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.removeHandler(console)
+        handler.close()
+        log.setLevel(previous[0])
+        log.propagate = previous[1]
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def buffered_log() -> Iterator[list[logging.LogRecord]]:
+    """Keep what is logged before a run folder may be created (loading and checking the input), so that a refused
+    input leaves no folder behind while an accepted run's ``log.txt`` still starts with those lines."""
+    recorder = _Recorder()
+    with _run_logging(recorder):
+        yield recorder.records
 
 
 @dataclass
