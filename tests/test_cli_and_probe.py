@@ -98,7 +98,8 @@ def test_distill_eval_list_stats_commands(capsys, tmp_path):
     assert code == 0 and "synset" in out
     code, out, _ = _cli(capsys, "eval", str(run), "--seeds", "2", "--epochs", "20", "--views", "4")
     assert code == 0 and "test" in out
-    ev = json.loads((run / "metrics.json").read_text())["eval"]["linear-probe@efficientnet_lite0"]
+    evals = json.loads((run / "metrics.json").read_text())["eval"]  # keys: protocol@backbone|settings digest
+    ev = next(e for k, e in evals.items() if k.startswith("linear-probe@efficientnet_lite0|"))
     assert len(ev["test_acc"]) == 2 and "Evaluation" in (run / "report.md").read_text()
     code, out, _ = _cli(capsys, "list")
     assert code == 0 and "efficientnet_lite0" in out and "digits" in out and "sfm" in out

@@ -123,7 +123,7 @@ def test_cli_distill_dm_and_eval_convnet(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "convnet @ convnet: test" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "convnet@convnet" in metrics["eval"]
+    assert any(k.startswith("convnet@convnet|") for k in metrics["eval"])  # protocol@model|settings digest
     with pytest.raises(SystemExit):
         main(["-q", "eval", str(out), "--protocol", "convnet", "--arch", "nope"])
     assert main(["-q", "eval", str(out), "--protocol", "convnet", "--epochs", "0"]) == 2

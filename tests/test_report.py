@@ -112,8 +112,8 @@ def test_report_files(tiny_bench):
 
 
 def test_report_of_run_directories_and_errors(tiny_bench, tmp_path, capsys):
-    out, _ = tiny_bench
-    run = out / "ipc1" / "efficientnet_lite0" / "sfm"
+    out, records = tiny_bench
+    run = out / next(r for r in records if r["method"] == "sfm")["runs"][0]
     with pytest.raises(Exception, match="no evaluation results"):
         collect([run])  # the bench evaluated its sets in memory, not through the run directory
     assert main(["-q", "eval", str(run), "--seeds", "2", "--epochs", "5", "--views", "2"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,13 +13,15 @@ from . import __version__, dist
 from .config import DistillConfig, EvalConfig, check_val_fraction
 from .data import RealData, load_dataset
 from .engine import LoopState, PhaseTimer, RunDir, buffered_log, optimise, resolve_device
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DatadistillError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
+from .evaluate.linear_probe import check_compatible
+from .identity import data_identity, eval_key, eval_settings
 from .io import check_creatable
 from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
-from .options import build, split, to_dict
+from .options import build, fields_of, split, to_dict
 from .pretrain import get_pretrainer
 from .progress import log
 from .report import write_report
@@ -185,7 +188,9 @@ def evaluate(
 
     ``backbone`` is the evaluation backbone (a name or a loaded one); ``models`` are other loaded backbones
     to reuse (e.g. the distillation backbone for CI). ``options`` are the common evaluation options (seeds,
-    device, ...) and the protocol's own (``datadistill eval --protocol P --help``).
+    device, ...) and the protocol's own (``datadistill eval --protocol P --help``). A run directory keeps every
+    evaluation in its metrics.json under a key of all its settings, so evaluations with other settings (another
+    crop, other options or seeds) are kept beside one another.
     """
     proto = get_protocol(protocol)
     common_values, rest = split(options, EvalConfig)
@@ -200,31 +205,122 @@ def evaluate(
     run, run_cfg = None, {}
     if isinstance(synset, str | Path):
         path = Path(synset)
-        if not path.exists():  # say so before asking for data= (which a missing run cannot supply)
+        if not path.exists():  # say so before asking for the data (which a missing run cannot supply)
             raise DataError(f"no synthetic set at {path}: the path does not exist")
         if (path / "config.json").exists():
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
-        data = _eval_data(data, run_cfg, root, common)
+            if not (path / "synset" / "manifest.json").exists():
+                raise DataError(
+                    f"{path} is a run directory whose distillation has not finished (no synset/ yet): run the same "
+                    "distill command again to finish it"
+                )
+        elif data is None:
+            raise _not_a_run(path)
+        data = _eval_data(data, run_cfg, root, protocol, common)
         synset = SyntheticSet.load(path, classes=list(data.classes))  # a folder of PNGs takes the dataset's classes
     synsets = synset if isinstance(synset, list) else ([synset] * common.seeds if synset is not None else [])
     if proto.needs_synset and not synsets:
-        raise ConfigError(f"protocol '{protocol}' evaluates a synthetic set: pass a run directory or a set")
+        raise _user_error(
+            ConfigError,
+            f"{protocol} evaluates a synthetic set: {{synset}}",
+            synset=(
+                "pass one as the first argument (a run directory, a saved set, a folder of PNGs or a SyntheticSet)",
+                "give its run directory (or a saved set, or a folder of PNGs with --data NAME): datadistill eval RUN",
+            ),
+        )
     if synsets and len(synsets) != common.seeds:
         raise ConfigError(f"{len(synsets)} synthetic sets given for {common.seeds} seeds")
     if not run_cfg and synsets and synsets[0].meta.get("backbone"):
         meta = synsets[0].meta
         run_cfg = {"options": {"backbone": meta["backbone"], "crop": meta.get("crop")}}
-    data = _eval_data(data, run_cfg, root, common)
+    data = _eval_data(data, run_cfg, root, protocol, common)
+    check_compatible(synsets, data)  # a set of another dataset is the first thing to say
+    _check_backbones(proto, opts, run_cfg, run)
     device = resolve_device(common.device)
     timer = PhaseTimer(device)
     with timer.phase("eval"):
         result = _run_protocol(proto, EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
     result.details["phases"] = timer.phases
     if run is not None and dist.is_main():
-        run.update_metrics(eval={f"{protocol}@{result.backbone}": result.to_dict()})
+        settings = eval_settings(
+            protocol, to_dict(opts), common.seeds, common.first_seed, data_identity(data), run_cfg.get("options")
+        )
+        run.update_metrics(
+            eval={eval_key(protocol, result.backbone, settings): {**result.to_dict(), "settings": settings}}
+        )
         write_report(run.path)
     return result
+
+
+# Python arguments and the flags that set them, for messages that name one: (Python, command line).
+_ARGUMENTS = {
+    "data": ("data=NAME", "--data NAME"),
+    "eval_backbone": ("backbone=NAME", "--eval-backbone NAME"),
+    "distill_backbone": ("distill_backbone=NAME", "--distill-backbone NAME"),
+}
+
+
+def _user_error(cls: type[DatadistillError], text: str, **other: tuple[str, str]) -> DatadistillError:
+    """``text`` with each ``{name}`` of ``_ARGUMENTS`` spelled for Python users (``data=NAME (CLI: --data NAME)``)
+    and, in the command-line form of the error, as the flag alone; ``{name:VALUE}`` spells an example with VALUE.
+    ``other`` gives more (Python, command line) wordings by name."""
+
+    def spell(cli: bool) -> str:
+        def word(m: re.Match) -> str:
+            name, value = m.groups()
+            if name in other:
+                return other[name][cli]
+            if name not in _ARGUMENTS:
+                return m.group(0)
+            py, flag = _ARGUMENTS[name]
+            if value:
+                return flag.replace("NAME", value) if cli else py.replace("NAME", repr(value))
+            return flag if cli else f"{py} (CLI: {flag})"
+
+        return re.sub(r"\{(\w+)(?::([\w.-]+))?\}", word, text)
+
+    return cls(spell(False), cli=spell(True))
+
+
+def _not_a_run(path: Path) -> DatadistillError:
+    """What ``path`` is, for a set given without the dataset it comes from."""
+    saved = (path / "manifest.json").exists() or (path / "synset" / "manifest.json").exists()
+    pngs = path.is_dir() and (any(path.glob("*.png")) or any(path.glob("*/*.png")))
+    if saved or pngs:
+        what = "a saved synthetic set" if saved else "a folder of PNGs"
+        return _user_error(
+            ConfigError,
+            f"{path} is {what}, not a run directory (no config.json), so it does not say which dataset it comes "
+            "from: pass {data}",
+        )
+    return _user_error(
+        DataError,
+        f"{path} is not a run directory (no config.json), not a saved synthetic set (no manifest.json) and holds no "
+        "PNGs (class sub-folders of .png files, or c<label>_*.png): give a run directory, or a folder of PNGs "
+        "with {data}",
+    )
+
+
+def _check_backbones(proto, opts, run_cfg: dict, run: RunDir | None) -> None:
+    """A protocol that needs a backbone the options do not name and the evaluated set cannot supply: say which
+    option to pass, and why (before any model is loaded)."""
+    if run_cfg.get("options", {}).get("backbone"):
+        return
+    known = fields_of(proto.Options)
+    if run is not None:
+        why = f"this run ({run_cfg.get('method', '?')}) was made without a backbone, so {proto.name} needs one"
+    elif proto.needs_synset:
+        why = f"the set does not say which backbone made it, so {proto.name} needs one"
+    else:
+        why = f"{proto.name} learns from the real data's features, so it needs a backbone"
+    for name, role in (("eval_backbone", "evaluate with"), ("distill_backbone", "inherit the classifier of")):
+        if name in known and getattr(opts, name) is None:
+            raise _user_error(
+                ConfigError,
+                f"{why} to {role}: pass {{{name}}}, e.g. {{{name}:efficientnet_lite0}} "
+                "(`datadistill list backbones` lists them)",
+            )
 
 
 def pretrain(
@@ -269,13 +365,20 @@ def _run_protocol(proto, job: EvalJob) -> EvalResult:
     return result
 
 
-def _eval_data(data: str | RealData | None, run_cfg: dict, root: str | None, common: EvalConfig) -> RealData:
+def _eval_data(
+    data: str | RealData | None, run_cfg: dict, root: str | None, protocol: str, common: EvalConfig
+) -> RealData:
     """The dataset to evaluate on: given, or the run's (with the run's validation split and unreadable files
     left out as the run left them out, unless ``skip_corrupt`` says otherwise)."""
     if isinstance(data, RealData):
         return data
     if data is None and not run_cfg.get("data"):
-        raise ConfigError("evaluate needs data= (the dataset the synthetic set was distilled from)")
+        raise _user_error(
+            ConfigError,
+            f"{protocol} needs the dataset "
+            + ("the set was distilled from" if get_protocol(protocol).needs_synset else "to train and test on")
+            + ": pass {data}",
+        )
     skip = common.skip_corrupt if common.skip_corrupt is not None else run_cfg.get("skip_corrupt", False)
     return load_dataset(
         data or run_cfg["data"],

@@ -109,7 +109,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="distill with several methods and backbones, evaluate every set with every "
-        "protocol and backbone; resumable (finished cells are skipped)",
+        "protocol and backbone; resumable (finished cells, and cells whose settings did not change, are skipped)",
     )
     b.add_argument("--data", required=True)
     b.add_argument("--methods", required=True, type=_csv, help="e.g. random,centroids,lgm,sfm,neighbors:sfm")
@@ -239,7 +239,7 @@ def _cmd_bench(args) -> int:
     )
     records = bench(plan, args.out)
     say((Path(args.out) / "summary.md").read_text())
-    say(f"{len(records)} results in {args.out}/results.json (and .csv)")
+    say(f"{len(records)} results of this plan in {args.out}/results.json (and results.csv)")
     return 0
 
 

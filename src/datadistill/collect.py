@@ -4,8 +4,11 @@ one list of uniform records.
 A record has the fields of a bench record (bench.py): ``key, ipc, method, distill_backbone, protocol,
 eval_backbone, evaluated_with, mean, std, val_mean, test_acc, val_acc, seeds, eval_seconds, details,
 distill_phases`` plus ``data`` (the dataset), ``source`` (the directory it came from) and ``runs`` (absolute run
-directories of the evaluated set; several for Random in a bench, one per seed). Run directories are also read
-for their pictures and curves: ``synset/grid.png``, the loss curve and the phases of ``metrics.json``.
+directories of the evaluated set; several for Random in a bench, one per seed), and where it was recorded
+``settings`` (``{"evaluation": ...}``, and ``"set"`` for a bench cell) and ``given`` (a bench cell's options as
+the plan set them). Records written before results carried their settings are read as they are. Run directories
+are also read for their pictures and curves: ``synset/grid.png``, the loss curve and the phases of
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 from .errors import ConfigError, DataError
 from .evaluate import PROTOCOLS
+from .methods import METHODS
+from .methods.base import BackboneOptions
 
 
 @dataclass
@@ -79,11 +84,17 @@ def load_run(path: Path) -> RunInfo | None:
     return RunInfo(path, _json(path / "config.json"), metrics)
 
 
-def _bench_records(path: Path) -> tuple[list[dict], dict]:
-    from .bench import run_dirs
-
+def _bench_records(path: Path) -> tuple[list[dict], dict, int]:
+    """The records of the bench's current plan (the cells bench.json lists; every record of a bench written before
+    bench.json listed them), the plan, and how many records of earlier plans results.json keeps besides."""
     plan = _json(path / "bench.json")
     results = _json(path / "results.json") if (path / "results.json").exists() else []
+    if "cells" in plan:
+        by_key = {r["key"]: r for r in results}
+        earlier = len(set(by_key) - set(plan["cells"]))
+        results = [by_key[k] for k in plan["cells"] if k in by_key]
+    else:
+        earlier = 0
     records = []
     for r in results:
         r = {
@@ -94,15 +105,25 @@ def _bench_records(path: Path) -> tuple[list[dict], dict]:
             "protocol": _protocol_label(r["protocol"], r.get("details") or {}),
         }
         if r.get("method") != "full-data":
-            # Benches before the "runs" field: the run directories follow the bench's layout.
-            rel = r.get("runs") or run_dirs(Path("."), r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
+            rel = r.get("runs") or _early_run_dirs(r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
             r["runs"] = [str(path / p) for p in rel]
         records.append(r)
-    return records, plan
+    return records, plan, earlier
 
 
-def _run_records(info: RunInfo) -> list[dict]:
-    """One record per evaluation stored in a run directory's metrics.json."""
+def _early_run_dirs(method: str, ipc: int, group: str, seeds: int) -> list[str]:
+    """Where the first benches, whose records did not name their run directories, kept a method's runs."""
+    name = method.partition(":")[0]
+    if name == "random":
+        return [f"ipc{ipc}/random/seed{k}" for k in range(seeds)]
+    if name in METHODS and issubclass(METHODS[name].Options, BackboneOptions):
+        return [f"ipc{ipc}/{group}/{method.replace(':', '-')}"]
+    return [f"ipc{ipc}/{method}"]
+
+
+def run_records(info: RunInfo) -> list[dict]:
+    """One record per evaluation stored in a run directory's metrics.json (each with its settings, where the
+    evaluation recorded them; keys ``protocol@backbone`` of earlier versions hold none)."""
     d = info.config.get("distill", {})
     options = d.get("options", {})
     records = []
@@ -111,24 +132,25 @@ def _run_records(info: RunInfo) -> list[dict]:
         has_eval_backbone = proto is not None and "eval_backbone" in proto.Options.__dataclass_fields__
         details = e.get("details", {})
         protocol = _protocol_label(e.get("protocol", key.split("@")[0]), details)
-        records.append(
-            {
-                "key": f"{info.path}|{key}",
-                "ipc": d.get("ipc"),
-                "method": d.get("method", "?"),
-                "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
-                "protocol": protocol,
-                "eval_backbone": e.get("backbone") if has_eval_backbone else None,
-                "evaluated_with": e.get("backbone"),
-                "data": d.get("data"),
-                "source": str(info.path),
-                "runs": [str(info.path)],
-                "distill_phases": info.phases,
-                "eval_seconds": (details.get("phases") or {}).get("eval", {}).get("seconds"),
-                **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
-                "details": {k: v for k, v in details.items() if k != "phases"},
-            }
-        )
+        record = {
+            "key": f"{info.path}|{key}",
+            "ipc": d.get("ipc"),
+            "method": d.get("method", "?"),
+            "distill_backbone": options.get("backbone") or details.get("distill_backbone") or "-",
+            "protocol": protocol,
+            "eval_backbone": e.get("backbone") if has_eval_backbone else None,
+            "evaluated_with": e.get("backbone"),
+            "data": d.get("data"),
+            "source": str(info.path),
+            "runs": [str(info.path)],
+            "distill_phases": info.phases,
+            "eval_seconds": (details.get("phases") or {}).get("eval", {}).get("seconds"),
+            **{k: e.get(k) for k in ("mean", "std", "val_mean", "test_acc", "val_acc", "seeds")},
+            "details": {k: v for k, v in details.items() if k != "phases"},
+        }
+        if e.get("settings"):
+            record["settings"] = {"evaluation": e["settings"]}
+        records.append(record)
     return records
 
 
@@ -152,13 +174,22 @@ def collect(paths: list[str | Path]) -> Collection:
             raise DataError(f"{path} holds no bench (bench.json) and no run directory (config.json)")
         for kind, p in found:
             if kind == "bench":
-                records, plan = _bench_records(p)
+                records, plan, earlier = _bench_records(p)
                 out.records += records
-                out.sources.append({"path": str(p), "kind": "bench", "data": plan.get("data"), "plan": plan})
+                out.sources.append(
+                    {
+                        "path": str(p),
+                        "kind": "bench",
+                        "data": plan.get("data"),
+                        "plan": plan,
+                        "records": records,
+                        "earlier": earlier,
+                    }
+                )
             else:
                 info = load_run(p)
                 out.runs[p] = info
-                out.records += _run_records(info)
+                out.records += run_records(info)
                 out.sources.append({"path": str(p), "kind": "run", "data": info.config.get("distill", {}).get("data")})
     if not out.records:
         raise DataError(

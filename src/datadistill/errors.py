@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class DatadistillError(Exception):
-    """An error caused by the user's input or environment; the CLI prints its message and exits 2."""
+    """An error caused by the user's input or environment; the CLI prints its message and exits 2.
+
+    ``cli``, when given, is the same message in command-line terms (flags where the message names Python
+    arguments); the CLI shows it instead of the message.
+    """
+
+    def __init__(self, *args: object, cli: str | None = None):
+        super().__init__(*args)
+        self.cli = cli
 
 
 class DataError(DatadistillError):
@@ -29,6 +37,8 @@ def user_message(exc: BaseException) -> str:
     Errors raised inside a DataLoader worker come back wrapped with the worker's traceback in the
     message; the user only needs its last line, stripped of the ``module.Class:`` prefix.
     """
+    if getattr(exc, "cli", None):
+        return exc.cli
     lines = [line for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__

@@ -16,12 +16,12 @@ def fmt_acc(entry: dict) -> str:
     return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
 
 
-def accuracy_table(rows: list[tuple[str, dict]]) -> str:
+def accuracy_table(rows: list[tuple[str, dict]], name: str = "method") -> str:
     """Markdown table of (name, EvalResult.to_dict()) rows; the best test mean is in bold."""
     if not rows:
         return ""
     best = max(r["mean"] for _, r in rows)
-    lines = ["| method | test acc (%) | val acc (%) | seeds | backbone | protocol |", "|---|---|---|---|---|---|"]
+    lines = [f"| {name} | test acc (%) | val acc (%) | seeds | backbone | protocol |", "|---|---|---|---|---|---|"]
     for name, r in rows:
         acc = fmt_acc(r)
         acc = f"**{acc}**" if r["mean"] == best else acc
@@ -39,29 +39,45 @@ def phases_table(phases: dict) -> str:
     return "\n".join(lines)
 
 
+# Method options the run report names in words, in this order (shown only when the method has them).
+RUN_OPTIONS = (("steps", "steps"), ("lr", "lr"), ("augs", "views per step"), ("param", "parameterisation"))
+
+
 def write_report(run: str | Path) -> Path:
+    """The run directory's report.md: its config, phases, losses, every stored evaluation and the image grid."""
+    from .collect import RunInfo, run_records
+
     run = Path(run)
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
     d = config.get("distill", {})
+    opts = d.get("options", {})
     res = config.get("resolved", {})
     parts = [f"# {d.get('method', 'run')} on {d.get('data', '?')}, IPC {d.get('ipc', '?')}", ""]
-    parts += [
-        f"- backbone: `{d.get('backbone')}` ({res.get('backbone_weights', 'weights not recorded')})",
+    if "backbone" in opts:
+        parts.append(f"- backbone: `{opts['backbone']}` ({res.get('backbone_weights') or 'weights not recorded'})")
+    parts.append(
         f"- data: {res.get('dataset_source', d.get('data'))}; train {res.get('train_images')} / "
-        f"val {res.get('val_images')} / test {res.get('test_images')} images",
-        f"- steps {d.get('steps')}, lr {d.get('lr')}, views per step {d.get('augs')}, "
-        f"parameterisation {d.get('param')}, crop {res.get('crop')}, render {res.get('resolution')}, "
-        f"seed {d.get('seed')}",
-        "",
-    ]
+        f"val {res.get('val_images')} / test {res.get('test_images')} images"
+    )
+    named = [f"{label} {opts[key]}" for key, label in RUN_OPTIONS if key in opts]
+    sizes = [f"crop {res['crop']}"] if res.get("crop") is not None else []
+    parts.append("- " + ", ".join(named + sizes + [f"render {res.get('resolution')}", f"seed {d.get('seed')}"]))
+    shown = {*dict(RUN_OPTIONS), "backbone", "crop", "resolution"}
+    others = {k: v for k, v in opts.items() if k not in shown and v is not None}
+    if others:
+        parts.append("- options: " + ", ".join(f"{k} {v}" for k, v in others.items()))
+    parts.append("")
     dist = metrics.get("distill", {})
     if dist.get("phases"):
         parts += ["## Time and memory", "", phases_table(dist["phases"]), ""]
         if dist.get("loss_first") is not None:
             parts += [f"Loss: {dist['loss_first']:.4f} at the first step, {dist['loss_last']:.4f} at the last.", ""]
-    if metrics.get("eval"):
-        parts += ["## Evaluation", "", accuracy_table(list(metrics["eval"].items())), ""]
+    records = run_records(RunInfo(run, config, metrics))
+    if records:
+        labels = column_labels(records)
+        rows = [(labels[r["key"]], {**r, "backbone": r["evaluated_with"]}) for r in records]
+        parts += ["## Evaluation", "", accuracy_table(rows, "evaluation"), ""]
     if (run / "synset" / "grid.png").exists():
         parts += ["## Synthetic images", "", "![synthetic set](synset/grid.png)", ""]
     path = run / "report.md"
@@ -105,10 +121,12 @@ class Section:
     data: str
     ipc: int
     group: str
-    methods: list[str]
+    methods: list[str]  # row labels (a method, with its folder where several inputs give it)
     records: list[dict]  # evaluations of synthetic sets
+    row_of: dict[str, str] = field(default_factory=dict)  # record key -> its row (row_labels)
+    column_of: dict[str, str] = field(default_factory=dict)  # record key -> its column (column_labels)
     full: list[dict] = field(default_factory=list)  # evaluations on the full real data of the same dataset
-    columns: list[str] = field(default_factory=list)  # evaluations (protocol @ model), in run order
+    columns: list[str] = field(default_factory=list)  # evaluations (protocol @ model, settings), in run order
     full_by_column: dict[str, dict] = field(default_factory=dict)  # the full-data evaluation of each column's model
     overview: Table | None = None
     accuracy: Table | None = None
@@ -118,6 +136,10 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     grids: list[Figure] = field(default_factory=list)
     runs: dict[str, object] = field(default_factory=dict)  # method -> RunInfo
+
+    def first(self, row: str) -> dict:
+        """The first record of a row."""
+        return next(r for r in self.records if self.row_of[r["key"]] == row)
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -132,13 +154,51 @@ def _stat_text(stat, signed: bool = False) -> str:
     return _pct(stat.mean, signed) + ("" if stat.std is None else f" ± {100 * stat.std:.2f}")
 
 
-def column_label(record: dict) -> str:
+def evaluation_label(record: dict) -> str:
+    """An evaluation as shown: ``linear-probe @ efficientnet_lite0 (64 px)``."""
     from .evaluate.ranking import model_of
 
     _, model, size = model_of(record)
     name = record["protocol"]
     label = name if model in (None, name.split(":")[0]) else f"{name} @ {model}"
     return f"{label} ({size} px)" if size else label
+
+
+def column_labels(records: list[dict]) -> dict[str, str]:
+    """Each record's column (by key): its evaluation label, followed by the settings that tell different
+    evaluations sharing that label apart (``epochs=5`` / ``epochs=7``), so no evaluation hides another."""
+    from .identity import differences, evaluation_of
+
+    base = {r["key"]: evaluation_label(r) for r in records}
+    labels = dict(base)
+    for label in dict.fromkeys(base.values()):
+        group = [r for r in records if base[r["key"]] == label]
+        evaluations = {}
+        for r in group:
+            evaluations.setdefault(evaluation_of(r), (r.get("settings") or {}).get("evaluation"))
+        if len(evaluations) > 1:
+            extra = dict(zip(evaluations, differences(list(evaluations.values())), strict=True))
+            for r in group:
+                if extra[evaluation_of(r)]:
+                    labels[r["key"]] = f"{label}, {extra[evaluation_of(r)]}"
+    return labels
+
+
+def row_labels(records: list[dict]) -> dict[str, str]:
+    """Each record's row (by key): its method, followed by the folder it comes from where several inputs give
+    the same method (two SFM runs of different settings are two rows)."""
+    sources: dict[str, list[str]] = {}
+    for r in records:
+        sources.setdefault(r["method"], [])
+        if r.get("source") not in sources[r["method"]]:
+            sources[r["method"]].append(r.get("source"))
+    labels = {}
+    for r in records:
+        mine = sources[r["method"]]
+        names = [Path(str(p)).name for p in mine]
+        where = Path(str(r.get("source"))).name if len(set(names)) == len(names) else str(r.get("source"))
+        labels[r["key"]] = r["method"] if len(mine) == 1 else f"{r['method']} ({where})"
+    return labels
 
 
 def _peak(phases: dict, key: str) -> float | None:
@@ -163,7 +223,9 @@ def build_sections(collection) -> list[Section]:
             for group in groups:
                 rows = [r for r in at_ipc if (r.get("distill_backbone") or "-") in (group, "-")]
                 title = f"{data}, IPC {ipc}" + (f", distilled with {group}" if group != "-" else "")
-                section = Section(title, data, ipc, group, list(dict.fromkeys(r["method"] for r in rows)), rows, full)
+                row_of = row_labels(rows)
+                methods = list(dict.fromkeys(row_of[r["key"]] for r in rows))
+                section = Section(title, data, ipc, group, methods, rows, row_of, column_labels(rows), full)
                 _fill(section, scores, collection)
                 sections.append(section)
     return sections
@@ -172,8 +234,8 @@ def build_sections(collection) -> list[Section]:
 def _fill(s: Section, scores: dict, collection) -> None:
     from .evaluate.ranking import model_of
 
-    columns = s.columns = list(dict.fromkeys(column_label(r) for r in s.records))
-    cell = {(r["method"], column_label(r)): r for r in s.records}
+    columns = s.columns = list(dict.fromkeys(s.column_of[r["key"]] for r in s.records))
+    cell = {(s.row_of[r["key"]], s.column_of[r["key"]]): r for r in s.records}
     best = {c: max(r["mean"] for (m, col), r in cell.items() if col == c) for c in columns}
     notes: dict[str, int] = {}
 
@@ -189,7 +251,7 @@ def _fill(s: Section, scores: dict, collection) -> None:
         acc_rows.append(row)
     full_by_col = s.full_by_column
     for c in columns:
-        model = model_of(next(r for r in s.records if column_label(r) == c))
+        model = model_of(next(r for r in s.records if s.column_of[r["key"]] == c))
         match = next((f for f in s.full if model_of(f) == model), None)
         if match is not None:
             full_by_col[c] = match
@@ -235,7 +297,7 @@ def _fill(s: Section, scores: dict, collection) -> None:
         first = next((c for c in columns if (m, c) in cell), None)
         r = cell.get((m, first))
         sc = scores[r["key"]] if r else None
-        phases = (r or next(x for x in s.records if x["method"] == m)).get("distill_phases") or {}
+        phases = (r or s.first(m)).get("distill_phases") or {}
         total = sum(p.get("seconds") or 0.0 for p in phases.values())
         lrs = sc.lrs if sc else None
         over_rows.append(
@@ -274,7 +336,7 @@ def _fill(s: Section, scores: dict, collection) -> None:
     phase_names = list(dict.fromkeys(p for r in by_size for p in (r.get("distill_phases") or {})))
     cost_rows = []
     for m in s.methods:
-        mine = [r for r in s.records if r["method"] == m]
+        mine = [r for r in s.records if s.row_of[r["key"]] == m]
         phases = mine[0].get("distill_phases") or {}
         per_step = next((p["seconds_per_step"] for p in phases.values() if p.get("seconds_per_step")), None)
         eval_s = sum(r.get("eval_seconds") or 0.0 for r in mine)
@@ -299,7 +361,7 @@ def _fill(s: Section, scores: dict, collection) -> None:
         _drop_empty(table, "peak CUDA (MB)")  # runs on CPU
     s.notes = [text for text, _ in sorted(notes.items(), key=lambda kv: kv[1])]
     for m in s.methods:
-        info = collection.run(next(r for r in s.records if r["method"] == m))
+        info = collection.run(s.first(m))
         if info is not None:
             s.runs[m] = info
 
@@ -350,7 +412,7 @@ def add_figures(s: Section) -> None:
 
     slug = _slug(f"{s.data}-ipc{s.ipc}-{s.group}")
     columns = s.columns
-    cell = {(r["method"], column_label(r)): r for r in s.records}
+    cell = {(s.row_of[r["key"]], s.column_of[r["key"]]): r for r in s.records}
     means = np.array([[cell[(m, c)]["mean"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
     stds = np.array([[cell[(m, c)]["std"] if (m, c) in cell else np.nan for c in columns] for m in s.methods])
     reference = {c: r["mean"] for c, r in s.full_by_column.items()}
@@ -368,9 +430,7 @@ def add_figures(s: Section) -> None:
         (
             "cost",
             "Seconds per phase of the distillation, and peak memory",
-            plots.cost_bars(
-                [(m, next(r for r in s.records if r["method"] == m).get("distill_phases") or {}) for m in s.methods]
-            ),
+            plots.cost_bars([(m, s.first(m).get("distill_phases") or {}) for m in s.methods]),
         ),
     ]
     s.figures = [Figure(f"{slug}-{name}.png", caption, png) for name, caption, png in candidates if png]
@@ -379,7 +439,7 @@ def add_figures(s: Section) -> None:
         if info is None or info.grid is None:
             continue
         png, classes, note = grid_image(info)
-        runs = next(r for r in s.records if r["method"] == m).get("runs") or []
+        runs = s.first(m).get("runs") or []
         seeds = " (the first seed's draw)" if len(runs) > 1 else ""
         s.grids.append(Figure(f"{slug}-grid-{_slug(m)}.png", f"{m}{seeds}{note}", png, classes))
 
@@ -463,14 +523,47 @@ def _section_markdown(s: Section) -> list[str]:
     return parts
 
 
-def plan_summary(plan: dict) -> str:
-    """One line naming a bench plan's methods, protocols, seeds, crops and settings."""
-    narrowed = "".join(f" ({m}: {', '.join(ps)} only)" for m, ps in (plan.get("evaluate_with") or {}).items())
-    return (
-        f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}{narrowed}; "
-        f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
-        f"settings {plan.get('settings') or 'defaults'}"
+def given_summary(records: list[dict]) -> str:
+    """The settings the records were given, per method or protocol (``sfm: steps=2, crop=32; linear-probe:
+    epochs=7``; values that differ between records joined by ``/``), read from the records themselves."""
+    scopes: dict[str, dict[str, list]] = {}
+    for r in records:
+        for scope, options in (r.get("given") or {}).items():
+            for key, value in options.items():
+                values = scopes.setdefault(scope, {}).setdefault(key, [])
+                if value not in values:
+                    values.append(value)
+    text = "; ".join(
+        f"{scope}: " + ", ".join(f"{k}={'/'.join(map(_setting, vs))}" for k, vs in options.items())
+        for scope, options in scopes.items()
+        if options
     )
+    unknown = sum("given" not in r for r in records)
+    note = f" ({unknown} of {len(records)} results do not record theirs)" if unknown else ""
+    return (text or "defaults") + note
+
+
+def _setting(value: object) -> str:
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def plan_summary(plan: dict, records: list[dict] | None = None, earlier: int = 0) -> str:
+    """One line naming a bench plan's methods and protocols, with the seeds and settings of the results shown (read
+    from their records; from the plan for a bench whose records do not carry them), and how many results of
+    earlier plans its results.json keeps besides."""
+    narrowed = "".join(f" ({m}: {', '.join(ps)} only)" for m, ps in (plan.get("evaluate_with") or {}).items())
+    text = f"methods {', '.join(plan['methods'])}; protocols {', '.join(plan['protocols'])}{narrowed}; "
+    if records and all("given" in r for r in records):
+        seeds = "/".join(str(n) for n in sorted({len(r.get("test_acc") or []) for r in records}))
+        text += f"seeds {seeds}; settings {given_summary(records)}"
+    else:
+        text += (
+            f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
+            f"settings {plan.get('settings') or 'defaults'}"
+        )
+    if earlier:
+        text += f"; not shown: {earlier} result{'s' if earlier > 1 else ''} of earlier plans kept in results.json"
+    return text
 
 
 def comparison_markdown(collection, sections: list[Section]) -> str:
@@ -480,7 +573,7 @@ def comparison_markdown(collection, sections: list[Section]) -> str:
     parts = [f"# Comparison on {datasets}", "", f"datadistill {__version__}. Inputs:", ""]
     for src in collection.sources:
         plan = src.get("plan")
-        extra = f" ({plan_summary(plan)})" if plan else ""
+        extra = f" ({plan_summary(plan, src.get('records'), src.get('earlier', 0))})" if plan else ""
         parts.append(f"- {src['kind']} `{src['path']}`{extra}")
     parts.append("")
     for s in sections:

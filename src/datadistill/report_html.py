@@ -174,7 +174,7 @@ def render_html(collection, sections: list[Section]) -> str:
     sources = []
     for src in collection.sources:
         plan = src.get("plan")
-        extra = f" — {plan_summary(plan)}" if plan else ""
+        extra = f" — {plan_summary(plan, src.get('records'), src.get('earlier', 0))}" if plan else ""
         sources.append(f"<li>{_e(src['kind'])} <code>{_e(src['path'])}</code>{_e(extra)}</li>")
     toc = "".join(f'<li><a href="#s{i}">{_e(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "\n".join(section_html(s, i) for i, s in enumerate(sections))

@@ -51,23 +51,30 @@ class EvalJob:
 
     def backbone(self, name: str | None, weights: str | None = None) -> Backbone:
         """A loaded backbone by name (reused when already loaded); ``None`` means the run's own."""
-        name = name or self.run_config.get("options", {}).get("backbone")
+        name, weights, _ = with_run_defaults(self.run_config.get("options", {}), name, weights, None)
         if name is None:
             raise ConfigError("this protocol needs a backbone: pass --eval-backbone (or evaluate a run directory)")
         if name not in self.models:
-            same = name == self.run_config.get("options", {}).get("backbone")
-            run_weights = self.run_config.get("options", {}).get("weights") if same else None
-            self.models[name] = load_backbone(name, weights or run_weights, self.device)
+            self.models[name] = load_backbone(name, weights, self.device)
         return self.models[name].to(self.device)
 
     def crop_for(self, backbone: Backbone, crop: int | None) -> int:
         """The given crop, else the run's crop when it used this backbone, else the backbone's own."""
-        opts = self.run_config.get("options", {})
-        if crop:
-            return crop
-        if opts.get("backbone") == backbone.name and opts.get("crop"):
-            return int(opts["crop"])
-        return backbone.input_size
+        _, _, crop = with_run_defaults(self.run_config.get("options", {}), backbone.name, None, crop)
+        return int(crop) if crop else backbone.input_size
+
+
+def with_run_defaults(
+    run_options: dict, name: str | None, weights: str | None, crop: int | None
+) -> tuple[str | None, str | None, int | None]:
+    """An evaluation's backbone, weights and crop, the evaluated run's filling what is not given: its backbone when
+    none is named, and its weights and crop when the backbone is the run's own (``None``: the backbone's own)."""
+    own = run_options.get("backbone")
+    name = name or own
+    if own and name == own:
+        weights = weights or run_options.get("weights")
+        crop = crop or run_options.get("crop")
+    return name, weights, crop
 
 
 @dataclass(frozen=True)

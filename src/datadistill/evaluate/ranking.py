@@ -15,12 +15,14 @@ scores per seed when all inputs have the same number of seeds (mean ± std over 
 its evaluation runs), from the means otherwise, and says why a score cannot be computed.
 
 How records are matched (nothing depends on a method's name except the Random baseline itself):
-- random: the ``random`` records with the same IPC, the same protocol (with its fixed options) and the same model;
+- random: the ``random`` records with the same IPC, the same protocol (with its fixed options), the same model and,
+  where the records carry their settings, the same evaluation settings (every option, the seeds);
 - hard labels: a protocol is a hard-label one unless its options name a distillation backbone (the teacher of
   CI / KD / JT / ST); the full-data record is a protocol that trains on real data only (``needs_synset`` False)
   evaluated on the same model (``evaluated_with``) at the same input size;
 - augmentation: ``details["augment"]`` (the probes' ``augment`` option), else ``details["dsa"]`` / ``cutmix``
-  (from-scratch training); the twin is the same protocol on the same model with the opposite flag.
+  (from-scratch training); the twin is the same protocol on the same model with the opposite flag (and, where the
+  records carry their settings, otherwise the same evaluation settings).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..identity import evaluation_of
 from ..options import fields_of
 from .protocols import PROTOCOLS
 
@@ -152,6 +155,7 @@ def _random_for(r: dict, records: list[dict], protocol: str | None = None) -> di
             and x["protocol"] == protocol
             and model_of(x) == model_of(r)
             and _same_group(x, r)
+            and evaluation_of(x) == evaluation_of(r)
         ),
         None,
     )
@@ -193,6 +197,7 @@ def _twin(r: dict, records: list[dict]) -> dict | None:
             and model_of(x) == model_of(r)
             and _same_group(x, r)
             and augmented(x) is (not flag)
+            and evaluation_of(x, ("augment",)) == evaluation_of(r, ("augment",))
         ),
         None,
     )
