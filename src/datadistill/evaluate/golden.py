@@ -29,7 +29,7 @@ from ..progress import log
 from ..stats import FeatureBank, cache_root, feature_bank
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
-from .training import bank_accuracy, fit, new_head
+from .training import accuracy, fit, new_head
 
 
 @dataclass
@@ -155,8 +155,8 @@ def _golden_classifier(
     )
     result = GoldenResult(
         head,
-        bank_accuracy(head, test),
-        bank_accuracy(head, val),
+        accuracy(head, test),
+        accuracy(head, val),
         seed,
         backbone.name,
         crop,

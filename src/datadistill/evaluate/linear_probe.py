@@ -32,7 +32,7 @@ from ..synset import SyntheticSet
 from .golden import FullProbeOptions, golden_classifier, golden_summary
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
-from .training import PROJECTOR_INITS, bank_accuracy, copy_head, fit, new_head, new_projector
+from .training import PROJECTOR_INITS, accuracy, copy_head, fit, new_head, new_projector
 
 # The synthetic views' features are held as float16 between the pass and the probe's training and cast to float32
 # per batch: half the memory of float32 (100 views x 1000 images x 1280 features: 256 MB instead of 512 MB). The
@@ -272,8 +272,8 @@ def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
         golden = goldens[seed].head if goldens else None
         predict = train(z_e, z_d, synset.labels, data.num_classes, golden, opts, g)
         del feats, z_e, z_d  # before the next seed's pass allocates its own
-        test_acc.append(bank_accuracy(predict, test))
-        val_acc.append(bank_accuracy(predict, val))
+        test_acc.append(accuracy(predict, test))
+        val_acc.append(accuracy(predict, val))
     details.update(
         epochs=opts.epochs,
         views=views,

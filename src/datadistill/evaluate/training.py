@@ -96,12 +96,7 @@ def _fit(groups, n, views, epochs, batch_size, batch_loss, generator, desc) -> N
             schedule.step()
 
 
-def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((predict(features).argmax(dim=1) == labels).float().mean())
-
-
-def bank_accuracy(predict: Callable[[torch.Tensor], torch.Tensor], bank: FeatureBank, chunk: int = 8192) -> float:
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], bank: FeatureBank, chunk: int = 8192) -> float:
     """Top-1 accuracy of ``predict`` on a cached split, read ``chunk`` rows at a time (as float32) from its memory
     map, so a large test or validation split is never held whole."""
     n = len(bank.labels)
