@@ -3,6 +3,7 @@ classifier read batch by batch from its memory maps (one per evaluation seed), a
 normalisation from a cached streaming pass. Each is checked against the materialising computation it replaces."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from datadistill.io import cache_root
 from datadistill.models.architectures import ModelSpec
 from datadistill.models.supervised import FloatImages, InputNorm
 from datadistill.stats import FeatureBank, feature_bank, resize_for
+from datadistill.synset import SyntheticSet
 
 CPU = torch.device("cpu")
 
@@ -239,3 +241,21 @@ def test_convnet_protocol_loads_no_train_or_test_split_and_gives_the_same_number
     ref = fit_and_select(spec, InputNorm.of(train), FloatImages(images, labels), recipe, val_subset, test, 3407, 2, CPU)
     assert r.test_acc == pytest.approx([ref["test"]], abs=1e-6) and r.val_acc == pytest.approx([ref["val"]], abs=1e-6)
     assert r.details["test_last"] == pytest.approx([ref["test_last"]], abs=1e-6)
+
+
+def test_a_loaded_set_does_not_keep_its_file_mapped(tmp_path):
+    status = Path("/proc/self/status")
+    if "RssFile" not in (status.read_text() if status.exists() else ""):
+        pytest.skip("no per-kind resident memory on this system")
+
+    def mapped_file_mb():
+        line = next(x for x in status.read_text().splitlines() if x.startswith("RssFile:"))
+        return int(line.split()[1]) / 1024
+
+    images = torch.rand(400, 3, 128, 128, generator=torch.Generator().manual_seed(0))  # 75 MB
+    SyntheticSet(images, torch.arange(400) % 10, [str(c) for c in range(10)]).save(tmp_path / "set")
+    del images
+    before = mapped_file_mb()
+    loaded = SyntheticSet.load(tmp_path / "set")
+    assert loaded.images.shape == (400, 3, 128, 128)
+    assert mapped_file_mb() - before < 25  # the 75 MB file stayed mapped and resident beside the loaded images
