@@ -147,14 +147,15 @@ def test_golden_classifier_streams_and_matches_the_stacked_training(digits, monk
 
 def test_every_evaluation_seed_has_its_own_cached_golden_classifier(digits, lite0, monkeypatch):
     synset = dd.distill("centroids", "digits", dataset=digits, model=lite0, crop=32)
-    kw = dict(protocol="ci", data=digits, backbone=lite0, crop=32, epochs=20, views=2, full_epochs=4, full_base_lr=0.01)
+    golden_opts = dict(full_epochs=4, full_base_lr=0.01, full_batch=96)  # full_batch 96: this test's heads only
+    kw = dict(protocol="ci", data=digits, backbone=lite0, crop=32, epochs=20, views=2, **golden_opts)
     two = dd.evaluate(synset, seeds=2, **kw)
     golden = two.details["golden"]
     assert golden["seeds"] == [3407, 3408] and len(golden["test_acc"]) == 2 and min(golden["test_acc"]) > 0.5
     folders = [
         f
         for f in sorted((cache_root() / "golden").iterdir())
-        if json.loads((f / "info.json").read_text())["full_epochs"] == 4
+        if json.loads((f / "info.json").read_text())["full_batch"] == 96
     ]
     assert sorted(json.loads((f / "info.json").read_text())["seed"] for f in folders) == [3407, 3408]
     from safetensors.torch import load_file
