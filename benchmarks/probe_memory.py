@@ -9,11 +9,11 @@ The set is saved, and each protocol evaluates the saved folder in a fresh proces
 its peak is that whole process's resident high-water mark (imports, model, loading the set, the evaluation). The
 real data is fake and small (random uint8 images of the same 100 classes): it supplies the test and validation
 features and the golden classifier's training, all tiny here, so the peak is that of evaluating the synthetic set.
-The script prints each protocol's peak, the memory resident before its evaluation (imports, model, fake data), its
-wall time, and an account of the large allocations. A probe draws at most one view per epoch, so
-``--epochs`` below ``--views`` lowers the views too: keep epochs >= views to measure the 100-view memory (the probe's
-epochs themselves are cheap; the view pass through the backbone is the cost). Timings on a shared CPU are not
-comparable between runs.
+The script prints each protocol's peak, the peak after the set was loaded (the evaluation's own phase), the memory
+resident before the evaluation (imports, model, fake data), its wall time, and an account of the large
+allocations. A probe draws at most one view per epoch, so ``--epochs`` below ``--views`` lowers the views too: keep
+epochs >= views to measure the 100-view memory (the probe's epochs themselves are cheap; the view pass through the
+backbone is the cost). Timings on a shared CPU are not comparable between runs.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def evaluate_one(args: argparse.Namespace) -> dict:
     return {
         "protocol": args.child,
         "peak_rss_mb": process_peak_rss_mb(),
+        # from the end of loading the set (the evaluation's own phase) to the end
+        "evaluation_peak_rss_mb": result.details["phases"]["eval"]["peak_rss_mb"],
         "resident_before_mb": round(before, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "views": result.details["views"],
