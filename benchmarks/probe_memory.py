@@ -141,7 +141,7 @@ def main() -> None:
         "view_features": f"{views} views x {n} images x {feat_dim} features x {itemsize} bytes",
         "view_batch_pixels_mb": round(100 * 3 * args.resolution**2 * 4 / 2**20, 1),
     }
-    summary = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "set")}, "runs": runs}
+    summary = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "set", "out")}, "runs": runs}
     summary["account"] = account
     print(json.dumps(summary, indent=1))
     if args.out:
