@@ -195,7 +195,7 @@ CASES = [
         "outside",
     ),
     ("eval of nothing", ["eval", "{tmp}/empty", "--data", "digits"], None, "no png images"),
-    ("eval of a folder that is not a run", ["eval", "{prep}"], _not_a_run, "needs data"),
+    ("eval of a folder that is not a run", ["eval", "{prep}"], _not_a_run, "not a run directory"),
     ("unknown protocol", ["eval", "x", "--protocol", "nope"], None, None),
     (
         "bench with an unknown option",

@@ -99,7 +99,9 @@ class SyntheticSet:
 
             manifest = json.loads((path / "manifest.json").read_text())
             tensors = load_file(str(path / "synset.safetensors"))
-            return cls(tensors["images"], tensors["labels"], manifest["classes"], manifest.get("meta", {}))
+            # The labels are copied out of the file: any tensor from load_file keeps the whole file mapped, and the
+            # pages read while the images are copied would stay resident beside that copy (twice the set's memory).
+            return cls(tensors["images"], tensors["labels"].clone(), manifest["classes"], manifest.get("meta", {}))
         if path.is_dir():
             return cls._from_png_folder(path, classes)
         raise DataError(f"no synthetic set at {path} (expected a run directory, a synset folder or a folder of PNGs)")

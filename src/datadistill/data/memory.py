@@ -4,12 +4,17 @@ grayscale sets stay single-channel (a third of the memory; the networks take one
 
 from __future__ import annotations
 
+import hashlib
+import json
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 
+from ..errors import DataError
+from ..io import cache_root, write_json
 from .datasets import LabelledImages, TensorImages, iter_batches, resize_center_crop
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -48,17 +53,70 @@ class MemorySplit:
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the pixels in [0, 1] (the normalisation of the ConvNet protocols)."""
         if not self._stats:
-            total = torch.zeros(self.channels, dtype=torch.float64)
-            sq = torch.zeros(self.channels, dtype=torch.float64)
-            for start in range(0, len(self), 4096):
-                x = self.batch(torch.arange(start, min(start + 4096, len(self)))).double()
-                total += x.sum(dim=(0, 2, 3))
-                sq += x.pow(2).sum(dim=(0, 2, 3))
-            count = len(self) * self.images.shape[2] * self.images.shape[3]
-            mean = total / count
-            std = (sq / count - mean**2).clamp(min=1e-12).sqrt()
-            self._stats.update(mean=mean.float(), std=std.float())
+            mean, std = channel_moments(self.images[start : start + 4096] for start in range(0, len(self), 4096))
+            self._stats.update(mean=mean, std=std)
         return self._stats["mean"], self._stats["std"]
+
+
+class StreamedSplit:
+    """A split read batch by batch as the pixels ``in_memory`` would hold, none of it kept (for single passes such
+    as testing); ``batch`` and ``labels`` as in ``MemorySplit``."""
+
+    def __init__(self, split: LabelledImages, resolution: int, num_classes: int):
+        self.split, self.resolution, self.num_classes = split, resolution, num_classes
+        self.labels = split.targets
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Float images in [0, 1] (all of them when ``indices`` is None)."""
+        indices = torch.arange(len(self)) if indices is None else indices
+        return in_memory(self.split.subset(indices), self.resolution, self.num_classes).batch()
+
+
+def channel_moments(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (float32) of uint8 image batches read as pixels in [0, 1], as ``MemorySplit.batch``
+    gives them; the sums are float64."""
+    total = sq = None
+    count = 0
+    for images in batches:
+        x = images.float().div_(255.0).double()
+        if total is None:
+            total, sq = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1])
+        total += x.sum(dim=(0, 2, 3))
+        sq += x.pow(2).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if not count:
+        raise DataError("no images to compute the per-channel mean and std of")
+    mean = total / count
+    std = (sq / count - mean**2).clamp(min=1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+CHANNEL_STATS_CHUNK_BYTES = 128 * 2**20  # pixels held at a time by the streaming pass
+
+
+def channel_stats(split: LabelledImages, resolution: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``in_memory(split, resolution, num_classes).channel_stats()`` without holding the split: one pass over
+    chunks of about 128 MB of the same uint8 pixels, cached on disk by the split's fingerprint and the resolution
+    (a split this process already holds at that resolution is read directly)."""
+    held = _CACHE.get(split, {}).get(resolution)
+    if held is not None:
+        return held.channel_stats()
+    ident = {"split": split.fingerprint(), "resolution": resolution, "pixels": "uint8 resize + center crop", "v": 1}
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_root() / "channel_stats" / f"{key}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return torch.tensor(saved["mean"]), torch.tensor(saved["std"])
+    n, chunk = len(split), max(1, CHANNEL_STATS_CHUNK_BYTES // (3 * resolution * resolution))
+    mean, std = channel_moments(
+        in_memory(split.subset(torch.arange(start, min(start + chunk, n))), resolution, num_classes).images
+        for start in range(0, n, chunk)
+    )
+    write_json(path, {"mean": mean.tolist(), "std": std.tolist(), "resolution": resolution, "images": n})
+    return mean, std
 
 
 def in_memory(split: LabelledImages, resolution: int, num_classes: int) -> MemorySplit:

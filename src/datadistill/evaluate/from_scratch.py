@@ -22,7 +22,7 @@ import torch
 
 from ..augment import DSA, DSA_CODE_STRATEGY, default_strategy
 from ..data import RealData
-from ..data.memory import MemorySplit, in_memory
+from ..data.memory import MemorySplit, StreamedSplit, channel_stats, in_memory
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
 from ..models.supervised import FloatImages, InputNorm, Recipe, accuracy, make_optimizer, train_epoch
@@ -166,20 +166,22 @@ def fit_and_select(
     return {"test": best_test, "val": best_val, "epoch": best_epoch, "test_last": last_test, "val_curve": curve}
 
 
-def balanced_subset(split: MemorySplit, n: int) -> FloatImages:
-    """The first ``n / C`` images of every class (index order, so the subset is fixed)."""
-    per = max(1, n // split.num_classes)
-    idx = torch.cat([members[:per] for members in split.by_class]).sort().values
-    return FloatImages(split.batch(idx), split.labels[idx])
+def balanced_subset(targets: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
+    """Indices of the first ``n / C`` images of every class (index order, so the subset is fixed)."""
+    per = max(1, n // num_classes)
+    return torch.cat([torch.nonzero(targets == c).flatten()[:per] for c in range(num_classes)]).sort().values
 
 
-def _splits(data: RealData, resolution: int):
-    train = in_memory(data.train, resolution, data.num_classes)
-    val = in_memory(data.val, resolution, data.num_classes)
+def _eval_splits(data: RealData, resolution: int, val_images: int | None = None) -> tuple[MemorySplit, StreamedSplit]:
+    """The validation split in memory (it is tested every few epochs; with ``val_images``, a fixed class-balanced
+    subset of it) and the test split read batch by batch (tested once or twice). The train split is never
+    loaded: training is on the synthetic set, and the input normalisation comes from a cached streaming pass."""
     if data.test is None:
         raise ConfigError(f"dataset '{data.name}' has no test split")
-    test = in_memory(data.test, resolution, data.num_classes)
-    return train, val, test
+    val = data.val
+    if val_images and val_images < len(val):
+        val = val.subset(balanced_subset(val.targets, data.num_classes, val_images))
+    return in_memory(val, resolution, data.num_classes), StreamedSplit(data.test, resolution, data.num_classes)
 
 
 def run_convnet(job: EvalJob) -> EvalResult:
@@ -187,11 +189,9 @@ def run_convnet(job: EvalJob) -> EvalResult:
     check_compatible(job.synsets, job.data)
     recipe = opts.make_recipe(job.data.mirror_safe)
     resolution = opts.resolution or job.synsets[0].images.shape[-1]
-    train, val, test = _splits(job.data, resolution)
-    if opts.val_images and opts.val_images < len(val):
-        val = balanced_subset(val, opts.val_images)
-    norm = InputNorm.of(train)
-    spec = ModelSpec(opts.arch, job.data.num_classes, train.channels, resolution, opts.width, opts.depth)
+    val, test = _eval_splits(job.data, resolution, opts.val_images)
+    norm = InputNorm(*channel_stats(job.data.train, resolution, job.data.num_classes))
+    spec = ModelSpec(opts.arch, job.data.num_classes, norm.channels, resolution, opts.width, opts.depth)
     val_every = opts.val_every or max(1, recipe.epochs // 6)
     runs = []
     for seed, synset in zip(job.seeds, job.synsets, strict=True):
@@ -221,7 +221,7 @@ def run_convnet(job: EvalJob) -> EvalResult:
         "val_every": val_every,
         "resolution": resolution,
         "train_images": len(labels),
-        "channels": train.channels,
+        "channels": norm.channels,
         "val_images": len(val.labels),
         **_summary(runs),
     }
@@ -247,7 +247,7 @@ def run_full(job: EvalJob) -> EvalResult:
     opts = replace(job.opts, num_experts=job.common.seeds, expert_seed=job.common.first_seed)
     folder = train_experts(job.data, opts, job.device)
     store = TrajectoryStore.load(folder)
-    _, val, test = _splits(job.data, store.spec.resolution)
+    val, test = _eval_splits(job.data, store.spec.resolution)
     model = build_model(store.spec).to(job.device)
     runs = []
     for i, info in enumerate(store.infos):

@@ -4,7 +4,9 @@ A fresh head (N(0, 0.01^2)) trains on frozen features of every real training ima
 batch/256, cosine over ``full_epochs``, accuracy at the last epoch. The paper draws a fresh AugBasic view of
 every image each epoch; here the features come from the cached statistics pass (center crops) and, with
 ``full_views`` K > 0, from K cached AugBasic views of the whole train split (each epoch picks one of them per
-image). Heads are cached by (features, options, seed), so CI, KD, JT and ST reuse one training.
+image). The training features are read from their memory maps batch by batch, never held whole. Heads are
+cached by (features, options, seed): an evaluation seed's CI, KD, JT and ST (and the ``full`` protocol with the
+same seed) reuse one training.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +26,7 @@ from ..io import atomic_dir, write_json
 from ..models.backbones import Backbone
 from ..options import option, positive
 from ..progress import log
-from ..stats import cache_root, feature_bank
+from ..stats import FeatureBank, cache_root, feature_bank
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
 from .training import accuracy, fit, new_head
@@ -72,14 +73,40 @@ class GoldenResult:
         }
 
 
-def train_features(data: RealData, backbone: Backbone, crop: int, views: int, device: torch.device):
-    """views x N x F (float16) training features and the bank keys they come from."""
+def golden_summary(results: list[GoldenResult]) -> dict:
+    """The golden classifiers of one evaluation (one per seed) for its result details: backbone, crop, settings
+    and each seed's accuracies."""
+    first = results[0]
+    return {
+        "backbone": first.backbone,
+        "crop": first.crop,
+        "seeds": [r.seed for r in results],
+        "test_acc": [r.test_acc for r in results],
+        "val_acc": [r.val_acc for r in results],
+        **first.settings,
+    }
+
+
+def train_banks(data: RealData, backbone: Backbone, crop: int, views: int, device: torch.device) -> list[FeatureBank]:
+    """The cached training features of the full-dataset probe: the center crops (``views`` 0) or ``views``
+    AugBasic views of the whole train split, one float16 memory map each."""
     if views == 0:
-        banks = [feature_bank(data, backbone, "train", crop=crop, device=device)]
-    else:
-        banks = [feature_bank(data, backbone, "train", crop=crop, device=device, view_seed=v) for v in range(views)]
-    feats = torch.from_numpy(np.stack([np.asarray(b.features) for b in banks]))
-    return feats, banks[0].labels, [b.key for b in banks]
+        return [feature_bank(data, backbone, "train", crop=crop, device=device)]
+    return [feature_bank(data, backbone, "train", crop=crop, device=device, view_seed=v) for v in range(views)]
+
+
+def bank_rows(banks: list[FeatureBank], images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Row ``images[j]`` of bank ``views[j]`` for every j, as float32: one sorted read per view from its memory
+    map, opened for the read only (pages a map has touched count as resident memory until it is closed)."""
+    out = None
+    for v in views.unique().tolist():
+        where = torch.nonzero(views == v).flatten()
+        rows, order = images[where].sort()
+        features = banks[v].tensor(rows)
+        if out is None:
+            out = features.new_empty(len(images), features.shape[1])
+        out[where[order]] = features
+    return out
 
 
 def golden_classifier(
@@ -112,8 +139,8 @@ def _golden_classifier(
         info = json.loads((directory / "info.json").read_text())
         return GoldenResult(head, info["test_acc"], info["val_acc"], seed, backbone.name, crop, settings)
 
-    feats, labels, _ = train_features(data, backbone, crop, opts.full_views, device)
-    views, n, _ = feats.shape
+    banks = train_banks(data, backbone, crop, opts.full_views, device)
+    labels, views, n = banks[0].labels, len(banks), len(banks[0].labels)
     g = torch.Generator().manual_seed(seed)
     head = new_head(backbone.feat_dim, data.num_classes, g)
     log.info("training the full-dataset probe on %d images x %d view(s) of %s @ %s", n, views, data.name, backbone.name)
@@ -123,14 +150,14 @@ def _golden_classifier(
         views,
         opts.full_epochs,
         opts.full_batch,
-        lambda i, v: F.cross_entropy(head(feats[v, i].float()), labels[i]),
+        lambda i, v: F.cross_entropy(head(bank_rows(banks, i, v)), labels[i]),
         g,
         desc=f"full probe @ {backbone.name}",
     )
     result = GoldenResult(
         head,
-        accuracy(head, test.tensor(), test.labels),
-        accuracy(head, val.tensor(), val.labels),
+        accuracy(head, test),
+        accuracy(head, val),
         seed,
         backbone.name,
         crop,

@@ -44,10 +44,14 @@ class EvalJob:
     seed_list: list[int] | None = None  # this process's seeds when they are shared out under torchrun
 
     @property
-    def seeds(self) -> list[int]:
-        if self.seed_list is not None:
-            return self.seed_list
+    def all_seeds(self) -> list[int]:
+        """Every seed of the evaluation, including those other processes run under torchrun."""
         return [self.common.first_seed + k for k in range(self.common.seeds)]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds this process evaluates."""
+        return self.all_seeds if self.seed_list is None else self.seed_list
 
     def backbone(self, name: str | None, weights: str | None = None) -> Backbone:
         """A loaded backbone by name (reused when already loaded); ``None`` means the run's own."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..progress import progress
+from ..stats import FeatureBank
 
 
 def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
@@ -95,6 +96,13 @@ def _fit(groups, n, views, epochs, batch_size, batch_loss, generator, desc) -> N
             schedule.step()
 
 
-def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], bank: FeatureBank, chunk: int = 8192) -> float:
+    """Top-1 accuracy of ``predict`` on a cached split, read ``chunk`` rows at a time (as float32) from its memory
+    map, so a large test or validation split is never held whole."""
+    n = len(bank.labels)
+    correct = 0
     with torch.no_grad():
-        return float((predict(features).argmax(dim=1) == labels).float().mean())
+        for start in range(0, n, chunk):
+            rows = torch.arange(start, min(start + chunk, n))
+            correct += int((predict(bank.tensor(rows)).argmax(dim=1) == bank.labels[rows]).sum())
+    return correct / max(n, 1)
