@@ -1,7 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from datadistill.augment import StandardAugment, aug_basic
+from datadistill.errors import DataError
 from datadistill.synset import COLOR_DECORRELATION, PixelParam, PyramidParam, SyntheticSet
 
 
@@ -86,3 +89,18 @@ def test_synset_round_trip_and_png_folder(tmp_path):
     u = SyntheticSet.load(folder)
     assert u.classes == ["a", "b", "c"] and torch.equal(u.labels, t.labels)
     assert torch.allclose(u.images, t.images, atol=1 / 255)
+
+
+def test_saved_set_reads_back_as_safetensors_wrote_it(tmp_path):
+    """The set's own reader against safetensors' loader, and a truncated file is one clear error."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 5, 7, generator=g)
+    SyntheticSet(images, torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"]).save(tmp_path / "s")
+    reference = load_file(str(tmp_path / "s" / "synset.safetensors"))
+    loaded = SyntheticSet.load(tmp_path / "s")
+    assert torch.equal(loaded.images, reference["images"]) and torch.equal(loaded.labels, reference["labels"])
+    assert torch.equal(loaded.images, images)
+    path = tmp_path / "s" / "synset.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        SyntheticSet.load(tmp_path / "s")

@@ -211,7 +211,12 @@ def test_channel_stats_of_image_files(tiny_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path))
     data = load_dataset(f"imagefolder:{tiny_folder}", val_fraction=0.25)
     mean, std = channel_stats(data.train, 16, data.num_classes)
-    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in data.train.paths])
+    pixels = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1)
+            for p in map(data.train.path, range(len(data.train)))
+        ]
+    )
     ref_mean, ref_std = _numpy_stats(pixels)
     assert mean.shape == (3,) and np.allclose(mean, ref_mean, atol=1e-6) and np.allclose(std, ref_std, atol=1e-6)
 

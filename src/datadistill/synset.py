@@ -20,6 +20,35 @@ _COLOR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.
 COLOR_DECORRELATION = _COLOR / _COLOR.norm(dim=0).max()
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "U8": torch.uint8}
+
+
+def read_tensors(path: Path, names: tuple[str, ...]) -> list[torch.Tensor]:
+    """Tensors of a safetensors file, read straight into their own memory.
+
+    ``safetensors.torch.load_file`` maps the file: every page read stays resident (and counted in the process's
+    memory) as long as any tensor of the file lives, so a set copied out of it briefly costs twice its size. Here
+    each tensor's bytes go from the file into a fresh tensor with one ``readinto``.
+    """
+    try:
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_size))
+            out = []
+            for name in names:
+                entry = header[name]
+                tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+                start, end = entry["data_offsets"]
+                f.seek(8 + header_size + start)
+                view = memoryview(tensor.numpy()).cast("B") if tensor.numel() else memoryview(b"")
+                if f.readinto(view) != end - start:
+                    raise ValueError(f"{name} is truncated")
+                out.append(tensor)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read the synthetic set {path}: {exc}") from None
+    return out
+
+
 @dataclass
 class SyntheticSet:
     """Images in [0,1] (N x 3 x H x W, float32), hard labels, class names and free-form metadata.
@@ -36,7 +65,9 @@ class SyntheticSet:
     def __post_init__(self) -> None:
         self.images = self.images.detach().float().cpu()
         if not self.meta.get("unbounded"):
-            self.images = self.images.clamp(0, 1)
+            lo, hi = self.images.aminmax() if self.images.numel() else (0, 1)
+            if lo < 0 or hi > 1:  # a clamped copy (the caller's tensor is left alone); none for a set in range
+                self.images = self.images.clamp(0, 1)
         self.labels = self.labels.detach().long().cpu()
         if self.images.ndim != 4 or self.images.shape[1] != 3 or len(self.images) != len(self.labels):
             raise DataError(
@@ -95,13 +126,9 @@ class SyntheticSet:
         if path.is_dir() and (path / "synset" / "manifest.json").exists():
             path = path / "synset"
         if path.is_dir() and (path / "manifest.json").exists():
-            from safetensors.torch import load_file
-
             manifest = json.loads((path / "manifest.json").read_text())
-            tensors = load_file(str(path / "synset.safetensors"))
-            # The labels are copied out of the file: any tensor from load_file keeps the whole file mapped, and the
-            # pages read while the images are copied would stay resident beside that copy (twice the set's memory).
-            return cls(tensors["images"], tensors["labels"].clone(), manifest["classes"], manifest.get("meta", {}))
+            images, labels = read_tensors(path / "synset.safetensors", ("images", "labels"))
+            return cls(images, labels, manifest["classes"], manifest.get("meta", {}))
         if path.is_dir():
             return cls._from_png_folder(path, classes)
         raise DataError(f"no synthetic set at {path} (expected a run directory, a synset folder or a folder of PNGs)")
