@@ -187,21 +187,6 @@ def test_pgfm_modes_through_one_pipeline(digits):
     meta = pgfm.meta
     assert meta["nfe"] == 8 and meta["forward_passes_per_image"] == 16 and meta["seconds_per_image"] > 0
     assert meta["mode_coverage"]["k"] == 2 and meta["mode_coverage"]["clusters_from"] == "val"
-    # coverage recomputed with numpy: the posterior-mean latents of the images against 2 k-means clusters per
-    # class of the validation latents; a class's coverage is the fraction of its clusters nearest to a sample
-    from datadistill.models.generative.latent import LatentOptions, latent_bank, latent_space_from
-
-    space = latent_space_from(LatentOptions(vae_steps=TINY["vae_steps"]), digits)
-    centres = latent_bank(digits, space, "val").kmeans(2, seed=0)[0].numpy()
-    with torch.no_grad():
-        latents = space.encode(pgfm.images, mode="mean").flatten(1).numpy()
-    labels = pgfm.labels.numpy()
-    per_class = []
-    for c in range(10):
-        d2 = ((latents[labels == c][:, None, :] - centres[c][None]) ** 2).sum(-1)
-        per_class.append(len(set(d2.argmin(1).tolist())) / 2)
-    assert meta["mode_coverage"]["per_class"] == pytest.approx(per_class)
-    assert meta["mode_coverage"]["mean"] == pytest.approx(sum(per_class) / 10, abs=1e-4)
     assert "velocity MLP" in meta["flow_model"] and "tiny-vae" in meta["latent_space"]
     protos = distill("pgfm", "digits", ipc=2, dataset=digits, mode="prototypes", **TINY)
     assert protos.meta["sampling_seconds"] == 0 and "nfe" not in protos.meta
@@ -228,6 +213,32 @@ def test_pgfm_modes_through_one_pipeline(digits):
     assert recon.meta["train_indices"] == rand.meta["train_indices"]
     with pytest.raises(ConfigError):
         distill("pgfm", "digits", ipc=2, dataset=digits, warm_start=1.5, **TINY)
+
+
+def test_pgfm_mode_coverage_against_numpy(digits):
+    # Recomputed with numpy: the posterior-mean latents of the images against k-means clusters of the validation
+    # latents (4 per class); a class's coverage is the fraction of its clusters nearest to one of its samples.
+    # Reconstructions of 6 random real images per class over 4 clusters, through an autoencoder trained long
+    # enough to tell digits apart (after 20 steps every image encodes to about the same latent, so every sample
+    # would hit one cluster and the comparison would test nothing): the coverage differs between classes.
+    from datadistill.api import distill
+    from datadistill.models.generative.latent import LatentOptions, latent_bank, latent_space_from
+
+    trained = {**TINY, "vae_steps": 150}  # the autoencoder of test_latent.py's training test (cached once)
+    synset = distill("pgfm", "digits", ipc=6, dataset=digits, mode="real-recon", coverage_k=4, **trained)
+    coverage = synset.meta["mode_coverage"]
+    space = latent_space_from(LatentOptions(vae_steps=trained["vae_steps"]), digits)
+    centres = latent_bank(digits, space, "val").kmeans(4, seed=0)[0].numpy()
+    with torch.no_grad():
+        latents = space.encode(synset.images, mode="mean").flatten(1).numpy()
+    labels = synset.labels.numpy()
+    per_class = []
+    for c in range(10):
+        d2 = ((latents[labels == c][:, None, :] - centres[c][None]) ** 2).sum(-1)
+        per_class.append(len(set(d2.argmin(1).tolist())) / 4)
+    assert len(set(per_class)) > 1, per_class  # otherwise the comparison below could not tell clusters apart
+    assert coverage["k"] == 4 and coverage["per_class"] == pytest.approx(per_class, abs=1e-3), (coverage, per_class)
+    assert coverage["mean"] == pytest.approx(sum(per_class) / 10, abs=1e-4)
 
 
 def test_pgfm_cli_run_and_eval(tmp_path, capsys):
