@@ -61,6 +61,7 @@ def _eval(synsets, data, args, ipc: int) -> dict:
         protocol="convnet",
         data=data,
         seeds=len(synsets),
+        first_seed=3407,  # the committed table's training seeds (the library's default is now another)
         device="cpu",
         epochs=epochs,
         val_every=max(1, epochs // args.val_passes),

@@ -59,6 +59,7 @@ def _eval(synsets, data, args, seeds: int, epochs: int) -> dict:
         protocol="convnet",
         data=data,
         seeds=seeds,
+        first_seed=3407,  # the committed table's training seeds (the library's default is now another)
         device="cpu",
         epochs=epochs,
         width=args.width,

@@ -10,6 +10,27 @@ os.environ["DATADISTILL_CACHE"] = tempfile.mkdtemp(prefix="dd-test-cache-")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# Where every test must run (CI: .ci/run), a skip is a failure: a missing dependency must not pass unnoticed.
+NO_SKIPS = os.environ.get("DATADISTILL_NO_SKIPS") == "1"
+
+
+def _fail_if_skipped(report):
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which DATADISTILL_NO_SKIPS=1 makes a failure: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _fail_if_skipped((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return _fail_if_skipped((yield))  # a module that skips as a whole (pytest.importorskip at import)
+
 
 @pytest.fixture(scope="session")
 def digits():

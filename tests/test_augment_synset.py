@@ -67,8 +67,16 @@ def test_image_init_renders_the_image():
         assert torch.allclose(param.render(), images, atol=1e-4)
 
 
-def test_colour_decorrelation_is_normalised():
-    assert torch.isclose(COLOR_DECORRELATION.norm(dim=0).max(), torch.tensor(1.0))
+def test_colour_decorrelation_renders_the_published_matrix():
+    # M = [[.26, .09, .02], [.27, 0, -.05], [.27, -.09, .03]] divided by its largest column norm,
+    # sqrt(.26^2 + .27^2 + .27^2) = sqrt(.2134); a pixel v renders as sigmoid(2 M~ v)
+    m = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]) / 0.2134**0.5
+    assert torch.allclose(COLOR_DECORRELATION, m, atol=1e-6)
+    p = PixelParam(2, 1, decorrelate=True)
+    with torch.no_grad():  # pre-activations e_red and e_blue: the first and third columns of M~
+        p.pixels.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).view(2, 3, 1, 1))
+    expected = torch.sigmoid(2 * torch.tensor([[0.26, 0.27, 0.27], [0.02, -0.05, 0.03]]) / 0.2134**0.5)
+    assert torch.allclose(p.render().flatten(1), expected, atol=1e-6)
 
 
 def test_synset_round_trip_and_png_folder(tmp_path):

@@ -1,5 +1,6 @@
 """DDPM schedule, respacing, sampler hooks, and loading diffusers DiT weights from a local folder."""
 
+import copy
 import json
 
 import numpy as np
@@ -41,22 +42,23 @@ def test_learned_range_variance_spans_posterior_to_beta():
 
 
 class _Linear(torch.nn.Module):
-    """eps = a * x + label-dependent offset, variance values 0 (mid-range); records calls."""
+    """eps = a * x + label-dependent offset, variance values var_per_label * label (0: mid-range); records calls."""
 
     num_classes, null_class, learn_sigma, in_channels, sample_size = 3, 3, True, 4, 2
 
-    def __init__(self):
+    def __init__(self, var_per_label: float = 0.0):
         super().__init__()
         self.calls = []
+        self.var_per_label = var_per_label
 
     def forward(self, x, t, y, embedding_transform=None):
         self.calls.append((t.clone(), y.clone(), embedding_transform))
         eps = 0.5 * x + y.float().view(-1, 1, 1, 1)
-        return torch.cat([eps, torch.zeros_like(x)], dim=1)
+        return torch.cat([eps, self.var_per_label * y.float().view(-1, 1, 1, 1).expand_as(x)], dim=1)
 
 
 def test_cfg_guides_the_first_channels_only_with_the_dit_quirk():
-    model = _Linear()
+    model = _Linear(var_per_label=0.25)
     x = torch.randn(2, 4, 2, 2)
     t = torch.tensor([5, 5])
     y = torch.tensor([1, 2])
@@ -68,7 +70,7 @@ def test_cfg_guides_the_first_channels_only_with_the_dit_quirk():
     assert torch.equal(model.calls[-1][1], torch.tensor([1, 2, 3, 3]))
     eps_all, _ = guided_eps(model, x, t, y, 4.0, None, None)
     torch.testing.assert_close(eps_all, uncond + 4 * (cond - uncond))
-    assert var is not None and var.shape == x.shape
+    torch.testing.assert_close(var, 0.25 * y.float().view(-1, 1, 1, 1).expand_as(x))  # the conditional rows' variance
 
 
 class _Recorder(SamplerHook):
@@ -134,20 +136,25 @@ def _tiny(seed=0):
 
 
 def test_embedding_transform_reaches_every_block_of_the_dit():
-    model = DiTDenoiser(_tiny(), "test")
+    # untied: one label table per block, as diffusers saves DiT weights
+    model = DiTDenoiser(untie(_tiny()), "test")
     assert model.learn_sigma and model.null_class == 5 and model.sample_size == 4
     x, t, y = torch.randn(3, 4, 4, 4), torch.tensor([10, 500, 990]), torch.tensor([0, 4, 5])
-    calls = []
 
     def transform(emb, table):
-        calls.append(emb.shape)
         return emb + 0.5 * table(torch.tensor([1, 1, 1]))
 
+    # the same as a model whose every label table has row 1 / 2 added to every row
+    shifted = copy.deepcopy(model)
+    tables = [m.embedding_table.weight for m in shifted.model.modules() if type(m).__name__ == "LabelEmbedding"]
+    assert len(tables) == 2
     with torch.no_grad():
+        for w in tables:
+            w += 0.5 * w[1].clone()
         plain = model(x, t, y)
         moved = model(x, t, y, transform)
         again = model(x, t, y)
-    assert len(calls) >= 2 and calls[0] == (3, 32)
+        torch.testing.assert_close(moved, shifted(x, t, y))
     assert not torch.allclose(plain, moved) and torch.equal(plain, again)  # hooks are removed afterwards
 
 

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -81,11 +79,37 @@ def test_operations():
     assert torch.allclose(bright, x + 0.5, atol=1e-5)
     gray = torch.rand(2, 1, 16, 16)
     assert torch.allclose(DSA("color", mode="all").apply(gray, _u(2, sat=0.0)), gray, atol=1e-6)
-    quarter = DSA("rotate", mode="all").apply(x, _u(2, angle=0.5 + 0.5 * 15 / 15 * 0))
-    assert torch.allclose(quarter, x, atol=1e-5)
-    rotated = DSA("rotate", mode="all").apply(x, _u(2, angle=1.0))
-    assert not torch.allclose(rotated, x, atol=1e-2)
-    assert math.isclose(15.0, DSA().rotate)
+    assert DSA().rotate == 15.0 and DSA().scale == 1.2  # the DSA code's ranges
+
+
+def test_rotate_by_a_quarter_turn_moves_pixels_as_rot90():
+    # u = 1 is +rotate degrees, u = 0 is -rotate: with rotate = 90 the result is exactly a quarter turn, where
+    # out[i, j] = in[j, n - 1 - i] (torch.rot90, k = 1) for +90 degrees
+    one_hot = torch.zeros(1, 1, 5, 5)
+    one_hot[0, 0, 0, 1] = 1.0
+    dsa = DSA("rotate", mode="all", rotate=90.0)
+    plus = dsa.apply(one_hot, _u(1, angle=1.0))
+    assert plus[0, 0, 3, 0] == pytest.approx(1.0, abs=1e-5) and float(plus.sum()) == pytest.approx(1.0, abs=1e-5)
+    x = torch.rand(2, 3, 6, 6)
+    assert torch.allclose(dsa.apply(x, _u(2, angle=1.0)), torch.rot90(x, 1, (2, 3)), atol=1e-5)
+    assert torch.allclose(dsa.apply(x, _u(2, angle=0.0)), torch.rot90(x, -1, (2, 3)), atol=1e-5)
+    assert torch.allclose(dsa.apply(x, _u(2, angle=0.5)), x, atol=1e-6)
+
+
+def test_scale_resamples_about_the_centre():
+    # A column ramp in[.., c] = c on 4 columns (centre 1.5). Scaling by s samples column 1.5 + s (c - 1.5),
+    # bilinear with zeros outside: s = 0.5 (u = 0, scale = 2) gives 0.75 1.25 1.75 2.25; s = 2 (u = 1) samples
+    # -1.5, 0.5, 2.5, 4.5, so 0, 0.5, 2.5, 0. The rows (neutral scale_y) are untouched.
+    ramp = torch.arange(4.0).expand(1, 1, 4, 4)
+    dsa = DSA("scale", mode="all", scale=2.0)
+    neutral_y = (1 - 0.5) / (2 - 0.5)
+    zoom_in = dsa.apply(ramp, _u(1, scale_x=0.0, scale_y=neutral_y))
+    zoom_out = dsa.apply(ramp, _u(1, scale_x=1.0, scale_y=neutral_y))
+    assert torch.allclose(zoom_in, torch.tensor([0.75, 1.25, 1.75, 2.25]).expand(1, 1, 4, 4), atol=1e-5)
+    assert torch.allclose(zoom_out, torch.tensor([0.0, 0.5, 2.5, 0.0]).expand(1, 1, 4, 4), atol=1e-5)
+    # the same along the rows for a row ramp: scale_y acts on rows
+    rows = dsa.apply(ramp.transpose(2, 3), _u(1, scale_x=neutral_y, scale_y=0.0))
+    assert torch.allclose(rows, torch.tensor([0.75, 1.25, 1.75, 2.25]).view(1, 1, 4, 1).expand(1, 1, 4, 4), atol=1e-5)
 
 
 def test_modes_choose_operations():

@@ -19,7 +19,7 @@ def random_set(digits):
 
 def test_convnet_protocol_selects_on_validation(digits, random_set):
     r = dd.evaluate(random_set, protocol="convnet", data=digits, seeds=2, **FAST)
-    assert r.protocol == "convnet" and r.backbone == "convnet" and len(r.test_acc) == 2 and r.seeds == [3407, 3408]
+    assert r.protocol == "convnet" and r.backbone == "convnet" and len(r.test_acc) == 2 and r.seeds == [1000, 1001]
     d = r.details
     assert d["recipe"] == "idc" and d["batch_size"] == 32 and d["cutmix"] == 0.5 and d["train_images"] == 50
     for k, curve in enumerate(d["val_curves"]):

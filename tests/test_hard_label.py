@@ -42,7 +42,11 @@ def test_hard_label_protocol_trains_and_selects_on_validation(digits, optimizer)
         val_every=1,
     )
     assert result.protocol == "hard-label" and result.backbone == "resnet10-ap"
-    assert len(result.test_acc) == 2 and all(0 <= a <= 1 for a in result.test_acc + result.val_acc)
+    assert len(result.test_acc) == 2
+    # accuracies are fractions of whole splits: k / len(test) and k / len(val) for whole numbers k in [0, n]
+    for accs, n in ((result.test_acc, len(digits.test)), (result.val_acc, len(digits.val))):
+        for a in accs:
+            assert 0 <= round(a * n) <= n and a * n == pytest.approx(round(a * n), abs=1e-6), (a, n)
     d = result.details
     assert d["optimizer"] == optimizer and d["lr"] == (0.01 if optimizer == "sgd" else 1e-3)
     for curve, selected, val in zip(d["val_curves"], d["selected_epoch"], result.val_acc, strict=True):

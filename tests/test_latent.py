@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datadistill.errors import WeightsError
 from datadistill.models.generative import center_crop_arr, latent_bank, load_latent_space
@@ -43,7 +45,7 @@ def test_autoencoderkl_from_local_folder_matches_diffusers(kl_folder):
         assert torch.allclose(z, ref, atol=1e-5)
         ref_img = ((vae.decode(ref / 0.18215).sample + 1) / 2).clamp(0, 1)
         assert torch.allclose(space.decode(z), ref_img, atol=1e-5)
-    assert space(x).shape == (3, space.feat_dim) == (3, 256)
+        assert space.feat_dim == 256 and torch.allclose(space(x), ref.flatten(1), atol=1e-5)  # the statistics' features
     # posterior samples differ from the mean and are reproducible with a generator
     s1 = space.encode(x, mode="sample", generator=torch.Generator().manual_seed(0))
     s2 = space.encode(x, mode="sample", generator=torch.Generator().manual_seed(0))
@@ -63,10 +65,27 @@ def test_autoencoderkl_pipeline_layout_and_missing_weights(kl_folder, tmp_path):
         load_latent_space(str(tmp_path / "missing" / "vae"))
 
 
-def test_center_crop_arr_is_adm_like():
-    x = torch.rand(2, 3, 40, 64)
-    out = center_crop_arr(x, 16)  # 40 -> box 20 -> bicubic 16 on the short side, center crop
-    assert out.shape == (2, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+def _adm_center_crop_arr(arr: np.ndarray, image_size: int) -> np.ndarray:
+    """ADM's ``center_crop_arr`` (guided-diffusion, PIL on uint8 H x W x 3), the reference."""
+    image = Image.fromarray(arr)
+    while min(*image.size) >= 2 * image_size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = image_size / min(*image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    arr = np.array(image)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top : top + image_size, left : left + image_size]
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (64, 40), (50, 70)])
+def test_center_crop_arr_matches_adm(shape):
+    # a smooth random picture (noise upsampled 4x), so resampling differences stay small where the code is right
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (shape[0] // 4, shape[1] // 4, 3), dtype=np.uint8))
+    arr = np.array(noise.resize((shape[1], shape[0]), Image.BILINEAR))
+    expected = _adm_center_crop_arr(arr, 16).astype(np.float32) / 255
+    out = center_crop_arr(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255, 16)[0].permute(1, 2, 0)
+    assert out.shape == expected.shape and np.abs(out.numpy() - expected).max() < 0.01  # PIL rounds to uint8
     same = torch.rand(1, 3, 8, 8)
     assert torch.equal(center_crop_arr(same, 8), same)
 
@@ -82,7 +101,17 @@ def test_latent_bank_caches_unzoomed_latents_and_kmeans(kl_folder, digits):
     again = latent_bank(digits, space)
     assert again.directory == bank.directory
     centres, masses = bank.kmeans(3)
-    assert centres.shape == (10, 3, 256) and torch.allclose(masses.sum(1), torch.ones(10))
+    # a k-means fixed point: each class's latents go to their nearest centre, each centre is the mean of its
+    # cluster, and the masses are the cluster sizes over the class size (all checked with numpy)
+    latents, labels = bank.tensor().double().numpy(), bank.labels.numpy()
+    for c in range(10):
+        mine = latents[labels == c]
+        ctr = centres[c].double().numpy()
+        nearest = ((mine[:, None, :] - ctr[None]) ** 2).sum(-1).argmin(1)
+        sizes = np.bincount(nearest, minlength=3)
+        np.testing.assert_allclose(masses[c].numpy(), sizes / len(mine), atol=1e-6)
+        for j in range(3):
+            np.testing.assert_allclose(ctr[j], mine[nearest == j].mean(0), atol=1e-4)
 
 
 def _config(folder):
@@ -101,7 +130,12 @@ def test_tiny_vae_trains_reconstructs_and_is_cached(digits):
     assert space.kind == "tiny" and space.latent_shape == (4, 2, 2) and "digits" in space.weights
     z = space.encode(digits.train.batch(torch.arange(500)))
     assert abs(float(z.std()) - 1) < 0.1  # the calibrated scale gives unit-variance latents
-    assert space.decode(z[:4]).shape == (4, 3, 8, 8)
+    # the reconstructions of 8 digits are far closer to them than the digits' mean image is
+    x = digits.train.batch(torch.arange(8)).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        recon = space.decode(space.encode(x, mode="mean"))
+    assert recon.shape == x.shape
+    assert (recon - x).pow(2).mean() < 0.5 * (x.mean(0, keepdim=True) - x).pow(2).mean()
     with pytest.raises(Exception, match="trained on a dataset"):
         load_latent_space("tiny")
 

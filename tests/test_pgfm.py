@@ -186,7 +186,7 @@ def test_pgfm_modes_through_one_pipeline(digits):
     assert pgfm.images.shape == (20, 3, 8, 8) and pgfm.labels.tolist() == [c for c in range(10) for _ in range(2)]
     meta = pgfm.meta
     assert meta["nfe"] == 8 and meta["forward_passes_per_image"] == 16 and meta["seconds_per_image"] > 0
-    assert 0 < meta["mode_coverage"]["mean"] <= 1 and meta["mode_coverage"]["k"] == 2
+    assert meta["mode_coverage"]["k"] == 2 and meta["mode_coverage"]["clusters_from"] == "val"
     assert "velocity MLP" in meta["flow_model"] and "tiny-vae" in meta["latent_space"]
     protos = distill("pgfm", "digits", ipc=2, dataset=digits, mode="prototypes", **TINY)
     assert protos.meta["sampling_seconds"] == 0 and "nfe" not in protos.meta
@@ -215,9 +215,34 @@ def test_pgfm_modes_through_one_pipeline(digits):
         distill("pgfm", "digits", ipc=2, dataset=digits, warm_start=1.5, **TINY)
 
 
+def test_pgfm_mode_coverage_against_numpy(digits):
+    # Recomputed with numpy: the posterior-mean latents of the images against k-means clusters of the validation
+    # latents (4 per class); a class's coverage is the fraction of its clusters nearest to one of its samples.
+    # Reconstructions of 6 random real images per class over 4 clusters, through an autoencoder trained long
+    # enough to tell digits apart (after 20 steps every image encodes to about the same latent, so every sample
+    # would hit one cluster and the comparison would test nothing): the coverage differs between classes.
+    from datadistill.api import distill
+    from datadistill.models.generative.latent import LatentOptions, latent_bank, latent_space_from
+
+    trained = {**TINY, "vae_steps": 150}  # the autoencoder of test_latent.py's training test (cached once)
+    synset = distill("pgfm", "digits", ipc=6, dataset=digits, mode="real-recon", coverage_k=4, **trained)
+    coverage = synset.meta["mode_coverage"]
+    space = latent_space_from(LatentOptions(vae_steps=trained["vae_steps"]), digits)
+    centres = latent_bank(digits, space, "val").kmeans(4, seed=0)[0].numpy()
+    with torch.no_grad():
+        latents = space.encode(synset.images, mode="mean").flatten(1).numpy()
+    labels = synset.labels.numpy()
+    per_class = []
+    for c in range(10):
+        d2 = ((latents[labels == c][:, None, :] - centres[c][None]) ** 2).sum(-1)
+        per_class.append(len(set(d2.argmin(1).tolist())) / 4)
+    assert len(set(per_class)) > 1, per_class  # otherwise the comparison below could not tell clusters apart
+    assert coverage["k"] == 4 and coverage["per_class"] == pytest.approx(per_class, abs=1e-3), (coverage, per_class)
+    assert coverage["mean"] == pytest.approx(sum(per_class) / 10, abs=1e-4)
+
+
 def test_pgfm_cli_run_and_eval(tmp_path, capsys):
     from datadistill.cli import main
-    from datadistill.evaluate import PROTOCOLS
 
     out = tmp_path / "run"
     args = [
@@ -263,26 +288,10 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
         == 2
     )
     assert "not found" in capsys.readouterr().err
-    if "convnet" in PROTOCOLS:
-        assert (
-            main(
-                [
-                    "eval",
-                    str(out),
-                    "--protocol",
-                    "convnet",
-                    "--seeds",
-                    "1",
-                    "--epochs",
-                    "2",
-                    "--width",
-                    "8",
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == 0
-        )
+    evaluate = ["eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "2", "--width", "8"]
+    assert main([*evaluate, "--device", "cpu"]) == 0
+    recorded = json.loads((out / "metrics.json").read_text())["eval"]["convnet@convnet"]
+    assert len(recorded["test_acc"]) == 1 and recorded["details"]["train_images"] == 10
 
 
 def test_finetune_sit_checkpoint_on_target_classes(digits, tmp_path):

@@ -128,13 +128,14 @@ def test_every_protocol_from_the_cli_records_its_result(capsys, digits, lite0, t
     dd.distill("centroids", "digits", out=run, dataset=digits, model=lite0, crop=32)
     fast = ["--seeds", "2", "--epochs", "30", "--views", "2"]
     for protocol in ("linear-probe", "ci", "kd", "jt", "jt-ip", "st", "st-ip"):
+        # --full-base-lr 0.01: 3 epochs at the default lr leave the golden head at 35-53 % depending on the seed
         extra = [] if protocol == "linear-probe" else ["--full-epochs", "3", "--full-base-lr", "0.01"]
         assert main(["-q", "eval", str(run), "--protocol", protocol, *fast, *extra]) == 0, protocol
         assert f"{protocol} @ efficientnet_lite0" in capsys.readouterr().out
     evals = json.loads((run / "metrics.json").read_text())["eval"]
     assert len(evals) == 7 and all(len(e["test_acc"]) == 2 for e in evals.values())
     golden = next(e for k, e in evals.items() if k.startswith("ci@efficientnet_lite0|"))["details"]["golden"]
-    assert golden["full_epochs"] == 3 and golden["seeds"] == [3407, 3408] and min(golden["test_acc"]) > 0.5
+    assert golden["full_epochs"] == 3 and golden["seeds"] == [1000, 1001] and min(golden["test_acc"]) > 0.5
     report = (run / "report.md").read_text()
     assert "ci" in report and "st-ip" in report
 
@@ -149,7 +150,9 @@ def test_full_probe_is_cached_and_accurate(capsys, digits, lite0):
 
 
 def test_full_probe_with_cached_augmented_views(digits, lite0):
-    r = dd.evaluate(protocol="full", data=digits, backbone=lite0, crop=32, seeds=1, full_epochs=4, full_views=2)
+    # full_base_lr 0.01: at the default lr, 4 epochs reach 35-53 % depending on the seed; at 0.01, 65-68 %
+    kw = dict(full_epochs=4, full_views=2, full_base_lr=0.01)
+    r = dd.evaluate(protocol="full", data=digits, backbone=lite0, crop=32, seeds=1, **kw)
     assert r.details["full_views"] == 2 and r.mean > 0.5
 
 

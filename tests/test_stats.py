@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from datadistill.stats import feature_bank, kmeans
@@ -14,16 +16,43 @@ def test_feature_bank_means_counts_and_cache(digits, lite0):
     again = feature_bank(digits, lite0, "train", crop=32)
     assert lite0.forward_calls == calls, "a cache hit must not run the backbone"
     assert again.key == bank.key and torch.equal(again.means, bank.means)
-    other = feature_bank(digits, lite0, "val", crop=40)
-    assert other.key != bank.key and lite0.forward_calls > calls
+    # the split and the crop each make a cache entry of their own
+    val = feature_bank(digits, lite0, "val", crop=32)
+    assert val.key != bank.key and lite0.forward_calls > calls and len(val.labels) == len(digits.val)
+    calls = lite0.forward_calls
+    larger = feature_bank(digits, lite0, "val", crop=40)
+    assert larger.key not in (bank.key, val.key) and lite0.forward_calls > calls
+    assert not torch.allclose(larger.means, val.means, atol=1e-2)
 
 
-def test_nearest_finds_identical_feature(digits, lite0):
+def _nearest_by_numpy(bank_feats, bank_labels, queries, classes, metric):
+    """Brute force: for each query, the index of the same-class bank row at the smallest L2 / largest cosine."""
+    out = []
+    for q, c in zip(queries, classes, strict=True):
+        members = np.flatnonzero(bank_labels == c)
+        rows = bank_feats[members]
+        if metric == "cos":
+            score = rows @ q / (np.linalg.norm(rows, axis=1) * np.linalg.norm(q))
+            out.append(members[np.argmax(score)])
+        else:
+            out.append(members[np.argmin(((rows - q) ** 2).sum(axis=1))])
+    return out
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_nearest_matches_brute_force_within_the_class(digits, lite0, metric):
     bank = feature_bank(digits, lite0, "train", crop=32)
-    idx = torch.tensor([3, 100, 700])
-    queries = bank.tensor(idx)
-    found = bank.nearest(queries, digits.train.targets[idx])
-    assert torch.equal(found, idx)
+    queries = feature_bank(digits, lite0, "val", crop=32)  # other images: none is its own nearest neighbour
+    idx = torch.arange(0, len(digits.val), 7)
+    q = queries.tensor(idx)
+    # half of the queries are asked for another class than their own: the answer must come from that class
+    classes = digits.val.targets[idx].clone()
+    classes[::2] = (classes[::2] + 3) % 10
+    found = bank.nearest(q, classes, metric=metric)
+    feats, labels = bank.tensor().double().numpy(), bank.labels.numpy()
+    expected = _nearest_by_numpy(feats, labels, q.double().numpy(), classes.numpy(), metric)
+    assert found.tolist() == [int(i) for i in expected]
+    assert torch.equal(bank.labels[found], classes)
 
 
 def test_kmeans_recovers_blobs():

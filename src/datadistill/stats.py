@@ -27,6 +27,8 @@ from .io import atomic_dir, cache_root, write_json
 from .models.backbones import Backbone
 from .progress import log, progress
 
+F16_MAX = float(np.finfo(np.float16).max)  # 65504: the largest feature magnitude the cache can store
+
 
 def resize_for(crop: int) -> int:
     """The resize before a center crop, in LGM's 256 -> 224 proportion."""
@@ -73,7 +75,8 @@ class FeatureBank:
             return self._kmeans(k, seed, iters)
 
     def _kmeans(self, k: int, seed: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path = self.directory / f"kmeans_k{k}_s{seed}.safetensors"
+        # "_r": clusters re-seeded when emptied; files of the earlier k-means (possibly mass-0 centres) are not read
+        path = self.directory / f"kmeans_k{k}_s{seed}_r.safetensors"
         from safetensors.torch import load_file, save_file
 
         if path.exists():
@@ -91,7 +94,9 @@ class FeatureBank:
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched Lloyd k-means with k-means++ seeding. Returns centres (k x F) and masses (k, summing to 1)."""
+    """Lloyd k-means with k-means++ seeding. Returns centres (k x F) and masses (k, summing to 1).
+
+    No mass is 0 while ``x`` has at least k distinct points: an emptied cluster is re-seeded (``lloyd``)."""
     if len(x) < k:
         raise DataError(f"k-means with k={k} needs at least {k} points, got {len(x)}")
     g = torch.Generator().manual_seed(seed)
@@ -100,16 +105,51 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[tor
         d2 = torch.cdist(x, centers).min(dim=1).values.pow(2)
         probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
         centers = torch.cat([centers, x[torch.multinomial(probs, 1, generator=g)]])
-    for _ in range(iters):
-        assign = torch.cdist(x, centers).argmin(dim=1)
+    return lloyd(x, centers, iters)
+
+
+def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations from ``centers``; returns the centres and the masses of their clusters (the centres are
+    the means of those clusters). A cluster left empty is re-seeded with a far point (``_fill_empty_clusters``)."""
+    k = len(centers)
+
+    def clusters(centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assign = _fill_empty_clusters(x, centers, torch.cdist(x, centers).argmin(dim=1))
         sums = torch.zeros_like(centers).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).float()
-        new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        counts = torch.bincount(assign, minlength=k)
+        # A cluster can stay empty only when x has fewer than k distinct points: it keeps its centre.
+        return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers), counts
+
+    for _ in range(iters):
+        new, _ = clusters(centers)
         if torch.allclose(new, centers):
             break
         centers = new
-    assign = torch.cdist(x, centers).argmin(dim=1)
-    return centers, torch.bincount(assign, minlength=k).float() / len(x)
+    centers, counts = clusters(centers)
+    return centers, counts.float() / len(x)
+
+
+def _fill_empty_clusters(x: torch.Tensor, centers: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """Move to each empty cluster the point farthest from its own centre, as scikit-learn relocates empty
+    clusters, but only from a cluster that keeps another point, so no cluster empties another. With at least k
+    distinct points such a point always exists (a cluster holding two distinct points has one off its centre)."""
+    k = len(centers)
+    counts = torch.bincount(assign, minlength=k)
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if not empty:
+        return assign
+    assign = assign.clone()
+    d2 = (x - centers[assign]).pow(2).sum(dim=1)
+    for cluster in empty:
+        movable = (counts[assign] > 1) & (d2 > 0)
+        if not movable.any():  # fewer distinct points than clusters
+            break
+        far = int(torch.where(movable, d2, -1.0).argmax())
+        counts[assign[far]] -= 1
+        counts[cluster] += 1
+        assign[far] = cluster
+        d2[far] = 0.0  # it is its new cluster's only point
+    return assign
 
 
 def _jpeg_device(dataset: LabelledImages, device: torch.device) -> torch.device | None:
@@ -238,9 +278,11 @@ def _compute(
             else:
                 images = as_float(batch.images, device)
             f = backbone(images).cpu()
-            if not torch.isfinite(f).all():
-                raise DataError(f"non-finite features for images {batch.indices[:5].tolist()}... of {split}")
-            _write_rows(out, offset, batch.indices.numpy(), f.numpy().astype(np.float16))
+            with np.errstate(over="ignore"):  # an overflow is reported below, as an error naming the backbone
+                half = f.numpy().astype(np.float16)
+            if not np.isfinite(half).all():
+                raise _feature_error(f, backbone, batch.indices, split)
+            _write_rows(out, offset, batch.indices.numpy(), half)
             sums.index_add_(0, batch.labels, f.double())
     dist.all_reduce_sum(sums)
     if not dist.is_main():
@@ -272,6 +314,18 @@ def _write_rows(out, offset: int, rows: np.ndarray, values: np.ndarray) -> None:
     for run_rows, run_values in zip(np.split(rows, breaks), np.split(values, breaks), strict=True):
         if len(run_rows):
             os.pwrite(out.fileno(), np.ascontiguousarray(run_values).tobytes(), offset + int(run_rows[0]) * row_bytes)
+
+
+def _feature_error(f: torch.Tensor, backbone: Backbone, indices: torch.Tensor, split: str) -> DataError:
+    """Features the float16 cache cannot hold: non-finite ones, or finite ones beyond float16's range."""
+    images = f"images {indices[:5].tolist()}{'...' if len(indices) > 5 else ''} of {split}"
+    if not torch.isfinite(f).all():
+        return DataError(f"backbone '{backbone.name}' gives non-finite features for {images}")
+    return DataError(
+        f"backbone '{backbone.name}' gives features up to {float(f.abs().max()):.3g} in magnitude for {images}, "
+        f"beyond the {F16_MAX:g} that the float16 feature cache holds; use a backbone whose features are "
+        "normalised (or scale its outputs down)"
+    )
 
 
 def _load_bank(directory: Path, key: str) -> FeatureBank:

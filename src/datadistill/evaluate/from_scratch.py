@@ -243,7 +243,8 @@ def _summary(runs: list[dict]) -> dict:
 
 def run_full(job: EvalJob) -> EvalResult:
     """Experts k = 0..seeds-1 (seeds first_seed + k), trained on the whole real train split with the expert
-    recipe (cached and shared with TGDD); the epoch is selected on validation."""
+    recipe (cached; TGDD's own experts when first_seed is their expert_seed, 3407); the epoch is selected on
+    validation."""
     opts = replace(job.opts, num_experts=job.common.seeds, expert_seed=job.common.first_seed)
     folder = train_experts(job.data, opts, job.device)
     store = TrajectoryStore.load(folder)
@@ -288,7 +289,8 @@ register_protocol(
 register_protocol(
     Protocol(
         "convnet-full",
-        "the expert ConvNets trained on the whole real train split (upper bound; seeds = experts, shared with TGDD)",
+        "the expert ConvNets trained on the whole real train split (upper bound; seeds = experts, "
+        "TGDD's own with --first-seed 3407)",
         ExpertOptions,
         run_full,
         needs_synset=False,
