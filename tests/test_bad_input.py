@@ -46,6 +46,24 @@ def _corrupt(root: Path) -> str:
     return f"imagefolder:{folder}"
 
 
+def _random_bytes_png(root: Path) -> str:
+    folder = _folder(root)
+    (folder / "train" / "ant" / "7.png").write_bytes(np.random.default_rng(1).bytes(300))
+    return f"imagefolder:{folder}"
+
+
+def _zero_byte_jpeg(root: Path) -> str:
+    folder = _folder(root)
+    (folder / "train" / "bee" / "8.jpg").write_bytes(b"")
+    return f"imagefolder:{folder}"
+
+
+def _text_named_png(root: Path) -> str:
+    folder = _folder(root)
+    (folder / "train" / "bee" / "notes.png").write_text("a text file, not an image")
+    return f"imagefolder:{folder}"
+
+
 def _empty_class(root: Path) -> str:
     folder = _folder(root)
     (folder / "train" / "cat").mkdir()
@@ -143,6 +161,19 @@ CASES = [
         "0.png",
     ),
     (
+        "random bytes named .png",
+        ["distill", "random", "--data", "{prep}", "--out", "{out}"],
+        _random_bytes_png,
+        "7.png",
+    ),
+    ("zero-byte jpeg", ["distill", "random", "--data", "{prep}", "--out", "{out}"], _zero_byte_jpeg, "8.jpg"),
+    (
+        "text file named .png",
+        ["eval", "--protocol", "full", "--data", "{prep}", "--eval-backbone", "efficientnet_lite0"],
+        _text_named_png,
+        "notes.png",
+    ),
+    (
         "ipc larger than a class",
         ["distill", "random", "--data", "digits", "--ipc", "1000", "--out", "{out}"],
         None,
@@ -215,6 +246,8 @@ FIXES = {
     "empty class": RANDOM_OK,
     "corrupt image": CENTROIDS_OK,
     "truncated image": CENTROIDS_OK,
+    "random bytes named .png": ["distill", "random", "--data", "{prep}", "--skip-corrupt", "--out", "{out}"],
+    "zero-byte jpeg": ["distill", "random", "--data", "{prep}", "--skip-corrupt", "--out", "{out}"],
     "class smaller than ipc": ["distill", "random", "--data", "{prep}", "--val-fraction", "0", "--out", "{out}"],
     "missing path": RANDOM_OK,
     "ipc negative": RANDOM_OK,
@@ -225,7 +258,7 @@ FIXES = {
 
 # Cases refused only once the run has started (while reading images, training, writing): the others are refused
 # before the output folder is created.
-FAIL_DURING_THE_RUN = {"corrupt image", "truncated image", "nan in a loss", "disk full"}
+FAIL_DURING_THE_RUN = {"nan in a loss", "disk full"}
 
 
 @pytest.mark.parametrize("case, argv, prepare, words", CASES, ids=[c[0] for c in CASES])
@@ -262,6 +295,16 @@ def test_bad_input_matrix(case, argv, prepare, words, tmp_path, monkeypatch, cap
         fixed = [a.format(tmp=tmp_path, out=out, prep=prep) for a in FIXES[case]]
         assert main(["-q", *fixed]) == 0, capsys.readouterr().err
         assert (out / "synset" / "synset.safetensors").exists()
+
+
+def test_files_that_are_not_images_are_ignored(tmp_path, capsys):
+    folder = _folder(tmp_path / "f")
+    (folder / "train" / "ant" / "notes.txt").write_text("not an image, and not named like one")
+    (folder / "train" / "bee" / "labels.csv").write_text("0,1")
+    assert main(["-q", "distill", "random", "--data", f"imagefolder:{folder}", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err == ""
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["resolved"]["train_images"] + config["resolved"]["val_images"] == 6
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])

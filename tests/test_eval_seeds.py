@@ -14,7 +14,8 @@ def test_default_evaluation_seeds_differ_from_the_distillation_seed(digits, tmp_
     distill_seed = json.loads((run / "config.json").read_text())["distill"]["seed"]
     assert distill_seed == 3407
     result = api.evaluate(run, protocol="convnet", seeds=3, epochs=1, val_every=1, width=8, device="cpu")
-    recorded = json.loads((run / "metrics.json").read_text())["eval"]["convnet@convnet"]["seeds"]
+    evals = json.loads((run / "metrics.json").read_text())["eval"]  # keys: protocol@model|settings digest
+    recorded = next(e for k, e in evals.items() if k.startswith("convnet@convnet|"))["seeds"]
     assert result.seeds == recorded == [1000, 1001, 1002]
     # nor the seeds 0, 1, 2, ... with which benchmarks and the demo redraw the Random baseline per evaluation seed
     assert not {distill_seed, 0, 1, 2} & set(result.seeds)

@@ -41,6 +41,19 @@ class _Backbone(nn.Module):
         return x.flatten(1)  # the two "pixels" of a 2 x 1 x 1 image are its features
 
 
+class _Views:
+    """A stand-in augmentation: ``transform`` of all the views at once (draws nothing)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def draw(self, n: int, generator: torch.Generator) -> range:
+        return range(n)
+
+    def apply(self, x: torch.Tensor, draw) -> torch.Tensor:
+        return self.transform(x)
+
+
 def _sfm_loss(flow_norm: str, decouple_alpha: float | None, augs: int = 1, augment=None) -> float:
     opts = SimpleNamespace(flow_norm=flow_norm, decouple_alpha=decouple_alpha, augs=augs, noise_mean=0.0)
     ctx = SimpleNamespace(
@@ -55,7 +68,7 @@ def _sfm_loss(flow_norm: str, decouple_alpha: float | None, augs: int = 1, augme
     )
     sfm = SFM()
     sfm.init_param(ctx)
-    sfm.augment = augment or (lambda x, g: x)  # no augmentation: the features are the pixels
+    sfm.augment = _Views(augment or (lambda x: x))  # no augmentation: the features are the pixels
     return float(sfm.loss(ctx, SYN_FEATURES.view(6, 2, 1, 1)).detach())
 
 
@@ -75,7 +88,7 @@ def test_sfm_loss_by_hand(flow_norm, alpha, expected):
 
 def test_sfm_averages_the_views_of_each_image():
     # views are view-major (all images' first view, then all second views): +1 and -1 average back to the image
-    def shifted_views(x, g):
+    def shifted_views(x):
         n = len(x) // 2
         return torch.cat([x[:n] + 1, x[n:] - 1])
 
@@ -133,6 +146,7 @@ def _matching_ctx(opts) -> SimpleNamespace:
 def _dm(strategy: str) -> tuple[DM, SimpleNamespace]:
     dm = DM()
     dm.real, dm.norm, dm.net, dm.labels = REAL, NORM, _ScaledMean(), torch.tensor([0, 1])
+    dm.classes, dm.shares_classes = range(2), True  # one process matches every class
     dm.dsa = DSA(strategy, mode="all")
     return dm, _matching_ctx(SimpleNamespace(batch_real=8))
 

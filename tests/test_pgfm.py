@@ -290,7 +290,8 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     evaluate = ["eval", str(out), "--protocol", "convnet", "--seeds", "1", "--epochs", "2", "--width", "8"]
     assert main([*evaluate, "--device", "cpu"]) == 0
-    recorded = json.loads((out / "metrics.json").read_text())["eval"]["convnet@convnet"]
+    evals = json.loads((out / "metrics.json").read_text())["eval"]  # keys: protocol@model|settings digest
+    recorded = next(e for k, e in evals.items() if k.startswith("convnet@convnet|"))
     assert len(recorded["test_acc"]) == 1 and recorded["details"]["train_images"] == 10
 
 

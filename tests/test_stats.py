@@ -5,7 +5,8 @@ import torch
 from datadistill.stats import feature_bank, kmeans
 
 
-def test_feature_bank_means_counts_and_cache(digits, lite0):
+def test_feature_bank_means_counts_and_cache(digits, lite0, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path))  # an empty cache, whatever other tests computed
     bank = feature_bank(digits, lite0, "train", crop=32)
     feats = bank.tensor()
     assert feats.shape == (len(digits.train), 1280)

@@ -17,7 +17,15 @@ import torch
 from . import dist
 from .config import RESUME_FREE_FIELDS, DistillConfig, flat_config
 from .errors import ConfigError, DatadistillError, TrainingDiverged
-from .io import check_writable, hold_lock, load_checkpoint, previous_checkpoint, save_checkpoint, write_json
+from .io import (
+    check_writable,
+    checkpoint_lock,
+    hold_lock,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from .progress import log, progress_bar
 
 
@@ -313,7 +321,7 @@ def train_resumable(
     """
     guard = nullcontext()
     if checkpoint is not None and dist.is_main():  # two processes training one model would take turns at its checkpoint
-        guard = hold_lock(checkpoint.with_name(f"{checkpoint.name}.lock"), checkpoint, "wait for it to finish")
+        guard = hold_lock(checkpoint_lock(checkpoint), checkpoint, "wait for it to finish")
     with guard:
         losses: list[float] = []
         start = 0

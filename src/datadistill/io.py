@@ -73,9 +73,15 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(f"previous-{path.name}")
 
 
+def checkpoint_lock(path: Path) -> Path:
+    """The lock file of the process training towards checkpoint ``path``."""
+    return path.with_name(f"{path.name}.lock")
+
+
 def remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint and the previous copy ``save_checkpoint`` keeps (once the trained result is saved)."""
-    for stale in (path, previous_checkpoint(path)):
+    """Delete a checkpoint, the previous copy ``save_checkpoint`` keeps and its lock file, once the trained result
+    is saved (a later process finds the result and trains nothing, so the lock has nothing left to guard)."""
+    for stale in (path, previous_checkpoint(path), checkpoint_lock(path)):
         stale.unlink(missing_ok=True)
 
 
