@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -246,3 +248,25 @@ def test_train_resumable_holds_its_checkpoint_lock(tmp_path):
     assert train_resumable("m", 2, step, {}, ckpt) == [1.0, 1.0]
     with hold_lock(tmp_path / "model.pt.lock", "x"), pytest.raises(DatadistillError, match="wait for it to finish"):
         train_resumable("m", 2, step, {}, ckpt)
+
+
+def test_eval_and_bench_take_their_folders_lock(tmp_path, digits, capsys):
+    """eval rewrites a run's metrics.json and bench its results.json: a second writer is refused, naming the first."""
+    from datadistill.cli import main
+    from datadistill.io import hold_lock
+
+    run = tmp_path / "run"
+    assert main(["-q", "distill", "random", "--data", "digits", "--out", str(run)]) == 0
+    capsys.readouterr()
+    fast = ["--crop", "32", "--epochs", "2", "--views", "1", "--seeds", "1", "--eval-backbone", "efficientnet_lite0"]
+    with hold_lock(run / ".lock", "someone"):
+        assert main(["-q", "eval", str(run), *fast]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error:") and "in use by process" in err and "Traceback" not in err
+    assert "eval" not in json.loads((run / "metrics.json").read_text())
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    argv = ["-q", "bench", "--data", "digits", "--methods", "random", "--seeds", "1", "--out", str(bench)]
+    with hold_lock(bench / ".lock", "someone"):
+        assert main([*argv, "--set", "epochs=2", "--set", "views=1", "--crop", "efficientnet_lite0=32"]) == 2
+    assert "in use by process" in capsys.readouterr().err and not (bench / "results.json").exists()

@@ -17,7 +17,7 @@ from .errors import ConfigError, DatadistillError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
 from .evaluate.linear_probe import check_compatible
 from .identity import data_identity, eval_key, eval_settings
-from .io import check_creatable
+from .io import check_creatable, hold_lock
 from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
@@ -239,17 +239,19 @@ def evaluate(
     _check_backbones(proto, opts, run_cfg, run)
     device = resolve_device(common.device)
     timer = PhaseTimer(device)
-    with timer.phase("eval"):
-        result = _run_protocol(proto, EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
-    result.details["phases"] = timer.phases
-    if run is not None and dist.is_main():
-        settings = eval_settings(
-            protocol, to_dict(opts), common.seeds, common.first_seed, data_identity(data), run_cfg.get("options")
-        )
-        run.update_metrics(
-            eval={eval_key(protocol, result.backbone, settings): {**result.to_dict(), "settings": settings}}
-        )
-        write_report(run.path)
+    # A run's metrics.json is read, extended and rewritten: one writer at a time (another eval, a distill).
+    owner = run is not None and dist.is_main()
+    with hold_lock(run.lock_path, run.path, "wait for it to finish") if owner else nullcontext():
+        with timer.phase("eval"):
+            result = _run_protocol(proto, EvalJob(synsets, data, opts, common, device, run_cfg, loaded))
+        result.details["phases"] = timer.phases
+        if owner:
+            settings = eval_settings(
+                protocol, to_dict(opts), common.seeds, common.first_seed, data_identity(data), run_cfg.get("options")
+            )
+            key = eval_key(protocol, result.backbone, settings)
+            run.update_metrics(eval={key: {**result.to_dict(), "settings": settings}})
+            write_report(run.path)
     return result
 
 

@@ -39,10 +39,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from . import dist
 from .api import distill, evaluate
 from .config import RESUME_FREE_FIELDS, DistillConfig, EvalConfig
 from .data import RealData, load_dataset
@@ -50,7 +52,7 @@ from .engine import resolve_device
 from .errors import ConfigError
 from .evaluate import get_protocol
 from .identity import data_identity, digest, eval_settings
-from .io import check_writable, write_json, write_text
+from .io import check_writable, hold_lock, write_json, write_text
 from .methods import get_method
 from .methods.base import BackboneOptions
 from .models.backbones import Backbone, load_backbone
@@ -183,9 +185,7 @@ class Bench:
         self.plan = plan.validate()
         self.out = check_writable(out)
         self.settings = parse_settings(plan.settings, plan.methods, plan.protocols)
-        self.results: dict[str, dict] = {}
-        if (self.out / "results.json").exists():
-            self.results = {r["key"]: r for r in json.loads((self.out / "results.json").read_text())}
+        self.results: dict[str, dict] = {}  # read under the folder's lock, by ``run``
         self.models: dict[str, Backbone] = {}
         self._data: RealData | None = None
         self._identities: dict[tuple, dict] = {}
@@ -217,13 +217,21 @@ class Bench:
         previous = self.out / "bench.json"
         if previous.exists() and json.loads(previous.read_text())["data"] != self.plan.data:
             raise ConfigError(f"{self.out} holds a benchmark of another dataset; use another --out")
-        cells = self.cells()
-        write_json(previous, {**asdict(self.plan), "cells": [c.key for c in cells]})
-        for c in cells:
-            if c.key not in self.results:
-                self.evaluate(c)
-        current = [self.results[c.key] for c in cells]
-        self.write_tables(current)
+        # one bench per folder: two would both evaluate the missing cells and overwrite each other's results.json
+        with (
+            hold_lock(self.out / ".lock", self.out, "wait for it or use another --out")
+            if dist.is_main()
+            else (nullcontext())
+        ):
+            if (self.out / "results.json").exists():
+                self.results = {r["key"]: r for r in json.loads((self.out / "results.json").read_text())}
+            cells = self.cells()
+            write_json(previous, {**asdict(self.plan), "cells": [c.key for c in cells]})
+            for c in cells:
+                if c.key not in self.results:
+                    self.evaluate(c)
+            current = [self.results[c.key] for c in cells]
+            self.write_tables(current)
         return current
 
     # ---- the plan's cells and their identities ------------------------------------------------------------------
