@@ -282,9 +282,12 @@ def extrapolate(m: dict, args: argparse.Namespace) -> dict:
     pb, fb = heads["probe"]["batch"], heads["full"]["batch"]
     probe_head = {c: heads["probe"]["seconds"][str(c)] for c in (c0, c1)}
     full_head = {c: heads["full"]["seconds"][str(c)] for c in (c0, c1)}
-    # The probes' measured seconds per evaluation seed, less their view pass: the training of the linear maps.
+    # The probes' measured seconds per evaluation seed, less their view pass: the training of the linear maps (at
+    # least 0: in a tiny run the separately timed view pass can cost more than the probe's own).
     views0 = ph["linear probe"]["views_used"]
-    trainings = {name: ph[name]["seconds"] / seeds - views0 * n0_syn * view_cpu for name in ("linear probe", "ci")}
+    trainings = {
+        name: max(0.0, ph[name]["seconds"] / seeds - views0 * n0_syn * view_cpu) for name in ("linear probe", "ci")
+    }
     probe_step = trainings["linear probe"] / probe_steps(n0_syn, args.epochs, pb)
     ci_step = trainings["ci"] / probe_steps(n0_syn, args.epochs, pb)
     full_steps0 = probe_steps(ph["full probe"]["train_images"], args.full_epochs, fb)

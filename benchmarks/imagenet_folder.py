@@ -11,6 +11,7 @@ A folder is built once (one process per core) and reused while its ``built.json`
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+@functools.cache  # once per worker process, not once per class
 def _photos() -> list[np.ndarray]:
     from skimage import data as samples
 
