@@ -4,6 +4,7 @@ measurements, and the figures its formulas give from its own measured inputs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,11 @@ def test_imagenet_e2e_smallest(tmp_path):
     args = ["--classes", "3", "--per-class", "6", "--test-per-class", "2", "--crop", "32", "--steps", "2"]
     args += ["--epochs", "2", "--views", "1", "--full-epochs", "1", "--ceiling-images", "16"]
     r = run_script("imagenet_e2e.py", [*args, "--folder", str(tmp_path / "folder")], tmp_path)
+    built = tmp_path / "folder" / "3x6+2"
+    for c in range(3):  # no held-out image repeats a train image of its class
+        train = {hashlib.sha1(f.read_bytes()).hexdigest() for f in (built / "train" / f"c{c:04d}").glob("*.jpg")}
+        test = [hashlib.sha1(f.read_bytes()).hexdigest() for f in (built / "test" / f"c{c:04d}").glob("*.jpg")]
+        assert len(train) == 6 and len(test) == 2 and not train & set(test)
     m = r["measured"]
     assert m["classes"] == 3
     # 6 train JPEGs a class, one held out as validation; 2 test JPEGs a class
