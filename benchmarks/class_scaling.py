@@ -160,7 +160,7 @@ def loss_part(name: str, classes: int, args: argparse.Namespace) -> dict:
 def feature_cache(directory: Path, classes: int, per_class: int, dim: int, k: int) -> object:
     """A ``FeatureBank`` over a float16 ``features.npy`` written class by class, as the statistics pass writes it:
     each class is k Gaussian modes (so Lloyd's iterations converge as on real features)."""
-    from datadistill.stats import FeatureBank
+    from datadistill.features.bank import FeatureBank
 
     directory.mkdir(parents=True)
     out = np.lib.format.open_memmap(
@@ -197,7 +197,7 @@ def rss_mb() -> float:
 def rss_phase(run: Callable[[], object]) -> dict:
     """``run()`` as one phase of the toolkit's ``PhaseTimer``: its seconds, the growth of the peak resident memory
     over the resident memory at its start, and its result (under "result")."""
-    from datadistill.engine import PhaseTimer
+    from datadistill.run.timing import PhaseTimer
 
     timer = PhaseTimer()
     before = rss_mb()
@@ -219,7 +219,7 @@ def report_part(classes: int, args: argparse.Namespace, work: Path, backbone) ->
     from probe_memory import fake_data
 
     import datadistill as dd
-    from datadistill.report import MAX_GRID_CLASSES
+    from datadistill.reporting.comparison import MAX_GRID_CLASSES
 
     data = fake_data(classes, 2, 32)
     root = work / f"report-{classes}" / "runs"
@@ -299,7 +299,7 @@ def main() -> None:
         os.environ["DATADISTILL_CACHE"] = str(work / "cache")
         backbone = None
         if "report" in args.parts:
-            from datadistill.models.backbones import load_backbone
+            from datadistill.features.backbones import load_backbone
 
             backbone = load_backbone("efficientnet_lite0")
         for part in args.parts:

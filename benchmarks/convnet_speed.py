@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.augment import DSA
+from datadistill.data.augment import DSA
 from datadistill.models.convnet import ConvNet
-from datadistill.models.supervised import no_grad_forward
+from datadistill.training.supervised import no_grad_forward
 
 
 class ManualInstanceNorm(nn.Module):

@@ -70,7 +70,7 @@ def decode_rate(paths: list[str], resize: int, crop: int, reduced: bool = True) 
 
 def forward_rate(model, n: int, crop: int, batch_size: int) -> dict:
     from datadistill.data import as_float
-    from datadistill.engine import peak_rss_mb, reset_peak_rss
+    from datadistill.run.timing import peak_rss_mb, reset_peak_rss
 
     batch = torch.randint(
         0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
@@ -90,8 +90,8 @@ def forward_rate(model, n: int, crop: int, batch_size: int) -> dict:
 
 
 def pass_rate(data, model, crop: int, batch_size: int, workers: int | None) -> dict:
-    from datadistill.engine import peak_rss_mb, reset_peak_rss
-    from datadistill.stats import feature_bank
+    from datadistill.features.bank import feature_bank
+    from datadistill.run.timing import peak_rss_mb, reset_peak_rss
 
     reset_peak_rss()
     start = time.perf_counter()
@@ -103,8 +103,8 @@ def pass_rate(data, model, crop: int, batch_size: int, workers: int | None) -> d
 
 def measure(folder: Path, crops: list[int], batch_size: int, workers: int | None, cache: Path) -> dict:
     from datadistill.data import load_dataset
-    from datadistill.models.backbones import load_backbone
-    from datadistill.stats import resize_for
+    from datadistill.features.backbones import load_backbone
+    from datadistill.features.bank import resize_for
 
     os.environ["DATADISTILL_CACHE"] = str(cache / "manifest")
     start = time.perf_counter()

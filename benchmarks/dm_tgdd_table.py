@@ -94,8 +94,8 @@ def _init_worker(threads: int) -> None:
 
 def _expert(job):
     from datadistill.data import load_dataset
-    from datadistill.engine import resolve_device
-    from datadistill.models.trajectories import ExpertOptions, train_expert
+    from datadistill.run.device import resolve_device
+    from datadistill.training.experts import ExpertOptions, train_expert
 
     data_name, opts, k = job
     start = time.perf_counter()
@@ -123,7 +123,7 @@ def _distill(job):
 
 def _evaluate(job):
     import datadistill as dd
-    from datadistill.synset import SyntheticSet
+    from datadistill.synset.set import SyntheticSet
 
     key, method, data_name, ipc, seed, source, options = job
     start = time.perf_counter()
@@ -150,7 +150,7 @@ def _evaluate(job):
 
 def flip_strategy(recipe: str | None = None) -> str:
     """DM's DSA strategy (``recipe`` None) or an evaluation recipe's, with flip: the library's on mirror-safe data."""
-    from datadistill.augment import DSA_CODE_STRATEGY
+    from datadistill.data.augment import DSA_CODE_STRATEGY
     from datadistill.evaluate.from_scratch import RECIPES
 
     return DSA_CODE_STRATEGY if recipe is None else RECIPES[recipe]["dsa_strategy"]
@@ -191,7 +191,7 @@ def main() -> None:
         state.setdefault("experts", {}).update({str(r["expert"]): r for r in done})
         save()
 
-    from datadistill.data.registry import is_mirror_safe
+    from datadistill.data.catalog import is_mirror_safe
 
     # The library leaves flip out on digit datasets; the committed MNIST rows kept it (see --digit-flip).
     keep_flip = args.digit_flip and not is_mirror_safe(args.data)

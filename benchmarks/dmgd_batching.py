@@ -25,8 +25,8 @@ import torch
 
 from datadistill.api import build_context, make_config
 from datadistill.data import load_dataset
-from datadistill.engine import peak_memory_mb, process_peak_rss_mb
 from datadistill.methods.dmgd import DMGD
+from datadistill.run.timing import peak_memory_mb, process_peak_rss_mb
 
 
 def synchronize(device: torch.device) -> None:

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from datadistill.api import distill, evaluate
+from datadistill.core.options import fields_of
 from datadistill.data import load_dataset
 from datadistill.methods import get_method
-from datadistill.options import fields_of
 
 BASE = {"device": "cpu"}
 EXTRA: dict = {}  # --set key=value: options for every generated set (smoke tests: fewer steps)

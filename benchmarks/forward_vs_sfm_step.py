@@ -21,10 +21,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     args = p.parse_args()
 
-    from datadistill.augment import StandardAugment
-    from datadistill.engine import process_peak_rss_mb, resolve_device
-    from datadistill.models.backbones import load_backbone
-    from datadistill.synset import PyramidParam
+    from datadistill.data.augment import StandardAugment
+    from datadistill.features.backbones import load_backbone
+    from datadistill.run.device import resolve_device
+    from datadistill.run.timing import process_peak_rss_mb
+    from datadistill.synset.params import PyramidParam
 
     device = resolve_device("auto")
     bb = load_backbone(args.backbone, device=device)

@@ -75,7 +75,7 @@ def random_vit(arch: str, crop: int, device: torch.device, tiny: bool):
     """A timm ViT with random weights as a toolkit ``Backbone`` (the registry loads pretrained weights only)."""
     import timm
 
-    from datadistill.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, _timm_features
+    from datadistill.features.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, _timm_features
 
     model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=crop, **(TINY_VIT if tiny else {}))
     name = f"timm:{arch}" + ("-tiny" if tiny else "")
@@ -161,7 +161,7 @@ def release(device: torch.device) -> None:
 
 def measure_classes(classes: int, backbone, args: argparse.Namespace, device: torch.device, timer) -> dict:
     from datadistill.data import load_dataset
-    from datadistill.stats import feature_bank
+    from datadistill.features.bank import feature_bank
 
     folder = build_folder(args.folder / f"{classes}x{args.per_class}", classes, {"train": classes * args.per_class})
     data = load_dataset(f"imagefolder:{folder}", workers=args.workers)
@@ -195,7 +195,8 @@ def table(results: dict) -> str:
 def main() -> None:
     args = parse()
     os.environ.setdefault("DATADISTILL_PROGRESS", "0")
-    from datadistill.engine import PhaseTimer, resolve_device
+    from datadistill.run.device import resolve_device
+    from datadistill.run.timing import PhaseTimer
 
     device = resolve_device(args.device)
     backbone = random_vit(args.arch, args.crop, device, args.tiny)

@@ -133,10 +133,10 @@ def _inner_peak(entry: dict, inner: dict) -> None:
 def measure(args: argparse.Namespace, folder: Path, work: Path) -> dict:
     import datadistill as dd
     from datadistill.data import load_dataset
-    from datadistill.engine import PhaseTimer
     from datadistill.evaluate.linear_probe import FEATURE_DTYPE, view_features
-    from datadistill.models.backbones import load_backbone
-    from datadistill.stats import feature_bank, resize_for
+    from datadistill.features.backbones import load_backbone
+    from datadistill.features.bank import feature_bank, resize_for
+    from datadistill.run.timing import PhaseTimer
 
     timer = PhaseTimer()
     phases = timer.phases
@@ -221,7 +221,7 @@ def measure(args: argparse.Namespace, folder: Path, work: Path) -> dict:
 
 def pyramid_floats_per_image(resolution: int) -> int:
     """Parameters of one image of SFM's pyramid once every level exists (as from --init centroids or real)."""
-    from datadistill.synset import make_param
+    from datadistill.synset.params import make_param
 
     param = make_param(
         "pyramid", 1, resolution, torch.Generator(), init_images=torch.zeros(1, 3, resolution, resolution)
@@ -269,7 +269,7 @@ def head_steps(classes: list[int], feat_dim: int) -> dict:
 
 
 def extrapolate(m: dict, args: argparse.Namespace) -> dict:
-    from datadistill.stats import resize_for
+    from datadistill.features.bank import resize_for
 
     ph, heads, seeds = m["phases"], m["head_steps"], args.seeds
     c0, c1, ipc, augs = m["classes"], args.target_classes, args.ipc, args.augs

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from datadistill.api import distill, evaluate
-from datadistill.bench import parse_settings
+from datadistill.bench.plan import parse_settings
 from datadistill.data import load_dataset
 
 BASE = {"device": "cpu"}  # plus the --set options

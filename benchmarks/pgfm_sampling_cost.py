@@ -22,9 +22,10 @@ import time
 import torch
 
 from datadistill.data import load_dataset
-from datadistill.models.generative.flow_training import FlowOptions, flow_model_from
-from datadistill.models.generative.latent import LatentOptions, latent_bank, latent_space_from
-from datadistill.models.generative.samplers import PathToPrototype, ode_sample
+from datadistill.models.generative.latent import LatentOptions, latent_bank
+from datadistill.sampling.ode import PathToPrototype, ode_sample
+from datadistill.training.flow import FlowOptions, flow_model_from
+from datadistill.training.vae import latent_space_from
 
 
 def _time(fn, repeats: int) -> float:
@@ -87,8 +88,9 @@ def main() -> None:
         )
     else:
         from datadistill.methods.mgd3 import ModeGuidance
-        from datadistill.models.generative.diffusion import GaussianDiffusion, ddpm_sample
-        from datadistill.models.generative.dit_training import load_offline_dit
+        from datadistill.sampling.ddpm import ddpm_sample
+        from datadistill.sampling.diffusion import GaussianDiffusion
+        from datadistill.training.diffusion import load_offline_dit
 
         model, _ = load_offline_dit(folder, device)
         diffusion = GaussianDiffusion.linear(1000, "50")
@@ -111,7 +113,7 @@ def main() -> None:
 
 def _cached_dit(space):
     """The cached offline DiT trained on this latent space with the default options (never trains one here)."""
-    from datadistill.io import cache_root
+    from datadistill.core.io import cache_root
 
     for info in sorted((cache_root() / "models" / "diffusion").glob("*/datadistill.json")):
         meta = json.loads(info.read_text())
@@ -125,7 +127,7 @@ def _dmgd(data, ipc: int) -> dict:
     import tempfile
 
     from datadistill.api import distill
-    from datadistill.engine import RunDir
+    from datadistill.run.directory import RunDir
 
     with tempfile.TemporaryDirectory() as out:
         distill("dmgd", "fashion-mnist", ipc=ipc, out=out, dataset=data, device="cpu")

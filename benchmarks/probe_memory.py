@@ -56,8 +56,9 @@ def rss_mb() -> float:
 def evaluate_one(args: argparse.Namespace) -> dict:
     """One protocol on the saved set, in this (fresh) process: its whole-process resident peak and wall time."""
     import datadistill as dd
-    from datadistill.engine import process_peak_rss_mb, resolve_device
-    from datadistill.models.backbones import load_backbone
+    from datadistill.features.backbones import load_backbone
+    from datadistill.run.device import resolve_device
+    from datadistill.run.timing import process_peak_rss_mb
 
     device = resolve_device(args.device)
     backbone = load_backbone("efficientnet_lite0", device=device)
@@ -115,7 +116,7 @@ def main() -> None:
         return
 
     from datadistill.evaluate.linear_probe import FEATURE_DTYPE
-    from datadistill.synset import SyntheticSet
+    from datadistill.synset.set import SyntheticSet
 
     n = args.classes * args.ipc
     folder = Path(tempfile.mkdtemp(prefix="probe-memory-set-"))

@@ -38,9 +38,10 @@ def main() -> None:
 
     import datadistill as dd
     from datadistill.data import load_dataset
-    from datadistill.engine import process_peak_rss_mb, resolve_device
-    from datadistill.models.backbones import load_backbone
-    from datadistill.stats import feature_bank
+    from datadistill.features.backbones import load_backbone
+    from datadistill.features.bank import feature_bank
+    from datadistill.run.device import resolve_device
+    from datadistill.run.timing import process_peak_rss_mb
 
     device = resolve_device("auto")
     data = load_dataset(args.data)

@@ -59,8 +59,8 @@ def load(args):
     import torch
 
     from datadistill.data import RealData, TensorImages, load_dataset
-    from datadistill.engine import resolve_device
-    from datadistill.models.backbones import BACKBONES, Backbone, _timm_features, _timm_generic_spec, load_backbone
+    from datadistill.features.backbones import BACKBONES, Backbone, _timm_features, _timm_generic_spec, load_backbone
+    from datadistill.run.device import resolve_device
 
     device = resolve_device(args.device)
     if args.synthetic_data:
@@ -96,7 +96,7 @@ def worker(args) -> dict:
     import torch
 
     import datadistill as dd
-    from datadistill.stats import feature_bank
+    from datadistill.features.bank import feature_bank
 
     method, augs, grad = args.worker.split(":")
     data, backbone, device = load(args)

@@ -72,7 +72,7 @@ def method_options(name: str, args: argparse.Namespace) -> dict:
 
 def time_steps(method, ctx, steps: int) -> float:
     """Mean seconds of ``steps`` train steps after one warm-up step, the parameters grown to full size."""
-    from datadistill import dist
+    from datadistill.core import dist
 
     param = method.init_param(ctx).to(ctx.device)
     for step in range(2, 64):
@@ -90,13 +90,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     import datadistill as dd
-    from datadistill import dist
     from datadistill.api import build_context, make_config
+    from datadistill.core import dist
     from datadistill.data import load_dataset
+    from datadistill.features.backbones import load_backbone
     from datadistill.methods import get_method
     from datadistill.methods.tgdd import TGDD
-    from datadistill.models.backbones import load_backbone
-    from datadistill.models.trajectories import TrajectoryStore
+    from datadistill.training.experts import TrajectoryStore
 
     dist.init_from_env()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -139,7 +139,7 @@ def train_experts_once(args: argparse.Namespace, cache: Path) -> str:
     import torch
 
     from datadistill.data import load_dataset
-    from datadistill.models.trajectories import ExpertOptions, train_experts
+    from datadistill.training.experts import ExpertOptions, train_experts
 
     os.environ["DATADISTILL_CACHE"] = str(cache)
     options = ExpertOptions(**expert_options(args), expert_resolution=args.resolution)

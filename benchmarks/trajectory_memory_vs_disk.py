@@ -19,11 +19,12 @@ import torch
 
 from datadistill.api import build_context, make_config
 from datadistill.data import load_dataset
-from datadistill.engine import process_peak_rss_mb, resolve_device
 from datadistill.methods.dm import DM
 from datadistill.methods.tgdd import TGDD
 from datadistill.models.architectures import build_model
-from datadistill.models.trajectories import ExpertOptions, TrajectoryStore, train_experts
+from datadistill.run.device import resolve_device
+from datadistill.run.timing import process_peak_rss_mb
+from datadistill.training.experts import ExpertOptions, TrajectoryStore, train_experts
 
 
 class DiskTrajectories:

@@ -43,12 +43,12 @@ def main() -> None:
     os.environ.setdefault("DATADISTILL_PROGRESS", "0")
 
     import datadistill as dd
-    from datadistill.bench import _typed
+    from datadistill.bench.plan import _typed
+    from datadistill.core.options import fields_of
     from datadistill.data import load_dataset
     from datadistill.evaluate import get_protocol
+    from datadistill.features.backbones import load_backbone
     from datadistill.methods import get_method
-    from datadistill.models.backbones import load_backbone
-    from datadistill.options import fields_of
 
     data = load_dataset(args.data)
     model = load_backbone(args.backbone)

@@ -41,7 +41,7 @@ def digits():
 
 @pytest.fixture(scope="session")
 def lite0():
-    from datadistill.models.backbones import load_backbone
+    from datadistill.features.backbones import load_backbone
 
     return load_backbone("efficientnet_lite0")
 

@@ -4,7 +4,7 @@ image, generated where the images are."""
 
 import torch
 
-from datadistill.augment import StandardAugment, aug_basic
+from datadistill.data.augment import StandardAugment, aug_basic
 
 IDENTITY = dict(flip_p=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the crop is the whole image: out = x + noise
 

@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from datadistill.augment import StandardAugment, aug_basic
-from datadistill.errors import DataError
-from datadistill.synset import COLOR_DECORRELATION, PixelParam, PyramidParam, SyntheticSet
+from datadistill.core.errors import DataError
+from datadistill.data.augment import StandardAugment, aug_basic
+from datadistill.synset.params import COLOR_DECORRELATION, PixelParam, PyramidParam
+from datadistill.synset.set import SyntheticSet
 
 
 def test_augment_is_seeded_and_differentiable():
@@ -120,7 +121,7 @@ def test_preview_grid_is_capped_in_classes_images_and_pixels(tmp_path, monkeypat
 
     from PIL import Image
 
-    from datadistill import synset as synset_module
+    from datadistill.synset import set as synset_module
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(130 * 3, 3, 6, 5, generator=g)

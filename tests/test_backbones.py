@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datadistill.errors import WeightsError
-from datadistill.models.backbones import load_backbone
+from datadistill.core.errors import WeightsError
+from datadistill.features.backbones import load_backbone
 
 
 def test_offline_weights_are_real_imagenet_weights(lite0):

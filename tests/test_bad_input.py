@@ -124,7 +124,7 @@ def _nan_in_loss(monkeypatch) -> None:
 
 
 def _disk_full(monkeypatch) -> None:
-    import datadistill.io as ddio
+    import datadistill.core.io as ddio
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -344,8 +344,8 @@ def test_backbone_weights_of_another_size_are_refused(tmp_path):
     import torch
     from transformers import Dinov2Config, Dinov2Model
 
-    from datadistill.errors import WeightsError
-    from datadistill.models.backbones import load_backbone
+    from datadistill.core.errors import WeightsError
+    from datadistill.features.backbones import load_backbone
 
     Dinov2Model(
         Dinov2Config(

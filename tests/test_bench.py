@@ -2,10 +2,11 @@ import json
 
 import pytest
 
-from datadistill import bench as bench_module
-from datadistill.bench import BenchPlan, bench, parse_settings
+from datadistill.bench import runner as bench_module
+from datadistill.bench.plan import BenchPlan, parse_settings
+from datadistill.bench.runner import bench
 from datadistill.cli import main
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 
 
 def test_settings_are_typed_and_scoped():
@@ -143,7 +144,7 @@ def test_evaluate_with_narrows_one_methods_protocols(tmp_path, digits):
         == 0
     )  # the same plan from the CLI: every cell is reused
     assert len(json.loads((tmp_path / "b" / "results.json").read_text())) == 3
-    from datadistill.report import plan_summary
+    from datadistill.reporting.markdown import plan_summary
 
     summary = plan_summary(json.loads((tmp_path / "b" / "bench.json").read_text()))
     assert "(centroids: linear-probe:augment=false only)" in summary

@@ -8,10 +8,10 @@ import torch
 
 import datadistill as dd
 from datadistill.cli import main
-from datadistill.errors import DataError
+from datadistill.core.errors import DataError
 from datadistill.evaluate.linear_probe import ProbeOptions, train_head
 from datadistill.evaluate.results import EvalResult
-from datadistill.synset import SyntheticSet
+from datadistill.synset.set import SyntheticSet
 
 
 def _cli(capsys, *argv):
@@ -130,7 +130,7 @@ def test_probe_is_deterministic_and_checks_classes(digits, lite0):
     from sklearn.linear_model import LogisticRegression
 
     from datadistill.data import resize_center_crop
-    from datadistill.stats import feature_bank, resize_for
+    from datadistill.features.bank import feature_bank, resize_for
 
     s = dd.distill("random", "digits", dataset=digits)
     # without augmentation the probe is a linear classifier on the 10 images' centre-view features: trained to
@@ -152,13 +152,13 @@ def test_probe_is_deterministic_and_checks_classes(digits, lite0):
 def _help_commands() -> list[list[str]]:
     from datadistill.evaluate import PROTOCOLS
     from datadistill.methods import METHODS
-    from datadistill.pretrain import discover
+    from datadistill.training import PRETRAINERS
 
     return (
         [["--help"], ["demo", "--help"], ["bench", "--help"], ["report", "--help"], ["stats", "--help"]]
         + [["distill", name, "--help"] for name in METHODS]
         + [["eval", "--protocol", name, "--help"] for name in PROTOCOLS]
-        + [["pretrain", kind, "--help"] for kind in discover()]
+        + [["pretrain", kind, "--help"] for kind in PRETRAINERS]
     )
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 from datadistill.models.architectures import ARCHITECTURES, ModelSpec, build_model, init_parameters_
 from datadistill.models.convnet import ConvNet, default_depth
 from datadistill.models.resnet import ResNet

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
+from datadistill.core.errors import DataError
 from datadistill.data import iter_batches, load_dataset, load_image
 from datadistill.data.idx import read_idx, write_idx
-from datadistill.errors import DataError
 
 
 @pytest.mark.parametrize("name", ["x.idx", "x.idx.gz"])

@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from datadistill.errors import WeightsError
-from datadistill.models.generative.diffusion import (
-    GaussianDiffusion,
-    SamplerHook,
-    ddpm_sample,
-    guided_eps,
-    space_timesteps,
-    training_loss,
-)
+from datadistill.core.errors import WeightsError
 from datadistill.models.generative.dit import DiTDenoiser, load_dit, tiny_dit, untie
+from datadistill.sampling.ddpm import SamplerHook, ddpm_sample, guided_eps
+from datadistill.sampling.diffusion import GaussianDiffusion, space_timesteps, training_loss
 
 
 def test_respacing_keeps_the_marginals():

@@ -116,8 +116,8 @@ def test_a_share_of_the_classes_gets_the_draws_of_all(digits):
 
 def test_tgdd_stops_at_a_non_finite_class_loss(digits, monkeypatch):
     import datadistill as dd
-    from datadistill.errors import TrainingDiverged
-    from datadistill.models.trajectories import TrajectoryStore
+    from datadistill.core.errors import TrainingDiverged
+    from datadistill.training.experts import TrajectoryStore
 
     experts = dict(num_experts=1, expert_epochs=1, expert_epoch_images=256, expert_batch=32, expert_width=8)
     original, calls = TrajectoryStore.run, {"n": 0}

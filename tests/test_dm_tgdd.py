@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import datadistill as dd
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 from datadistill.methods.dm import DM
 from datadistill.methods.tgdd import TGDD, TGDDOptions
 from datadistill.models.architectures import ModelSpec, build_model
-from datadistill.models.trajectories import TrajectoryStore, train_experts
-from datadistill.synset import RawPixelParam, SyntheticSet, decode_multi_formation, tile_images
+from datadistill.synset.params import RawPixelParam, decode_multi_formation, tile_images
+from datadistill.synset.set import SyntheticSet
+from datadistill.training.experts import TrajectoryStore, train_experts
 
 EXPERTS = dict(num_experts=2, expert_epochs=3, expert_epoch_images=512, expert_batch=32, expert_lr=0.05)
 TINY = dict(batch_real=16, width=16)
@@ -18,7 +19,7 @@ TINY = dict(batch_real=16, width=16)
 
 @pytest.fixture(scope="module")
 def experts(digits):
-    from datadistill.models.trajectories import ExpertOptions
+    from datadistill.training.experts import ExpertOptions
 
     folder = train_experts(digits, ExpertOptions(**EXPERTS, expert_width=16), torch.device("cpu"))
     return TrajectoryStore.load(folder)
@@ -58,7 +59,7 @@ def test_dm_lowers_its_objective(digits):
     # the DM objective through fresh random networks drops against the real-image start
     from datadistill.data.memory import in_memory
     from datadistill.methods.matching import class_feature_means
-    from datadistill.models.supervised import InputNorm
+    from datadistill.training.supervised import InputNorm
 
     real = in_memory(digits.train, 8, 10)
     norm = InputNorm.of(real)
@@ -146,8 +147,8 @@ def test_trajectory_store_snapshots_and_sampling(digits, experts):
 
 
 def test_expert_training_resumes_after_kill(digits, tmp_path, monkeypatch):
-    from datadistill.models import trajectories
-    from datadistill.models.trajectories import ExpertOptions, train_expert
+    from datadistill.training import experts as trajectories
+    from datadistill.training.experts import ExpertOptions, train_expert
 
     opts = ExpertOptions(**EXPERTS, expert_width=8)
     monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "a"))

@@ -7,11 +7,12 @@ import torch
 
 from datadistill import api
 from datadistill.cli import main
-from datadistill.errors import ConfigError
-from datadistill.io import read_checkpoint
+from datadistill.core.errors import ConfigError
+from datadistill.core.io import read_checkpoint
 from datadistill.methods.dmgd import DMGD, DMGDOptions, OTGuidance, SemanticMatching, annealing
-from datadistill.models.generative.diffusion import GaussianDiffusion, StepState
-from datadistill.synset import SyntheticSet
+from datadistill.sampling.ddpm import StepState
+from datadistill.sampling.diffusion import GaussianDiffusion
+from datadistill.synset.set import SyntheticSet
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from datadistill.augment import DSA, default_strategy
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
+from datadistill.data.augment import DSA, default_strategy
 
 ALL = "color_crop_cutout_flip_scale_rotate"
 

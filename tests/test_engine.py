@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from datadistill.engine import train_resumable
-from datadistill.errors import TrainingDiverged
-from datadistill.io import load_checkpoint
+from datadistill.core.errors import TrainingDiverged
+from datadistill.core.io import load_checkpoint
+from datadistill.training.loop import train_resumable
 
 
 def _training(seed: int = 0):
@@ -57,8 +57,8 @@ def test_train_resumable_stops_on_nan(tmp_path):
 
 
 def test_checkpoint_checksum_and_fallback_to_the_previous_one(tmp_path):
-    from datadistill.errors import DatadistillError
-    from datadistill.io import previous_checkpoint, save_checkpoint
+    from datadistill.core.errors import DatadistillError
+    from datadistill.core.io import previous_checkpoint, save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": 1})
@@ -80,8 +80,8 @@ def test_checkpoint_with_a_valid_checksum_still_refuses_pickled_code(tmp_path, m
     import os
     import pickle
 
-    from datadistill.errors import DatadistillError
-    from datadistill.io import CHECKPOINT_MAGIC
+    from datadistill.core.errors import DatadistillError
+    from datadistill.core.io import CHECKPOINT_MAGIC
 
     class Evil:
         def __reduce__(self):
@@ -98,7 +98,7 @@ def test_checkpoint_with_a_valid_checksum_still_refuses_pickled_code(tmp_path, m
 def test_phase_peak_rss_is_per_phase():
     import numpy as np
 
-    from datadistill.engine import PhaseTimer, reset_peak_rss
+    from datadistill.run.timing import PhaseTimer, reset_peak_rss
 
     if not reset_peak_rss():
         pytest.skip("the resident high-water mark cannot be reset here (not Linux)")
@@ -115,7 +115,7 @@ def test_phase_peak_rss_is_per_phase():
 def test_process_peak_survives_the_per_phase_resets():
     import numpy as np
 
-    from datadistill.engine import PhaseTimer, process_peak_rss_mb, reset_peak_rss
+    from datadistill.run.timing import PhaseTimer, process_peak_rss_mb, reset_peak_rss
 
     if not reset_peak_rss():
         pytest.skip("the resident high-water mark cannot be reset here (not Linux)")
@@ -135,7 +135,7 @@ def _config(**options):
 
 
 def test_claim_replaces_the_config_of_a_run_that_never_wrote_a_checkpoint(tmp_path, caplog):
-    from datadistill.engine import RunDir
+    from datadistill.run.directory import RunDir
 
     run = RunDir(tmp_path / "run")
     assert run.claim(_config(lr=1e6), {}) is False  # a run that diverged at once: config, no checkpoint
@@ -146,9 +146,9 @@ def test_claim_replaces_the_config_of_a_run_that_never_wrote_a_checkpoint(tmp_pa
 
 
 def test_claim_keeps_the_config_of_a_run_with_a_checkpoint(tmp_path):
-    from datadistill.engine import RunDir
-    from datadistill.errors import ConfigError
-    from datadistill.io import save_checkpoint
+    from datadistill.core.errors import ConfigError
+    from datadistill.core.io import save_checkpoint
+    from datadistill.run.directory import RunDir
 
     run = RunDir(tmp_path / "run")
     run.claim(_config(lr=0.01), {})
@@ -162,7 +162,7 @@ def test_divergence_after_a_checkpoint_keeps_it_and_the_config(tmp_path, monkeyp
     """A loss that turns NaN at step 3 of 4 (checkpoint every 2): the checkpoint of step 2 stays and binds the config;
     the same config resumes from it, another is refused with what to do."""
     from datadistill.api import distill
-    from datadistill.errors import ConfigError
+    from datadistill.core.errors import ConfigError
     from datadistill.methods.lgm import LGM
 
     real_loss, calls = LGM.loss, []
@@ -188,8 +188,8 @@ def test_divergence_after_a_checkpoint_keeps_it_and_the_config(tmp_path, monkeyp
 def test_hold_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     import os
 
-    from datadistill.errors import DatadistillError
-    from datadistill.io import hold_lock
+    from datadistill.core.errors import DatadistillError
+    from datadistill.core.io import hold_lock
 
     lock = tmp_path / "run" / ".lock"
     hint = "wait for it or use another --out"
@@ -208,8 +208,8 @@ def test_a_lock_file_left_by_a_killed_process_blocks_nothing(tmp_path):
     import subprocess
     import sys
 
-    from datadistill.errors import DatadistillError
-    from datadistill.io import hold_lock
+    from datadistill.core.errors import DatadistillError
+    from datadistill.core.io import hold_lock
 
     lock = tmp_path / ".lock"
     holder = subprocess.Popen(
@@ -235,8 +235,8 @@ def test_a_lock_file_left_by_a_killed_process_blocks_nothing(tmp_path):
 
 
 def test_train_resumable_holds_its_checkpoint_lock(tmp_path):
-    from datadistill.errors import DatadistillError
-    from datadistill.io import hold_lock
+    from datadistill.core.errors import DatadistillError
+    from datadistill.core.io import hold_lock
 
     ckpt = tmp_path / "model.pt"
 
@@ -253,7 +253,7 @@ def test_train_resumable_holds_its_checkpoint_lock(tmp_path):
 def test_eval_and_bench_take_their_folders_lock(tmp_path, digits, capsys):
     """eval rewrites a run's metrics.json and bench its results.json: a second writer is refused, naming the first."""
     from datadistill.cli import main
-    from datadistill.io import hold_lock
+    from datadistill.core.io import hold_lock
 
     run = tmp_path / "run"
     assert main(["-q", "distill", "random", "--data", "digits", "--out", str(run)]) == 0

@@ -11,20 +11,20 @@ import torch
 import torch.nn.functional as F
 
 import datadistill as dd
-from datadistill.augment import aug_basic
+from datadistill.core.errors import DataError
+from datadistill.core.io import cache_root
 from datadistill.data import load_dataset, memory, resize_center_crop
+from datadistill.data.augment import aug_basic
 from datadistill.data.memory import StreamedSplit, channel_stats, in_memory
-from datadistill.errors import DataError
 from datadistill.evaluate import golden as golden_module
 from datadistill.evaluate.from_scratch import ConvNetOptions, fit_and_select, synset_tensors
 from datadistill.evaluate.golden import FullProbeOptions, golden_classifier
 from datadistill.evaluate.linear_probe import view_features
 from datadistill.evaluate.training import fit, new_head
-from datadistill.io import cache_root
+from datadistill.features.bank import FeatureBank, feature_bank, resize_for
 from datadistill.models.architectures import ModelSpec
-from datadistill.models.supervised import FloatImages, InputNorm
-from datadistill.stats import FeatureBank, feature_bank, resize_for
-from datadistill.synset import SyntheticSet
+from datadistill.synset.set import SyntheticSet
+from datadistill.training.supervised import FloatImages, InputNorm
 
 CPU = torch.device("cpu")
 

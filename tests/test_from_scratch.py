@@ -5,9 +5,9 @@ import torch
 
 import datadistill as dd
 from datadistill.cli import main
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 from datadistill.evaluate.from_scratch import ConvNetOptions
-from datadistill.synset import SyntheticSet
+from datadistill.synset.set import SyntheticSet
 
 FAST = dict(epochs=12, val_every=4, width=16, batch_size=32)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from datadistill import api
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 from datadistill.evaluate.hard_label import MinimaxAugment, epochs_for
-from datadistill.models.supervised import InputNorm
+from datadistill.training.supervised import InputNorm
 
 
 def test_epochs_follow_the_minimax_table():

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from datadistill.cli import main
+from datadistill.core.errors import DataError, user_message
 from datadistill.data import iter_batches, load_dataset, resize_center_crop
 from datadistill.data import manifest as manifest_mod
 from datadistill.data.decode import decode_resized
-from datadistill.errors import DataError, user_message
 
 LONG_AGO = time.time() - 3600  # folders that have settled (see manifest.SETTLE_SECONDS)
 
@@ -255,7 +255,7 @@ def test_mixed_sizes_take_the_median_shorter_side(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["distill", "random", "--data", f"imagefolder:{folder}", "--val-fraction", "0", "--out", str(out)]
     assert _cli(capsys, argv)[0] == 0
-    from datadistill.synset import SyntheticSet
+    from datadistill.synset.set import SyntheticSet
 
     assert SyntheticSet.load(out / "synset").images.shape[-2:] == (25, 25)
     assert "sizes 8-30 px (shorter side), using the median 25 px" in (out / "log.txt").read_text()
@@ -291,7 +291,7 @@ class TinyEncoder(torch.nn.Module):
 
 def test_worker_count_does_not_change_features(tmp_path, monkeypatch):
     from datadistill.data import datasets
-    from datadistill.stats import feature_bank
+    from datadistill.features.bank import feature_bank
 
     data = load_dataset(f"imagefolder:{_jpeg_folder(tmp_path / 'jpegs')}", val_fraction=0)
     pids_file = tmp_path / "pids"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from datadistill.models.backbones import load_backbone
+from datadistill.features.backbones import load_backbone
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -16,7 +16,7 @@ def dino():
 
 
 def test_converted_weights_match_onnxruntime(dino):
-    from datadistill.models.imgfocus import onnx_path
+    from datadistill.features.imgfocus import onnx_path
 
     model = onnx.load(str(onnx_path()))
     # Expose the backbone's final layer norm (the DINOv2 output) as an extra graph output.

@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 from safetensors.torch import load_file
 
-from datadistill.io import load_checkpoint
+from datadistill.core.io import load_checkpoint
 
 STEPS, EVERY = 60, 5
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datadistill.errors import WeightsError
-from datadistill.models.generative import center_crop_arr, latent_bank, load_latent_space
+from datadistill.core.errors import WeightsError
+from datadistill.models.generative.latent import center_crop_arr, latent_bank
+from datadistill.training.vae import load_latent_space
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_tiny_vae_trains_reconstructs_and_is_cached(digits):
 
 
 def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
-    import datadistill.models.generative.tiny_vae as tv
+    import datadistill.training.vae as tv
     from datadistill.api import pretrain
 
     monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "ref"))
@@ -168,8 +169,9 @@ def test_tiny_vae_resumes_after_kill(digits, tmp_path, monkeypatch):
 
 
 def test_tiny_vae_shape_options_reach_the_trainer(digits, kl_folder):
-    from datadistill.errors import ConfigError
-    from datadistill.models.generative.latent import LatentOptions, latent_space_from
+    from datadistill.core.errors import ConfigError
+    from datadistill.models.generative.latent import LatentOptions
+    from datadistill.training.vae import latent_space_from
 
     default = latent_space_from(LatentOptions(vae_steps=5), digits)
     finer = latent_space_from(LatentOptions(vae_steps=5, vae_levels=1, vae_latent_channels=2), digits)

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import datadistill as dd
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
+from datadistill.features.bank import feature_bank
 from datadistill.methods.lgm import head_gradient_autograd, head_gradient_closed_form
-from datadistill.stats import feature_bank
 
 SMALL = {"crop": 32, "grow_every": 5}
 

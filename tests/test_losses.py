@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from datadistill.augment import DSA
+from datadistill.data.augment import DSA
 from datadistill.data.memory import MemorySplit
 from datadistill.methods.dm import DM
 from datadistill.methods.sfm import SFM
 from datadistill.methods.tgdd import TGDD
-from datadistill.models.supervised import InputNorm
-from datadistill.synset import RawPixelParam
+from datadistill.synset.params import RawPixelParam
+from datadistill.training.supervised import InputNorm
 
 # ---- SFM -------------------------------------------------------------------------------------------------------
 # Real class means mu (3 classes x 2 features); the synthetic set has 2 images per class whose "features" are

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import datadistill as dd
-from datadistill.errors import TrainingDiverged
-from datadistill.io import load_checkpoint
+from datadistill.core.errors import TrainingDiverged
+from datadistill.core.io import load_checkpoint
+from datadistill.features.bank import feature_bank
 from datadistill.methods.sfm import SFM, class_means, non_target_centres
-from datadistill.stats import feature_bank
 
 SMALL = {"crop": 32, "grow_every": 5}
 
@@ -121,7 +121,7 @@ def test_nan_loss_is_a_clear_error(digits, lite0, monkeypatch, tmp_path):
 
 
 def test_changed_config_is_refused(digits, lite0, tmp_path):
-    from datadistill.errors import ConfigError
+    from datadistill.core.errors import ConfigError
 
     dd.distill("sfm", "digits", out=tmp_path / "run", dataset=digits, model=lite0, steps=2, **SMALL)
     with pytest.raises(ConfigError, match="steps"):

@@ -8,12 +8,12 @@ import pytest
 
 from datadistill.api import make_config, pretrain
 from datadistill.cli import main
-from datadistill.config import DistillConfig, EvalConfig
-from datadistill.errors import ConfigError
+from datadistill.core.config import DistillConfig, EvalConfig
+from datadistill.core.errors import ConfigError
+from datadistill.core.options import build, fields_of
 from datadistill.evaluate import PROTOCOLS
 from datadistill.methods import METHODS
-from datadistill.options import build, fields_of
-from datadistill.pretrain import discover
+from datadistill.training import PRETRAINERS
 
 
 def flag(name: str) -> str:
@@ -24,7 +24,7 @@ def _option_sets() -> dict[str, type]:
     sets = {"distill": DistillConfig, "evaluation": EvalConfig}
     sets.update({f"method {n}": m.Options for n, m in METHODS.items()})
     sets.update({f"protocol {n}": p.Options for n, p in PROTOCOLS.items()})
-    sets.update({f"pretrain {n}": p.Options for n, p in discover().items()})
+    sets.update({f"pretrain {n}": p.Options for n, p in PRETRAINERS.items()})
     return sets
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datadistill.optional import EXTRAS, MissingExtra, require
+from datadistill.core.optional import EXTRAS, MissingExtra, require
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 

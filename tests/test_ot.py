@@ -5,8 +5,8 @@ import ot
 import pytest
 import torch
 
-from datadistill.errors import ConfigError
-from datadistill.ot import ot_loss, sinkhorn, sinkhorn_log, sinkhorn_plain, sphere_cost
+from datadistill.core.errors import ConfigError
+from datadistill.sampling.ot import ot_loss, sinkhorn, sinkhorn_log, sinkhorn_plain, sphere_cost
 
 # POT warns when a deliberately short run (numItermax = 5) has not converged.
 pytestmark = pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")

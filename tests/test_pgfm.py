@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from datadistill.errors import ConfigError, WeightsError
-from datadistill.evaluate.metrics import mode_coverage
+from datadistill.core.errors import ConfigError, WeightsError
+from datadistill.features.coverage import mode_coverage
 from datadistill.models.generative.flow import FlowModel, load_sit_checkpoint
-from datadistill.models.generative.samplers import FlowState, PathToPrototype, ode_sample, warm_start
 from datadistill.models.generative.sit import SiT
+from datadistill.sampling.ode import FlowState, PathToPrototype, ode_sample, warm_start
 
 # The key layout of the official SiT checkpoints (models.py of willisma/SiT), for a depth-1 model.
 SIT_KEYS = {
@@ -147,7 +147,7 @@ TINY = {"vae_steps": 20, "flow_steps": 40, "device": "cpu"}
 
 
 def test_pretrain_flow_learns_and_resumes(digits, tmp_path, monkeypatch):
-    import datadistill.models.generative.flow_training as ft
+    import datadistill.training.flow as ft
     from datadistill.api import pretrain
 
     def val(folder):
@@ -222,7 +222,8 @@ def test_pgfm_mode_coverage_against_numpy(digits):
     # enough to tell digits apart (after 20 steps every image encodes to about the same latent, so every sample
     # would hit one cluster and the comparison would test nothing): the coverage differs between classes.
     from datadistill.api import distill
-    from datadistill.models.generative.latent import LatentOptions, latent_bank, latent_space_from
+    from datadistill.models.generative.latent import LatentOptions, latent_bank
+    from datadistill.training.vae import latent_space_from
 
     trained = {**TINY, "vae_steps": 150}  # the autoencoder of test_latent.py's training test (cached once)
     synset = distill("pgfm", "digits", ipc=6, dataset=digits, mode="real-recon", coverage_k=4, **trained)
@@ -296,8 +297,9 @@ def test_pgfm_cli_run_and_eval(tmp_path, capsys):
 
 
 def test_finetune_sit_checkpoint_on_target_classes(digits, tmp_path):
-    from datadistill.models.generative.flow_training import FlowOptions, difffit_parameters, flow_model_from
-    from datadistill.models.generative.latent import LatentOptions, latent_space_from
+    from datadistill.models.generative.latent import LatentOptions
+    from datadistill.training.flow import FlowOptions, difffit_parameters, flow_model_from
+    from datadistill.training.vae import latent_space_from
 
     latent = LatentOptions(vae_steps=20)
     space = latent_space_from(latent, digits)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datadistill import bench as bench_module
-from datadistill.bench import BenchPlan, bench, protocol_spec
+from datadistill.bench import runner as bench_module
+from datadistill.bench.plan import BenchPlan, protocol_spec
+from datadistill.bench.runner import bench
 from datadistill.cli import main
-from datadistill.collect import collect
-from datadistill.errors import ConfigError
-from datadistill.report import add_figures, build_sections
+from datadistill.core.errors import ConfigError
+from datadistill.reporting.collect import collect
+from datadistill.reporting.comparison import add_figures, build_sections
 
 PLAN = dict(
     data="digits",
@@ -152,7 +153,7 @@ def test_page_in_headless_chromium(tiny_bench, tmp_path):
 
 
 def test_no_augmentation_gets_its_own_column_however_it_was_set():
-    from datadistill.collect import _protocol_label
+    from datadistill.reporting.collect import _protocol_label
 
     assert _protocol_label("linear-probe", {"augment": False}) == "linear-probe:augment=false"  # --set augment=false
     assert _protocol_label("linear-probe:augment=false", {"augment": False}) == "linear-probe:augment=false"

@@ -9,12 +9,12 @@ import shutil
 import pytest
 
 import datadistill as dd
-from datadistill import bench as bench_module
+from datadistill.bench import runner as bench_module
 from datadistill.cli import main
-from datadistill.collect import collect
-from datadistill.errors import ConfigError
+from datadistill.core.errors import ConfigError
 from datadistill.evaluate.ranking import score_records
-from datadistill.report import build_sections
+from datadistill.reporting.collect import collect
+from datadistill.reporting.comparison import build_sections
 
 TINY = ["-q", "bench", "--data", "digits", "--methods", "random,centroids", "--crop", "efficientnet_lite0=32"]
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from datadistill.stats import feature_bank, kmeans
+from datadistill.features.bank import feature_bank
+from datadistill.features.kmeans import kmeans
 
 
 def test_feature_bank_means_counts_and_cache(digits, lite0, tmp_path, monkeypatch):

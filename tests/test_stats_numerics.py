@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from datadistill.errors import DataError
-from datadistill.models.backbones import Backbone, BackboneSpec
-from datadistill.stats import feature_bank, kmeans, lloyd
+from datadistill.core.errors import DataError
+from datadistill.features.backbones import Backbone, BackboneSpec
+from datadistill.features.bank import feature_bank
+from datadistill.features.kmeans import kmeans, lloyd
 
 
 def _constant_backbone(name: str, value: float) -> Backbone:

@@ -1,8 +1,7 @@
 """datadistill: dataset distillation methods, baselines and evaluation protocols behind one API."""
 
-__version__ = "0.1.0"
-
-from .api import compute_stats, distill, evaluate, report_runs  # noqa: E402
-from .synset import SyntheticSet  # noqa: E402
+from .api import compute_stats, distill, evaluate, report_runs
+from .core.version import __version__
+from .synset import SyntheticSet
 
 __all__ = ["SyntheticSet", "__version__", "compute_stats", "distill", "evaluate", "report_runs"]

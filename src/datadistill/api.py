@@ -9,24 +9,28 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, dist
-from .config import DistillConfig, EvalConfig, check_val_fraction
+from .core import dist
+from .core.config import DistillConfig, EvalConfig, check_val_fraction
+from .core.errors import ConfigError, DatadistillError, DataError
+from .core.io import check_creatable, hold_lock
+from .core.options import build, fields_of, split, to_dict
+from .core.progress import log
+from .core.version import __version__
 from .data import RealData, load_dataset
-from .engine import LoopState, PhaseTimer, RunDir, buffered_log, optimise, resolve_device
-from .errors import ConfigError, DatadistillError, DataError
 from .evaluate import EvalJob, EvalResult, get_protocol
+from .evaluate.identity import data_identity, eval_key, eval_settings
 from .evaluate.linear_probe import check_compatible
-from .identity import data_identity, eval_key, eval_settings
-from .io import check_creatable, hold_lock
+from .features.backbones import Backbone, load_backbone
+from .features.bank import FeatureBank, feature_bank
 from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
-from .models.backbones import Backbone, load_backbone
-from .options import build, fields_of, split, to_dict
-from .pretrain import get_pretrainer
-from .progress import log
-from .report import write_report
-from .stats import FeatureBank, feature_bank
-from .synset import SyntheticSet
+from .reporting.run_report import write_report
+from .run.device import resolve_device
+from .run.directory import RunDir, buffered_log
+from .run.loop import LoopState, optimise
+from .run.timing import PhaseTimer
+from .synset.set import SyntheticSet
+from .training.pretrainers import get_pretrainer
 
 
 def make_config(method: str, data: str, ipc: int = 1, **values) -> DistillConfig:
@@ -420,6 +424,6 @@ def report_runs(runs: list[str | Path] | str | Path, out: str | Path | None = No
     """Compare the results of bench directories and/or run directories (or folders holding them) on one page:
     writes ``out/report.html`` (self-contained: images embedded, no network resources), ``out/report.md`` and
     ``out/report_files/``; returns their paths. ``out`` defaults to the bench directory when one is given."""
-    from .report import write_comparison
+    from .reporting.comparison import write_comparison
 
     return write_comparison([runs] if isinstance(runs, str | Path) else list(runs), out)

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DatadistillError, user_message
+from .core.errors import ConfigError, DatadistillError, user_message
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_loading_args(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--skip-corrupt`` for the commands that take no config dataclass (stats, bench, pretrain)."""
-    from .config import SKIP_CORRUPT_HELP, WORKERS_HELP
+    from .core.config import SKIP_CORRUPT_HELP, WORKERS_HELP
 
     p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     p.add_argument("--skip-corrupt", action="store_true", help=SKIP_CORRUPT_HELP)
@@ -39,7 +39,7 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
 
 def say(text: str) -> None:
     """Print once (rank 0) when running under torchrun."""
-    from . import dist
+    from .core import dist
 
     if dist.is_main():
         print(text)
@@ -59,11 +59,11 @@ def _protocol_in(argv: list[str]) -> str:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from .config import DistillConfig, EvalConfig
+    from .core.config import DistillConfig, EvalConfig
+    from .core.options import add_arguments
     from .evaluate import PROTOCOLS
     from .methods import METHODS
-    from .options import add_arguments
-    from .pretrain import discover
+    from .training import PRETRAINERS
 
     parser = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation toolkit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -77,8 +77,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set (resumes an interrupted run)")
     methods = d.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for name in sorted(METHODS):
-        algo = METHODS[name]
+    for name, algo in sorted(METHODS.items()):
         m = methods.add_parser(name, help=algo.summary, description=algo.summary)
         m.add_argument(
             "--data", required=True, help="dataset name (see `datadistill list datasets`), imagefolder:PATH or hf:NAME"
@@ -87,7 +86,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         add_arguments(m.add_argument_group("run options"), DistillConfig, skip={"method", "data", "options"})
         add_arguments(m.add_argument_group(f"{name} options"), algo.Options)
 
-    protocol = PROTOCOLS.get(_protocol_in(argv or []), PROTOCOLS["linear-probe"])
+    asked = _protocol_in(argv or [])
+    protocol = PROTOCOLS.get(asked if asked in PROTOCOLS else "linear-probe")
     e = sub.add_parser(
         "eval",
         help="evaluate a run directory, a saved set or a folder of PNGs",
@@ -100,7 +100,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="run directory, synset folder, or folder of PNGs (not needed for --protocol full)",
     )
-    e.add_argument("--protocol", default="linear-probe", choices=list(PROTOCOLS))
+    e.add_argument("--protocol", default="linear-probe", choices=PROTOCOLS.names())
     e.add_argument("--data", default=None, help="dataset (default: the run's)")
     e.add_argument("--root", default=None)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
@@ -153,7 +153,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="train (or reuse) a model the toolkit needs offline (cached, resumable)")
     kinds = pre.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for name, trainer in sorted(discover().items()):
+    for name, trainer in sorted(PRETRAINERS.items()):
         k = kinds.add_parser(name, help=trainer.summary, description=trainer.summary)
         k.add_argument("--data", required=True, help="dataset to train on (its train split)")
         k.add_argument("--root", default=None)
@@ -207,7 +207,8 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import BenchPlan, bench
+    from .bench.plan import BenchPlan
+    from .bench.runner import bench
 
     crops = {}
     for item in args.crop:
@@ -298,8 +299,8 @@ def _cmd_stats(args) -> int:
 def _cmd_list(args) -> int:
     from .data import available_datasets
     from .evaluate import PROTOCOLS
+    from .features.backbones import available_backbones
     from .methods import METHODS
-    from .models.backbones import available_backbones
 
     if args.what in ("all", "datasets"):
         print("datasets:")
@@ -317,8 +318,8 @@ def _cmd_list(args) -> int:
         print("  timm:ARCH              any timm model with pretrained weights (hub or --weights PATH)")
     if args.what in ("all", "methods"):
         print("methods:")
-        for name in sorted(METHODS):
-            print(f"  {name:12s} {METHODS[name].summary}")
+        for name, algo in sorted(METHODS.items()):
+            print(f"  {name:12s} {algo.summary}")
     if args.what in ("all", "protocols"):
         print("protocols:")
         for name, p in PROTOCOLS.items():
@@ -339,7 +340,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import dist
+    from .core import dist
 
     argv = sys.argv[1:] if argv is None else argv
     dist.init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on CUDA)

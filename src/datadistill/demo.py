@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 from .api import distill, evaluate
+from .core.io import check_writable, write_json, write_text
 from .data import load_dataset
-from .engine import PhaseTimer, resolve_device
-from .io import check_writable, write_json, write_text
-from .models.backbones import load_backbone
-from .report import accuracy_table, phases_table
+from .features.backbones import load_backbone
+from .reporting.run_report import accuracy_table, phases_table
+from .run.device import resolve_device
+from .run.timing import PhaseTimer
 
 # Chosen on the validation split of mnist-5k (BENCHMARKS.md), never on test. The paper's schedule (5000 steps
 # from noise at 224 px) does not fit minutes on two CPU cores: the demo crops 64 px and starts SFM from the

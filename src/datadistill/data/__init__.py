@@ -1,5 +1,6 @@
 """Datasets: registry, splits, batched iteration."""
 
+from .catalog import DATASETS, available_datasets, load_dataset
 from .datasets import (
     FileImages,
     LabelledImages,
@@ -10,7 +11,6 @@ from .datasets import (
     load_image,
     resize_center_crop,
 )
-from .registry import DATASETS, available_datasets, load_dataset
 
 __all__ = [
     "DATASETS",

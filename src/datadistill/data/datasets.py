@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 from .decode import decode_resized, load_image, resize_center_crop
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 # A JPEG is decoded at a reduced scale only down to twice the target size (Pillow's ``thumbnail`` default): the

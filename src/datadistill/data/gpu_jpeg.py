@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..progress import log
+from ..core.progress import log
 from .decode import decode_resized, resize_center_crop, unreadable
 
 

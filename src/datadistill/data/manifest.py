@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import dist
-from ..errors import DataError
-from ..io import cache_root, write_bytes
-from ..progress import log, progress_bar
+from ..core import dist
+from ..core.errors import DataError
+from ..core.io import cache_root, write_bytes
+from ..core.progress import log, progress_bar
 from .decode import decode_errors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")

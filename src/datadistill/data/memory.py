@@ -13,8 +13,8 @@ from functools import cached_property
 
 import torch
 
-from ..errors import DataError
-from ..io import cache_root, write_json
+from ..core.errors import DataError
+from ..core.io import cache_root, write_json
 from .datasets import LabelledImages, TensorImages, iter_batches, resize_center_crop
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,12 +1,8 @@
-"""Evaluation protocols, registered by name in ``PROTOCOLS`` (every module here is imported)."""
+"""Evaluation protocols, registered by name in ``PROTOCOLS`` (each module below registers its own)."""
 
-import importlib
-import pkgutil
-
+from . import from_scratch, golden, hard_label, linear_probe
 from .protocols import PROTOCOLS, EvalJob, Protocol, get_protocol, register_protocol
 from .results import EvalResult
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-
 __all__ = ["PROTOCOLS", "EvalJob", "EvalResult", "Protocol", "get_protocol", "register_protocol"]
+__all__ += ["from_scratch", "golden", "hard_label", "linear_probe"]

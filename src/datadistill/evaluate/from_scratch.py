@@ -20,16 +20,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..augment import DSA, DSA_CODE_STRATEGY, default_strategy
+from ..core.errors import ConfigError
+from ..core.options import option
+from ..core.progress import log, progress
 from ..data import RealData
+from ..data.augment import DSA, DSA_CODE_STRATEGY, default_strategy
 from ..data.memory import MemorySplit, StreamedSplit, channel_stats, in_memory
-from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
-from ..models.supervised import FloatImages, InputNorm, Recipe, accuracy, make_optimizer, train_epoch
-from ..models.trajectories import ExpertOptions, TrajectoryStore, train_experts
-from ..options import option
-from ..progress import log, progress
-from ..synset import SyntheticSet, decode_multi_formation
+from ..synset.params import decode_multi_formation
+from ..synset.set import SyntheticSet
+from ..training.experts import ExpertOptions, TrajectoryStore, train_experts
+from ..training.supervised import FloatImages, InputNorm, Recipe, accuracy, make_optimizer, train_epoch
 from .linear_probe import check_compatible
 from .protocols import EvalJob, Protocol, register_protocol
 from .results import EvalResult

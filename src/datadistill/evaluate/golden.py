@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import dist
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.io import atomic_dir, cache_root, write_json
+from ..core.options import option, positive
+from ..core.progress import log
 from ..data import RealData
-from ..errors import ConfigError
-from ..io import atomic_dir, write_json
-from ..models.backbones import Backbone
-from ..options import option, positive
-from ..progress import log
-from ..stats import FeatureBank, cache_root, feature_bank
+from ..features.backbones import Backbone
+from ..features.bank import FeatureBank, feature_bank
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult
 from .training import accuracy, fit, new_head

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..augment import StandardAugment
+from ..core.errors import ConfigError
+from ..core.options import at_least, option, positive
+from ..core.progress import log, progress
+from ..data.augment import StandardAugment
 from ..data.memory import MemorySplit, in_memory
-from ..errors import ConfigError
+from ..features.bank import resize_for
 from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
-from ..models.supervised import FloatImages, InputNorm, Recipe, accuracy, train_epoch
-from ..options import at_least, option, positive
-from ..progress import log, progress
-from ..stats import resize_for
+from ..training.supervised import FloatImages, InputNorm, Recipe, accuracy, train_epoch
 from .from_scratch import synset_tensors
 from .linear_probe import check_compatible
 from .protocols import EvalJob, Protocol, register_protocol

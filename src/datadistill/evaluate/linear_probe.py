@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import aug_basic
+from ..core.errors import ConfigError, DataError
+from ..core.options import at_least, fraction, option, positive
+from ..core.progress import progress
 from ..data import resize_center_crop
-from ..errors import ConfigError, DataError
-from ..models.backbones import Backbone
-from ..options import at_least, fraction, option, positive
-from ..progress import progress
-from ..stats import feature_bank, resize_for
-from ..synset import SyntheticSet
+from ..data.augment import aug_basic
+from ..features.backbones import Backbone
+from ..features.bank import feature_bank, resize_for
+from ..synset.set import SyntheticSet
 from .golden import FullProbeOptions, golden_classifier, golden_summary
 from .protocols import EvalBackboneOptions, EvalJob, Protocol, register_protocol
 from .results import EvalResult

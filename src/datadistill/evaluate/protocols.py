@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from ..config import EvalConfig
+from ..core.config import EvalConfig
+from ..core.errors import ConfigError
+from ..core.options import at_least, option
+from ..core.registry import Registry
 from ..data import RealData
-from ..errors import ConfigError
-from ..models.backbones import Backbone, load_backbone
-from ..options import at_least, option
-from ..synset import SyntheticSet
+from ..features.backbones import Backbone, load_backbone
+from ..synset.set import SyntheticSet
 from .results import EvalResult
 
 
@@ -93,15 +94,12 @@ class Protocol:
     shard_seeds: bool = True
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
 def register_protocol(protocol: Protocol) -> Protocol:
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
+    return PROTOCOLS.register(protocol.name, protocol)
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol '{name}'. Known: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    return PROTOCOLS.get(name)

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..identity import evaluation_of
-from ..options import fields_of
-from .protocols import PROTOCOLS
+from ..core.options import fields_of
+from .identity import evaluation_of
+from .protocols import PROTOCOLS, Protocol
 
 W_LRS = 0.5
 GAMMA_ARS = 0.5
@@ -103,14 +103,19 @@ def protocol_name(record: dict) -> str:
     return str(record["protocol"]).split(":")[0]
 
 
+def _protocol(record: dict) -> Protocol | None:
+    name = protocol_name(record)
+    return PROTOCOLS.get(name) if name in PROTOCOLS else None
+
+
 def uses_teacher(record: dict) -> bool | None:
     """True when the protocol learns from a teacher (its options name a distillation backbone); None if unknown."""
-    proto = PROTOCOLS.get(protocol_name(record))
+    proto = _protocol(record)
     return None if proto is None else "distill_backbone" in fields_of(proto.Options)
 
 
 def trains_on_real(record: dict) -> bool:
-    proto = PROTOCOLS.get(protocol_name(record))
+    proto = _protocol(record)
     return record.get("method") == "full-data" or (proto is not None and not proto.needs_synset)
 
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..progress import progress
-from ..stats import FeatureBank
+from ..core.progress import progress
+from ..features.bank import FeatureBank
 
 
 def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:

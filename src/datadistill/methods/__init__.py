@@ -1,11 +1,7 @@
-"""Distillation methods, one file each, registered by name (every module here is imported)."""
+"""Distillation methods, one file each, registered by name in ``METHODS`` (each module below registers its own)."""
 
-import importlib
-import pkgutil
-
+from . import centroids, dm, dmgd, lgm, mgd3, neighbors, pgfm, random, sfm, tgdd
 from .base import METHODS, Method, RunContext, get_method
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["METHODS", "Method", "RunContext", "get_method"]
+__all__ = ["METHODS", "Method", "RunContext", "centroids", "dm", "dmgd", "get_method", "lgm", "mgd3", "neighbors"]
+__all__ += ["pgfm", "random", "sfm", "tgdd"]

@@ -13,15 +13,16 @@ from typing import Any
 
 import torch
 
-from .. import dist
-from ..config import DistillConfig
+from ..core import dist
+from ..core.config import DistillConfig
+from ..core.options import at_least, option, positive
+from ..core.progress import log
+from ..core.registry import Registry
 from ..data import RealData, iter_batches
-from ..errors import ConfigError
-from ..models.backbones import Backbone, load_backbone
-from ..options import at_least, option, positive
-from ..progress import log
-from ..stats import FeatureBank, feature_bank, resize_for
-from ..synset import ImageParam, SyntheticSet, make_param
+from ..features.backbones import Backbone, load_backbone
+from ..features.bank import FeatureBank, feature_bank, resize_for
+from ..synset.params import ImageParam, make_param
+from ..synset.set import SyntheticSet
 
 
 @dataclass
@@ -200,15 +201,13 @@ class Method:
         return value
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
+    """Class decorator: register a method under its ``name``."""
+    return METHODS.register(cls.name, cls)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'. Known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]()
+    return METHODS.get(name)()

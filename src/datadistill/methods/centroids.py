@@ -3,7 +3,7 @@ the real images nearest to the centres of a k-means with k = IPC."""
 
 from __future__ import annotations
 
-from ..synset import SyntheticSet
+from ..synset.set import SyntheticSet
 from .base import BackboneOptions, Method, RunContext, register
 
 

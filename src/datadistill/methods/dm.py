@@ -27,13 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import dist
-from ..errors import ConfigError
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.options import option
+from ..core.progress import log
 from ..models.architectures import ModelSpec, build_model, init_parameters_
-from ..models.supervised import no_grad_forward
-from ..options import option
-from ..progress import log
-from ..synset import ImageParam, RawPixelParam
+from ..synset.params import ImageParam, RawPixelParam
+from ..training.supervised import no_grad_forward
 from .base import Method, RunContext, register
 from .matching import (
     MatchOptions,

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from ..models.generative.diffusion import EmbeddingTransform, SamplerHook, StepState
-from ..options import at_least, option
-from ..ot import ot_loss
+from ..core.errors import ConfigError
+from ..core.options import at_least, option
+from ..models.generative.dit import EmbeddingTransform
+from ..sampling.ddpm import SamplerHook, StepState
+from ..sampling.ot import ot_loss
 from .base import RunContext, register
 from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
 

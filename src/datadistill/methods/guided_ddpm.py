@@ -20,16 +20,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import dist
+from ..core import dist
+from ..core.errors import ConfigError, WeightsError
+from ..core.options import at_least, option
+from ..core.progress import log
 from ..data.classlists import SUBSETS
-from ..errors import ConfigError, WeightsError
-from ..models.generative.diffusion import GaussianDiffusion, SamplerHook, ddpm_sample
 from ..models.generative.dit import DiTDenoiser, load_dit
-from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_space_from
-from ..options import at_least, option
-from ..ot import ot_loss
-from ..progress import log
-from ..synset import ImageParam
+from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank
+from ..sampling.ddpm import SamplerHook, ddpm_sample
+from ..sampling.diffusion import GaussianDiffusion
+from ..sampling.ot import ot_loss
+from ..synset.params import ImageParam
+from ..training.vae import latent_space_from
 from .base import Method, RunContext
 
 
@@ -130,7 +132,7 @@ def load_sampler(ctx: RunContext, kmeans: int = 0) -> Sampler:
     opts = ctx.opts
     given_ids = parse_class_ids(opts.class_ids, ctx.data.num_classes)
     space = latent_space_from(opts, ctx.data, ctx.device)
-    from ..models.generative.dit_training import DiffusionTrainOptions, load_offline_dit, train_diffusion
+    from ..training.diffusion import DiffusionTrainOptions, load_offline_dit, train_diffusion
 
     folder = Path(opts.dit).expanduser()
     if opts.dit in ("tiny", "offline"):

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import dist
-from ..augment import StandardAugment
-from ..errors import ConfigError
-from ..options import option
-from ..synset import ImageParam
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.options import option
+from ..data.augment import StandardAugment
+from ..synset.params import ImageParam
 from .base import Method, PixelOptions, RunContext, register
 from .sfm import augmented_views
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import dist
-from ..augment import DSA, DSA_CODE_STRATEGY, DSA_MODES, default_strategy
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.options import at_least, option
+from ..data.augment import DSA, DSA_CODE_STRATEGY, DSA_MODES, default_strategy
 from ..data.memory import MemorySplit, in_memory
-from ..errors import ConfigError
-from ..models.supervised import InputNorm
-from ..options import at_least, option
-from ..synset import tile_images
+from ..synset.params import tile_images
+from ..training.supervised import InputNorm
 from .base import RunContext
 
 

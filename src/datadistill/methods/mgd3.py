@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from ..models.generative.diffusion import SamplerHook, StepState
+from ..core.errors import ConfigError
+from ..core.options import option
 from ..models.generative.latent import latent_bank
-from ..options import option
+from ..sampling.ddpm import SamplerHook, StepState
 from .base import RunContext, register
 from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..core.errors import ConfigError, DataError
+from ..core.options import option
 from ..data import resize_center_crop
-from ..errors import ConfigError, DataError
-from ..options import option
-from ..stats import resize_for
-from ..synset import SyntheticSet
+from ..features.bank import resize_for
+from ..synset.set import SyntheticSet
 from .base import BackboneOptions, Method, RunContext, register
 
 

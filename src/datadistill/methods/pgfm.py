@@ -22,14 +22,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import dist
-from ..errors import ConfigError
-from ..evaluate.metrics import mode_coverage
-from ..models.generative.flow_training import FlowOptions, check_flow_spec, flow_model_from
-from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_space_from
-from ..models.generative.samplers import PathToPrototype, ode_sample, warm_start
-from ..options import at_least, option
-from ..synset import SyntheticSet
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.options import at_least, option
+from ..features.coverage import mode_coverage
+from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank
+from ..sampling.ode import PathToPrototype, ode_sample, warm_start
+from ..synset.set import SyntheticSet
+from ..training.flow import FlowOptions, check_flow_spec, flow_model_from
+from ..training.vae import latent_space_from
 from .base import Method, RunContext, get_method, register
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..synset import SyntheticSet
+from ..synset.set import SyntheticSet
 from .base import Method, RunContext, register
 
 

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import dist
-from ..errors import ConfigError
-from ..models.supervised import no_grad_forward
-from ..models.trajectories import ExpertOptions, TrajectoryStore, expert_options, train_experts
-from ..options import option
-from ..synset import ImageParam, RawPixelParam, decode_multi_formation
+from ..core import dist
+from ..core.errors import ConfigError
+from ..core.options import option
+from ..synset.params import ImageParam, RawPixelParam, decode_multi_formation
+from ..training.experts import ExpertOptions, TrajectoryStore, expert_options, train_experts
+from ..training.supervised import no_grad_forward
 from .base import Method, RunContext, register
 from .matching import (
     MatchOptions,

@@ -1,1 +1,1 @@
-"""Models: frozen backbones (and, later, evaluation and generative networks)."""
+"""Networks and their loaders: from-scratch classifiers (ConvNet, ResNet) by name, and the generative networks."""

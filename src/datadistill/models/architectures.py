@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.registry import Registry
 from .convnet import ConvNet
 from .resnet import ResNet, resnet_ap_init_
 
@@ -41,28 +42,27 @@ def _resnet(depth: int, norm: str, ap: bool = False):
     return build
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a
-    for a in [
-        Architecture(
-            "convnet",
-            "ConvNet-D, width 128, instance norm, ReLU, avg pool (depth from the resolution)",
-            _convnet("instance"),
-        ),
-        Architecture("convnet-bn", "ConvNet-D with batch norm", _convnet("batch")),
-        Architecture("convnet-nn", "ConvNet-D without normalisation", _convnet("none")),
-        Architecture("resnet10-bn", "ResNet-10, batch norm (cross-architecture)", _resnet(10, "batch")),
-        Architecture("resnet10-in", "ResNet-10, instance norm", _resnet(10, "instance")),
-        Architecture("resnet18-bn", "ResNet-18, batch norm (cross-architecture)", _resnet(18, "batch")),
-        Architecture("resnet18-in", "ResNet-18, instance norm", _resnet(18, "instance")),
-        Architecture(
-            "resnet10-ap",
-            "ResNet-10-AP: average-pool downsampling, instance norm (ImageNet-subset protocols)",
-            _resnet(10, "instance", ap=True),
-            resnet_ap_init_,
-        ),
-    ]
-}
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+for _arch in [
+    Architecture(
+        "convnet",
+        "ConvNet-D, width 128, instance norm, ReLU, avg pool (depth from the resolution)",
+        _convnet("instance"),
+    ),
+    Architecture("convnet-bn", "ConvNet-D with batch norm", _convnet("batch")),
+    Architecture("convnet-nn", "ConvNet-D without normalisation", _convnet("none")),
+    Architecture("resnet10-bn", "ResNet-10, batch norm (cross-architecture)", _resnet(10, "batch")),
+    Architecture("resnet10-in", "ResNet-10, instance norm", _resnet(10, "instance")),
+    Architecture("resnet18-bn", "ResNet-18, batch norm (cross-architecture)", _resnet(18, "batch")),
+    Architecture("resnet18-in", "ResNet-18, instance norm", _resnet(18, "instance")),
+    Architecture(
+        "resnet10-ap",
+        "ResNet-10-AP: average-pool downsampling, instance norm (ImageNet-subset protocols)",
+        _resnet(10, "instance", ap=True),
+        resnet_ap_init_,
+    ),
+]:
+    ARCHITECTURES.register(_arch.name, _arch)
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,7 @@ class ModelSpec:
 
 
 def check_arch(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture '{name}'. Known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+    return ARCHITECTURES.get(name)
 
 
 def build_model(spec: ModelSpec, generator: torch.Generator | None = None) -> nn.Module:

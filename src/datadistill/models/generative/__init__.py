@@ -1,6 +1,2 @@
-"""Generative models of the latent-space methods (PGFM, DMGD, MGD3): the frozen autoencoder (latent space),
-velocity / noise networks, and samplers with guidance hooks."""
-
-from .latent import LatentOptions, LatentSpace, center_crop_arr, latent_bank, latent_space_from, load_latent_space
-
-__all__ = ["LatentOptions", "LatentSpace", "center_crop_arr", "latent_bank", "latent_space_from", "load_latent_space"]
+"""Generative networks of the latent-space methods (PGFM, DMGD, MGD3) and their loaders: the frozen autoencoder
+(latent space, tiny VAE), and the velocity / noise networks (flow models, SiT, DiT)."""

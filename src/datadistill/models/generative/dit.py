@@ -16,14 +16,18 @@ to each with the same per-step randomness.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError, WeightsError
-from ...optional import require
-from .diffusion import EmbeddingTransform
+from ...core.errors import ConfigError, WeightsError
+from ...core.optional import require
+
+# (emb, table) -> new emb. emb: 2B rows with CFG (the B conditional rows, then their B null rows) or B rows;
+# table: the model's label embedding (an nn.Embedding: table(labels), table.weight; the null label is its last row).
+EmbeddingTransform = Callable[[torch.Tensor, torch.nn.Embedding], torch.Tensor]
 
 HUB_ALIASES = {"DiT-XL-2-256": "facebook/DiT-XL-2-256", "DiT-XL-2-512": "facebook/DiT-XL-2-512"}
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.errors import ConfigError, WeightsError
+from ...core.io import load_torch
 from ...data import RealData
 from ...data.classlists import SUBSETS
-from ...errors import ConfigError, WeightsError
-from ...io import load_torch
 from .sit import SIT_CONFIGS, SiT, timestep_embedding
 
 FLOW_FORMAT = "datadistill.flow/1"
@@ -154,32 +154,6 @@ class FlowModel:
         return guided
 
 
-def flow_matching_loss(
-    net: nn.Module,
-    x1: torch.Tensor,
-    y: torch.Tensor,
-    generator: torch.Generator,
-    null_class: int | None,
-    dropout: float = 0.1,
-    time_sampling: str = "uniform",
-) -> torch.Tensor:
-    """L_FM = E ||v(x_t, t, y) - (x_1 - eps)||^2 with x_t = t x_1 + (1 - t) eps; labels dropped to the null
-    class with probability ``dropout``. ``time_sampling``: uniform (SiT) or logit-normal (SD3)."""
-    b = len(x1)
-    eps = torch.randn(x1.shape, generator=generator).to(x1.device)
-    if time_sampling == "logit-normal":
-        t = torch.sigmoid(torch.randn(b, generator=generator))
-    else:
-        t = torch.rand(b, generator=generator)
-    drop = torch.rand(b, generator=generator) < dropout
-    t, drop = t.to(x1.device), drop.to(x1.device)
-    if null_class is not None and dropout > 0:
-        y = torch.where(drop, torch.full_like(y, null_class), y)
-    tt = t.view(-1, *([1] * (x1.ndim - 1)))
-    xt = tt * x1 + (1 - tt) * eps
-    return F.mse_loss(net(xt, t, y), x1 - eps)
-
-
 # ---- loading ---------------------------------------------------------------------------------------------------
 
 
@@ -198,7 +172,7 @@ def save_flow(folder: Path, net: nn.Module, arch: str, config: dict) -> None:
     """Write a flow model folder (``model.safetensors`` + ``config.json``); the caller makes it atomic."""
     from safetensors.torch import save_file
 
-    from ...io import write_json
+    from ...core.io import write_json
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"))

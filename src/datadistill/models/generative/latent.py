@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.errors import ConfigError, DataError, WeightsError
+from ...core.optional import require
+from ...core.options import at_least, option
 from ...data import LabelledImages, RealData
-from ...errors import ConfigError, DataError, WeightsError
-from ...optional import require
-from ...options import at_least, option
-from ...stats import FeatureBank, feature_bank
+from ...features.bank import FeatureBank, feature_bank
+from .vae import TINY_FORMAT, load_tiny_vae
 
 HUB_ALIASES = {"sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse", "sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema"}
-TINY_FORMAT = "datadistill.tiny-vae/1"
 
 
 def center_crop_arr(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -252,52 +252,18 @@ class LatentOptions:
         at_least(self, 1, "vae_image_size", "vae_steps", "vae_levels", "vae_latent_channels")
 
 
-def latent_space_from(opts: LatentOptions, data: RealData | None, device: str | torch.device = "cpu") -> LatentSpace:
-    """The ``LatentSpace`` a method's ``LatentOptions`` ask for (training the offline one if needed)."""
-    train = {"steps": opts.vae_steps}
-    if opts.vae_image_size:
-        train["image_size"] = opts.vae_image_size
-    shape = {"levels": opts.vae_levels, "latent_channels": opts.vae_latent_channels}
-    if any(v is not None for v in shape.values()) and opts.vae not in ("tiny", "offline"):
-        raise ConfigError(
-            "--vae-levels / --vae-latent-channels shape the offline 'tiny' autoencoder; "
-            f"--vae {opts.vae} brings its own architecture"
-        )
-    train.update({k: v for k, v in shape.items() if v is not None})
-    return load_latent_space(
-        opts.vae, data, device, encode_mode=opts.vae_encode, image_size=opts.vae_image_size, train_options=train
-    )
-
-
-def load_latent_space(
-    spec: str = "tiny",
-    data: RealData | None = None,
+def load_latent_weights(
+    spec: str,
     device: str | torch.device = "cpu",
     encode_mode: str = "sample",
     image_size: int | None = None,
     scale: float | None = None,
     seed: int = 0,
-    train_options: dict | None = None,
 ) -> LatentSpace:
-    """Load a latent space.
-
-    ``spec``: ``tiny`` (the offline autoencoder for ``data``: reused from the cache, else trained now with
-    ``train_options``, see ``datadistill pretrain vae --help``); a local folder holding a diffusers
-    ``AutoencoderKL`` (``config.json`` + weights, or a pipeline folder with ``vae/``) or a tiny-vae folder; or
-    a hub id (``sd-vae-ft-mse`` is short for ``stabilityai/sd-vae-ft-mse``). ``scale`` overrides the
-    latent scaling factor. Nothing falls back to random weights: missing weights raise ``WeightsError``.
-    """
+    """A latent space from saved weights: a local folder (a diffusers ``AutoencoderKL``, ``config.json`` + weights
+    or a pipeline folder with ``vae/``, or a tiny-vae folder) or a hub id (``sd-vae-ft-mse`` is short for
+    ``stabilityai/sd-vae-ft-mse``). ``scale`` overrides the latent scaling factor."""
     device = torch.device(device)
-    if spec in ("tiny", "offline"):
-        if data is None:
-            raise ConfigError("the offline 'tiny' latent space is trained on a dataset: pass data")
-        from ...options import build
-        from ...pretrain import get_pretrainer
-
-        trainer = get_pretrainer("vae")
-        opts = build(trainer.Options, dict(train_options or {}), "pretrain 'vae'")
-        folder = trainer.run(data, opts, device)
-        return _load_tiny(folder, device, encode_mode, scale, seed)
     path = Path(spec).expanduser()
     if path.exists():
         config = _read_config(path)
@@ -320,8 +286,6 @@ def _read_config(path: Path) -> dict:
 
 
 def _load_tiny(folder: Path, device: torch.device, encode_mode: str, scale: float | None, seed: int) -> LatentSpace:
-    from .tiny_vae import load_tiny_vae
-
     model, config = load_tiny_vae(folder)
     # The cache key, not the path: cached latents and models keyed by this identity stay valid in another cache.
     weights = f"tiny-vae trained by datadistill on {config['dataset']} ({config['steps']} steps, key {folder.name})"

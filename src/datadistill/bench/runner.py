@@ -1,0 +1,383 @@
+"""One command compares methods: every method distilled with every distillation backbone, every synthetic set
+evaluated with every protocol on every evaluation backbone (same-model and cross-model), through the same
+caches. Each cell is written to ``results.json`` as soon as it is done, so a re-run skips finished cells and
+finished distillations (run directories are reused).
+
+A cell is identified by everything that changes its number: the data (name, content, validation split), the
+evaluated set (method, IPC, every option, distillation backbone and crop; for neighbours the source set's
+identity), the protocol with every option, the evaluation backbone, weights and crop, and the seeds. Its key is
+readable with a digest of these settings at the end, and its record stores them (``settings``, and ``given``: what
+the plan set). A re-run with a changed plan evaluates the cells whose settings changed and reuses the others;
+records of earlier plans stay in results.json, and bench.json lists the keys of the current plan's cells, the ones
+summary.md, results.csv and ``datadistill report`` show.
+
+Layout of ``OUT``::
+
+    bench.json                 the plan, and the keys of its cells ("cells")
+    results.json               one record per cell evaluated here, this plan's or an earlier one's (with the run
+                               directories it came from, the model that was evaluated, the distillation's phases:
+                               seconds and peak memory, and its settings)
+    results.csv                the current plan's records
+    summary.md                 accuracy tables, one per IPC and distillation backbone (rows: method x protocol)
+    ipcK/random-D/seedS/       Random real images, redrawn per evaluation seed
+    ipcK/BACKBONE/METHOD-D/    run directories of backbone methods (neighbors:SRC -> neighbors-SRC-D)
+    ipcK/METHOD-D/             run directories of methods without a backbone
+
+where D is a digest of the run's settings (data, IPC, every option of the method), so runs of other settings never
+share a directory, and a re-run of the same plan finds its runs again.
+
+A protocol may carry fixed options, ``NAME:KEY=VALUE[:KEY=VALUE]`` (e.g. ``linear-probe:augment=false`` next to
+``linear-probe`` gives the evaluations with and without augmentation that DD-Ranking's ARS compares).
+``evaluate_with`` (``--evaluate-with METHOD=P1+P2``) narrows the protocols one method's sets are judged by, so a
+page comparing e.g. SFM under the linear probe and DM under the from-scratch ConvNet does not pay for the cells
+nobody reads (DM's images through a backbone's CI); the other methods keep every protocol.
+``datadistill report OUT`` turns the results into a page with pictures (report.py, report_html.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from ..api import distill, evaluate
+from ..core import dist
+from ..core.config import RESUME_FREE_FIELDS, DistillConfig, EvalConfig
+from ..core.errors import ConfigError
+from ..core.io import check_writable, hold_lock, write_json, write_text
+from ..core.options import build, fields_of, to_dict
+from ..core.progress import log
+from ..data import RealData, load_dataset
+from ..evaluate import get_protocol
+from ..evaluate.identity import data_identity, digest, eval_settings
+from ..features.backbones import Backbone, load_backbone
+from ..methods import get_method
+from ..reporting.markdown import given_summary
+from ..reporting.table import fmt_acc
+from ..run.device import resolve_device
+from .plan import BenchPlan, options_for, parse_settings, protocol_spec, uses_backbone
+
+
+@dataclass
+class PlannedCell:
+    """One cell of a plan: the set (``spec``; ``None`` for a protocol on the full real data), the protocol with the
+    options the plan gives it, and the record fields that name the cell (with its full settings)."""
+
+    key: str
+    meta: dict
+    protocol: str
+    options: dict
+    spec: str | None = None
+    ipc: int | None = None
+    distill_backbone: str | None = None  # the backbone the set is distilled with (the record's group may be "-")
+
+
+class Bench:
+    def __init__(self, plan: BenchPlan, out: str | Path):
+        self.plan = plan.validate()
+        self.out = check_writable(out)
+        self.settings = parse_settings(plan.settings, plan.methods, plan.protocols)
+        self.results: dict[str, dict] = {}  # read under the folder's lock, by ``run``
+        self.models: dict[str, Backbone] = {}
+        self._data: RealData | None = None
+        self._identities: dict[tuple, dict] = {}
+        self._sets: dict[tuple, tuple] = {}
+
+    @property
+    def data(self) -> RealData:
+        if self._data is None:
+            self._data = load_dataset(
+                self.plan.data, self.plan.root, workers=self.plan.workers, skip_corrupt=self.plan.skip_corrupt
+            )
+        return self._data
+
+    @cached_property
+    def data_identity(self) -> dict:
+        return data_identity(self.data)
+
+    def model(self, name: str) -> Backbone:
+        if name not in self.models:
+            self.models[name] = load_backbone(name, device=resolve_device(self.plan.device))
+        return self.models[name]
+
+    @property
+    def eval_backbones(self) -> list[str]:
+        return self.plan.eval_backbones or self.plan.backbones
+
+    def run(self) -> list[dict]:
+        """Evaluate the cells of the plan that results.json does not hold yet; the plan's records, in plan order."""
+        previous = self.out / "bench.json"
+        if previous.exists() and json.loads(previous.read_text())["data"] != self.plan.data:
+            raise ConfigError(f"{self.out} holds a benchmark of another dataset; use another --out")
+        # one bench per folder: two would both evaluate the missing cells and overwrite each other's results.json
+        with (
+            hold_lock(self.out / ".lock", self.out, "wait for it or use another --out")
+            if dist.is_main()
+            else (nullcontext())
+        ):
+            if (self.out / "results.json").exists():
+                self.results = {r["key"]: r for r in json.loads((self.out / "results.json").read_text())}
+            cells = self.cells()
+            write_json(previous, {**asdict(self.plan), "cells": [c.key for c in cells]})
+            for c in cells:
+                if c.key not in self.results:
+                    self.evaluate(c)
+            current = [self.results[c.key] for c in cells]
+            self.write_tables(current)
+        return current
+
+    # ---- the plan's cells and their identities ------------------------------------------------------------------
+
+    def cells(self) -> list[PlannedCell]:
+        """Every cell of the plan in run order: per IPC, distillation backbone and method its protocols on every
+        evaluation backbone, then the protocols on the full real data. A cell shared by several distillation
+        backbones (a set no backbone made, judged without one) appears once."""
+        cells = []
+        for ipc in self.plan.ipcs:
+            for b_d in self.plan.backbones:
+                for spec in self.plan.methods:
+                    for protocol in self.plan.protocols_for(spec):
+                        name = protocol_spec(protocol)[0]
+                        if not get_protocol(name).needs_synset:
+                            continue
+                        known = fields_of(get_protocol(name).Options)
+                        # A set that no backbone made, judged without one (e.g. trained from scratch), is one cell
+                        # for all distillation backbones.
+                        group = b_d if uses_backbone(spec) or "distill_backbone" in known else "-"
+                        for b_e in self.eval_backbones if "eval_backbone" in known else [None]:
+                            cells.append(self.cell(protocol, b_e, spec, ipc, b_d, group))
+        for protocol in self.plan.protocols:
+            if not get_protocol(protocol_spec(protocol)[0]).needs_synset:
+                cells += [self.cell(protocol, b_e) for b_e in self.eval_backbones]
+        unique: dict[str, PlannedCell] = {}
+        for c in cells:
+            unique.setdefault(c.key, c)
+        return list(unique.values())
+
+    def cell(
+        self,
+        protocol: str,
+        b_e: str | None,
+        spec: str | None = None,
+        ipc: int | None = None,
+        b_d: str | None = None,
+        group: str | None = None,
+    ) -> PlannedCell:
+        name = protocol_spec(protocol)[0]
+        options = self.protocol_options(protocol, b_e, b_d)
+        resolved = to_dict(build(get_protocol(name).Options, options, f"protocol '{protocol}'"))
+        run = self.run_identity(spec, ipc, b_d) if spec else None
+        evaluation = eval_settings(
+            name, resolved, self.plan.seeds, EvalConfig().first_seed, self.data_identity, run["options"] if run else {}
+        )
+        settings = {"evaluation": evaluation}
+        shown = {k: v for k, v in options.items() if k not in ("eval_backbone", "distill_backbone")}
+        given = {protocol: shown}
+        if spec is None:
+            key = f"{protocol}@{b_e}|{digest(settings)}"
+            meta = dict(ipc=None, method="full-data", distill_backbone=None, protocol=protocol, eval_backbone=b_e)
+        else:
+            settings["set"] = {"method": spec, "group": group, "run": run}
+            given = {spec: self.method_options(spec, ipc, b_d, shown=True), **given}
+            key = f"ipc{ipc}|{spec}|{group}|{protocol}@{b_e or '-'}|{digest(settings)}"
+            meta = dict(ipc=ipc, method=spec, distill_backbone=group, protocol=protocol, eval_backbone=b_e)
+            meta["runs"] = [str(r.relative_to(self.out)) for r in self.run_dirs(spec, ipc, b_d)]
+        meta.update(settings=settings, given=given)
+        return PlannedCell(key, meta, protocol, options, spec, ipc, b_d)
+
+    def method_options(self, spec: str, ipc: int, b_d: str, shown: bool = False) -> dict:
+        """The options the plan gives method ``spec``: its settings, the distillation backbone and its crop
+        (``shown``: as a record names them, without the backbone, which the record's group names)."""
+        name = spec.partition(":")[0]
+        given = options_for(name, get_method(name).Options, self.settings)
+        if uses_backbone(spec):
+            if not shown:
+                given["backbone"] = b_d
+            if b_d in self.plan.crops:
+                given.setdefault("crop", self.plan.crops[b_d])
+        return given
+
+    def protocol_options(self, protocol: str, b_e: str | None, b_d: str | None) -> dict:
+        """The options the plan gives ``protocol`` (its settings and fixed options, backbones and crops)."""
+        name, fixed = protocol_spec(protocol)
+        cls = get_protocol(name).Options
+        known = fields_of(cls)
+        opts = {**options_for(name, cls, self.settings), **fixed}
+        if "eval_backbone" in known and b_e:
+            opts["eval_backbone"] = b_e
+            if b_e in self.plan.crops:
+                opts.setdefault("crop", self.plan.crops[b_e])
+        if "distill_backbone" in known and b_d:
+            opts.setdefault("distill_backbone", b_d)
+            if b_d in self.plan.crops:
+                opts.setdefault("distill_crop", self.plan.crops[b_d])
+        return opts
+
+    def run_identity(self, spec: str, ipc: int, b_d: str) -> dict:
+        """What makes method ``spec``'s set: its distillation config with every option (defaults included), the
+        data by content, and for neighbours the identity of the source set instead of its path. Random's seed is
+        left out: its runs are one per evaluation seed."""
+        key = (spec, ipc, b_d if uses_backbone(spec) else None)
+        if key not in self._identities:
+            name, _, source = spec.partition(":")
+            options = self.method_options(spec, ipc, b_d)
+            if source:
+                options["source"] = digest(self.run_identity(source, ipc, b_d))
+            resolved = to_dict(build(get_method(name).Options, options, f"method '{name}'"))
+            config = DistillConfig(method=name, data=self.plan.data, ipc=ipc, options=resolved).to_dict()
+            free = RESUME_FREE_FIELDS | ({"seed"} if name == "random" else set())
+            self._identities[key] = {**{k: v for k, v in config.items() if k not in free}, "data": self.data_identity}
+        return self._identities[key]
+
+    def run_dirs(self, spec: str, ipc: int, b_d: str) -> list[Path]:
+        """Where method ``spec``'s run directories are (one per seed for Random): named by the method and a digest
+        of the run's identity, so runs of other settings never share one."""
+        name = spec.partition(":")[0]
+        folder = f"{spec.replace(':', '-')}-{digest(self.run_identity(spec, ipc, b_d))}"
+        if name == "random":
+            return [self.out / f"ipc{ipc}" / folder / f"seed{k}" for k in range(self.plan.seeds)]
+        if uses_backbone(spec):
+            return [self.out / f"ipc{ipc}" / b_d / folder]
+        return [self.out / f"ipc{ipc}" / folder]
+
+    # ---- running -------------------------------------------------------------------------------------------------
+
+    def synsets(self, spec: str, ipc: int, b_d: str) -> tuple:
+        """The method's synthetic set (one per seed for Random) and the distillation's phases, distilled in (or
+        reused from) its run directory; a neighbours' source set first."""
+        key = (spec, ipc, b_d if uses_backbone(spec) else None)
+        if key not in self._sets:
+            name, _, source = spec.partition(":")
+            kw = dict(dataset=self.data, ipc=ipc, device=self.plan.device, **self.method_options(spec, ipc, b_d))
+            runs = self.run_dirs(spec, ipc, b_d)
+            if uses_backbone(spec):
+                kw["model"] = self.model(b_d)
+            if source:
+                self.synsets(source, ipc, b_d)
+                kw["source"] = str(self.run_dirs(source, ipc, b_d)[0])
+            log.info("bench: %s ipc %d %s", spec, ipc, b_d)
+            if name == "random":
+                sets = [distill(name, self.plan.data, out=r, **{**kw, "seed": k}) for k, r in enumerate(runs)]
+            else:
+                sets = distill(name, self.plan.data, out=runs[0], **kw)
+            self._sets[key] = sets, self.phases(runs[0])
+        return self._sets[key]
+
+    @staticmethod
+    def phases(run: Path) -> dict:
+        metrics = run / "metrics.json"
+        return json.loads(metrics.read_text()).get("distill", {}).get("phases", {}) if metrics.exists() else {}
+
+    def evaluate(self, c: PlannedCell) -> None:
+        synsets, phases = self.synsets(c.spec, c.ipc, c.distill_backbone) if c.spec else (None, None)
+        names = dict.fromkeys(c.options[k] for k in ("eval_backbone", "distill_backbone") if c.options.get(k))
+        log.info("bench: evaluating %s", c.key)
+        result = evaluate(
+            synsets,
+            protocol=protocol_spec(c.protocol)[0],
+            data=self.data,
+            models=[self.model(n) for n in names],
+            seeds=self.plan.seeds,
+            device=self.plan.device,
+            **c.options,
+        )
+        record = {"key": c.key, **{k: v for k, v in c.meta.items() if k not in ("settings", "given")}}
+        if phases is not None:
+            record["distill_phases"] = phases
+        self.results[c.key] = {
+            **record,
+            "evaluated_with": result.backbone,
+            "mean": result.mean,
+            "std": result.std,
+            "val_mean": result.val_mean,
+            "test_acc": result.test_acc,
+            "val_acc": result.val_acc,
+            "seeds": result.seeds,
+            "eval_seconds": result.details.get("phases", {}).get("eval", {}).get("seconds"),
+            "details": {k: v for k, v in result.details.items() if k != "phases"},
+            "given": c.meta["given"],
+            "settings": c.meta["settings"],
+        }
+        write_json(self.out / "results.json", list(self.results.values()))
+
+    def write_tables(self, rows: list[dict]) -> None:
+        """results.csv and summary.md of the current plan's cells."""
+        columns = [
+            "ipc",
+            "method",
+            "distill_backbone",
+            "protocol",
+            "eval_backbone",
+            "mean",
+            "std",
+            "val_mean",
+            "test_acc",
+            "eval_seconds",
+            "key",
+        ]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.out / "results.csv", buf.getvalue())
+        write_text(self.out / "summary.md", summary_markdown(rows, self.plan))
+
+
+def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
+    """Per IPC and distillation backbone: rows = method x protocol, columns = evaluation backbones (test acc,
+    mean ± std over seeds); the full-data rows close each table. The best synthetic-set cell per column is bold.
+    The plan orders the tables; seeds and settings are read from the records shown."""
+    evals = plan.eval_backbones or plan.backbones
+    full = {r["eval_backbone"]: r for r in rows if r["method"] == "full-data"}
+    seeds = "/".join(str(n) for n in sorted({len(r["test_acc"]) for r in rows}))
+    parts = [
+        f"# Benchmark on {plan.data}",
+        "",
+        f"Test accuracy (%), mean ± std over {seeds} seeds; settings {given_summary(rows)}.",
+        "",
+    ]
+    for ipc in plan.ipcs:
+        for b_d in plan.backbones:
+            cells = {
+                (r["method"], r["protocol"], r["eval_backbone"]): r
+                for r in rows
+                if r["ipc"] == ipc and r["distill_backbone"] in (b_d, "-")
+            }
+            if not cells:
+                continue
+            cols = sorted({c[2] for c in cells}, key=lambda b: evals.index(b) if b in evals else -1)
+            best = {b: max((r["mean"] for (m, p, e), r in cells.items() if e == b), default=None) for b in cols}
+            parts += [
+                f"## IPC {ipc}, distilled with {b_d}",
+                "",
+                "| method | protocol | " + " | ".join(f"eval {b or '-'}" for b in cols) + " |",
+                "|---|---|" + "---|" * len(cols),
+            ]
+            for m in plan.methods:
+                for p in plan.protocols:
+                    line = [cells.get((m, p, b)) for b in cols]
+                    if any(line):
+                        shown = [
+                            ("**" + fmt_acc(r) + "**" if r["mean"] == best[b] else fmt_acc(r)) if r else ""
+                            for r, b in zip(line, cols, strict=True)
+                        ]
+                        parts.append(f"| {m} | {p} | " + " | ".join(shown) + " |")
+            if any(b in full for b in cols):
+                parts.append(
+                    "| full data | "
+                    + ", ".join(sorted({full[b]["protocol"] for b in cols if b in full}))
+                    + " | "
+                    + " | ".join(fmt_acc(full[b]) if b in full else "" for b in cols)
+                    + " |"
+                )
+            parts.append("")
+    return "\n".join(parts)
+
+
+def bench(plan: BenchPlan, out: str | Path) -> list[dict]:
+    """Run (or resume) a benchmark; returns its result records."""
+    return Bench(plan, out).run()

@@ -1,0 +1,55 @@
+"""A run directory's report.md: its config, phases, losses, every stored evaluation and the image grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.io import write_text
+from .comparison import column_labels
+from .markdown import accuracy_table, phases_table
+
+# Method options the run report names in words, in this order (shown only when the method has them).
+RUN_OPTIONS = (("steps", "steps"), ("lr", "lr"), ("augs", "views per step"), ("param", "parameterisation"))
+
+
+def write_report(run: str | Path) -> Path:
+    """The run directory's report.md: its config, phases, losses, every stored evaluation and the image grid."""
+    from .collect import RunInfo, run_records
+
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    d = config.get("distill", {})
+    opts = d.get("options", {})
+    res = config.get("resolved", {})
+    parts = [f"# {d.get('method', 'run')} on {d.get('data', '?')}, IPC {d.get('ipc', '?')}", ""]
+    if "backbone" in opts:
+        parts.append(f"- backbone: `{opts['backbone']}` ({res.get('backbone_weights') or 'weights not recorded'})")
+    parts.append(
+        f"- data: {res.get('dataset_source', d.get('data'))}; train {res.get('train_images')} / "
+        f"val {res.get('val_images')} / test {res.get('test_images')} images"
+    )
+    named = [f"{label} {opts[key]}" for key, label in RUN_OPTIONS if key in opts]
+    sizes = [f"crop {res['crop']}"] if res.get("crop") is not None else []
+    parts.append("- " + ", ".join(named + sizes + [f"render {res.get('resolution')}", f"seed {d.get('seed')}"]))
+    shown = {*dict(RUN_OPTIONS), "backbone", "crop", "resolution"}
+    others = {k: v for k, v in opts.items() if k not in shown and v is not None}
+    if others:
+        parts.append("- options: " + ", ".join(f"{k} {v}" for k, v in others.items()))
+    parts.append("")
+    dist = metrics.get("distill", {})
+    if dist.get("phases"):
+        parts += ["## Time and memory", "", phases_table(dist["phases"]), ""]
+        if dist.get("loss_first") is not None:
+            parts += [f"Loss: {dist['loss_first']:.4f} at the first step, {dist['loss_last']:.4f} at the last.", ""]
+    records = run_records(RunInfo(run, config, metrics))
+    if records:
+        labels = column_labels(records)
+        rows = [(labels[r["key"]], {**r, "backbone": r["evaluated_with"]}) for r in records]
+        parts += ["## Evaluation", "", accuracy_table(rows, "evaluation"), ""]
+    if (run / "synset" / "grid.png").exists():
+        parts += ["## Synthetic images", "", "![synthetic set](synset/grid.png)", ""]
+    path = run / "report.md"
+    write_text(path, "\n".join(parts))
+    return path
