@@ -14,9 +14,9 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import datadistill as dd
-    from datadistill import dist
+    from datadistill.core import dist
     from datadistill.data import load_dataset
-    from datadistill.models.backbones import load_backbone
+    from datadistill.features.backbones import load_backbone
 
     dist.init_from_env()
     out = sys.argv[1]

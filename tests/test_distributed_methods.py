@@ -14,11 +14,11 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, sys
     import datadistill as dd
-    from datadistill import dist
-    from datadistill.augment import DSA, StandardAugment
+    from datadistill.core import dist
+    from datadistill.data.augment import DSA, StandardAugment
     from datadistill.data import load_dataset
     from datadistill.methods.base import RunContext
-    from datadistill.models.backbones import load_backbone
+    from datadistill.features.backbones import load_backbone
 
     dist.init_from_env()
     out = sys.argv[1]

@@ -216,7 +216,7 @@ def test_a_lock_file_left_by_a_killed_process_blocks_nothing(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom datadistill.io import hold_lock\n"
+            "import sys, time\nfrom datadistill.core.io import hold_lock\n"
             f"with hold_lock({str(lock)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)",
         ],
         stdout=subprocess.PIPE,

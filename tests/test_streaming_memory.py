@@ -12,7 +12,7 @@ import pytest
 PRELUDE = textwrap.dedent("""
     import json, sys
     import torch
-    from datadistill.engine import peak_rss_mb, reset_peak_rss
+    from datadistill.run.timing import peak_rss_mb, reset_peak_rss
 
     class TinyEncoder(torch.nn.Module):
         name, feat_dim, input_size = "tiny", 8, 16
@@ -38,7 +38,7 @@ PRELUDE = textwrap.dedent("""
 
 SCRIPT = PRELUDE + textwrap.dedent('''
     from datadistill.data import LabelledImages, RealData
-    from datadistill.stats import feature_bank
+    from datadistill.features.bank import feature_bank
 
     class Generated(LabelledImages):
         """Images computed from their index: the dataset itself holds nothing that grows with n."""

@@ -25,6 +25,7 @@ from .features.bank import FeatureBank, feature_bank
 from .methods import RunContext, get_method
 from .methods.base import BackboneOptions
 from .reporting.run_report import write_report
+from .run import layout
 from .run.device import resolve_device
 from .run.directory import RunDir, buffered_log
 from .run.loop import LoopState, optimise
@@ -149,7 +150,7 @@ def distill(
 
 def _finished_run(out: str | Path, config: DistillConfig) -> SyntheticSet | None:
     """The synthetic set of a complete run in ``out`` made with ``config`` (another config is refused), else None."""
-    if not Path(out, "synset").exists():
+    if not Path(out, layout.SYNSET).exists():
         return None
     run = RunDir(out)
     if not run.metrics().get("distill", {}).get("complete"):
@@ -211,10 +212,10 @@ def evaluate(
         path = Path(synset)
         if not path.exists():  # say so before asking for the data (which a missing run cannot supply)
             raise DataError(f"no synthetic set at {path}: the path does not exist")
-        if (path / "config.json").exists():
+        if layout.is_run_dir(path):
             run = RunDir(path)
             run_cfg = run.read_config()["distill"]
-            if not (path / "synset" / "manifest.json").exists():
+            if not (path / layout.SYNSET / layout.SYNSET_MANIFEST).exists():
                 raise DataError(
                     f"{path} is a run directory whose distillation has not finished (no synset/ yet): run the same "
                     "distill command again to finish it"

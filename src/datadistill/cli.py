@@ -1,7 +1,7 @@
 """``datadistill`` command line: parses arguments, builds configs, calls the API. No logic of its own.
 
 Options of methods and protocols are not written here: each ``distill METHOD`` and ``eval --protocol P``
-gets the fields of the method's / protocol's options dataclass as flags (see ``options.py``).
+gets the fields of the method's / protocol's options dataclass as flags (see ``core/options.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .core.errors import ConfigError, DatadistillError, user_message
+from .run import layout
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -239,7 +240,7 @@ def _cmd_bench(args) -> int:
         skip_corrupt=args.skip_corrupt,
     )
     records = bench(plan, args.out)
-    say((Path(args.out) / "summary.md").read_text())
+    say((Path(args.out) / layout.BENCH_SUMMARY).read_text())
     say(f"{len(records)} results of this plan in {args.out}/results.json (and results.csv)")
     return 0
 

@@ -31,7 +31,7 @@ A protocol may carry fixed options, ``NAME:KEY=VALUE[:KEY=VALUE]`` (e.g. ``linea
 ``evaluate_with`` (``--evaluate-with METHOD=P1+P2``) narrows the protocols one method's sets are judged by, so a
 page comparing e.g. SFM under the linear probe and DM under the from-scratch ConvNet does not pay for the cells
 nobody reads (DM's images through a backbone's CI); the other methods keep every protocol.
-``datadistill report OUT`` turns the results into a page with pictures (report.py, report_html.py).
+``datadistill report OUT`` turns the results into a page with pictures (the ``reporting`` package).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from ..features.backbones import Backbone, load_backbone
 from ..methods import get_method
 from ..reporting.markdown import given_summary
 from ..reporting.table import fmt_acc
+from ..run import layout
 from ..run.device import resolve_device
 from .plan import BenchPlan, options_for, parse_settings, protocol_spec, uses_backbone
 
@@ -110,17 +111,17 @@ class Bench:
 
     def run(self) -> list[dict]:
         """Evaluate the cells of the plan that results.json does not hold yet; the plan's records, in plan order."""
-        previous = self.out / "bench.json"
+        previous = self.out / layout.BENCH_PLAN
         if previous.exists() and json.loads(previous.read_text())["data"] != self.plan.data:
             raise ConfigError(f"{self.out} holds a benchmark of another dataset; use another --out")
         # one bench per folder: two would both evaluate the missing cells and overwrite each other's results.json
         with (
-            hold_lock(self.out / ".lock", self.out, "wait for it or use another --out")
+            hold_lock(self.out / layout.LOCK, self.out, "wait for it or use another --out")
             if dist.is_main()
             else (nullcontext())
         ):
-            if (self.out / "results.json").exists():
-                self.results = {r["key"]: r for r in json.loads((self.out / "results.json").read_text())}
+            if (self.out / layout.BENCH_RESULTS).exists():
+                self.results = {r["key"]: r for r in json.loads((self.out / layout.BENCH_RESULTS).read_text())}
             cells = self.cells()
             write_json(previous, {**asdict(self.plan), "cells": [c.key for c in cells]})
             for c in cells:
@@ -236,13 +237,8 @@ class Bench:
     def run_dirs(self, spec: str, ipc: int, b_d: str) -> list[Path]:
         """Where method ``spec``'s run directories are (one per seed for Random): named by the method and a digest
         of the run's identity, so runs of other settings never share one."""
-        name = spec.partition(":")[0]
-        folder = f"{spec.replace(':', '-')}-{digest(self.run_identity(spec, ipc, b_d))}"
-        if name == "random":
-            return [self.out / f"ipc{ipc}" / folder / f"seed{k}" for k in range(self.plan.seeds)]
-        if uses_backbone(spec):
-            return [self.out / f"ipc{ipc}" / b_d / folder]
-        return [self.out / f"ipc{ipc}" / folder]
+        identity = digest(self.run_identity(spec, ipc, b_d))
+        return layout.bench_run_dirs(self.out, spec, ipc, b_d, identity, self.plan.seeds, uses_backbone(spec))
 
     # ---- running -------------------------------------------------------------------------------------------------
 
@@ -269,7 +265,7 @@ class Bench:
 
     @staticmethod
     def phases(run: Path) -> dict:
-        metrics = run / "metrics.json"
+        metrics = run / layout.RUN_METRICS
         return json.loads(metrics.read_text()).get("distill", {}).get("phases", {}) if metrics.exists() else {}
 
     def evaluate(self, c: PlannedCell) -> None:
@@ -302,7 +298,7 @@ class Bench:
             "given": c.meta["given"],
             "settings": c.meta["settings"],
         }
-        write_json(self.out / "results.json", list(self.results.values()))
+        write_json(self.out / layout.BENCH_RESULTS, list(self.results.values()))
 
     def write_tables(self, rows: list[dict]) -> None:
         """results.csv and summary.md of the current plan's cells."""
@@ -323,8 +319,8 @@ class Bench:
         writer = csv.DictWriter(buf, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        write_text(self.out / "results.csv", buf.getvalue())
-        write_text(self.out / "summary.md", summary_markdown(rows, self.plan))
+        write_text(self.out / layout.BENCH_CSV, buf.getvalue())
+        write_text(self.out / layout.BENCH_SUMMARY, summary_markdown(rows, self.plan))
 
 
 def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:

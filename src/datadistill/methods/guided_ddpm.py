@@ -1,5 +1,5 @@
 """Shared block of the diffusion-sampling methods (DMGD, MGD3): a frozen class-conditional latent DiT, the
-DDPM sampler with hooks (``models/generative/diffusion.py``), per-class k-means supports in the shared latent
+DDPM sampler with hooks (``sampling/ddpm.py``), per-class k-means supports in the shared latent
 space, and generation driven by the engine's resumable loop.
 
 No pixels are optimised: one engine "step" samples one chunk of (class, slot) pairs, writes the final latents

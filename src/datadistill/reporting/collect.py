@@ -1,7 +1,7 @@
 """Read results for a report: bench directories (``results.json``) and run directories (``metrics.json``), as
 one list of uniform records.
 
-A record has the fields of a bench record (bench.py): ``key, ipc, method, distill_backbone, protocol,
+A record has the fields of a bench record (``bench/runner.py``): ``key, ipc, method, distill_backbone, protocol,
 eval_backbone, evaluated_with, mean, std, val_mean, test_acc, val_acc, seeds, eval_seconds, details,
 distill_phases`` plus ``data`` (the dataset), ``source`` (the directory it came from) and ``runs`` (absolute run
 directories of the evaluated set; several for Random in a bench, one per seed), and where it was recorded
@@ -21,6 +21,7 @@ from ..core.errors import ConfigError, DataError
 from ..evaluate import PROTOCOLS
 from ..methods import METHODS
 from ..methods.base import BackboneOptions
+from ..run import layout
 
 
 @dataclass
@@ -45,12 +46,12 @@ class RunInfo:
 
     @property
     def grid(self) -> Path | None:
-        path = self.path / "synset" / "grid.png"
+        path = self.path / layout.SYNSET / layout.SYNSET_GRID
         return path if path.exists() else None
 
     @property
     def manifest(self) -> dict:
-        path = self.path / "synset" / "manifest.json"
+        path = self.path / layout.SYNSET / layout.SYNSET_MANIFEST
         return json.loads(path.read_text()) if path.exists() else {}
 
     @property
@@ -87,17 +88,17 @@ def _json(path: Path) -> dict | list:
 
 
 def load_run(path: Path) -> RunInfo | None:
-    if not (path / "config.json").exists():
+    if not layout.is_run_dir(path):
         return None
-    metrics = _json(path / "metrics.json") if (path / "metrics.json").exists() else {}
-    return RunInfo(path, _json(path / "config.json"), metrics)
+    metrics = _json(path / layout.RUN_METRICS) if (path / layout.RUN_METRICS).exists() else {}
+    return RunInfo(path, _json(path / layout.RUN_CONFIG), metrics)
 
 
 def _bench_records(path: Path) -> tuple[list[dict], dict, int]:
     """The records of the bench's current plan (the cells bench.json lists; every record of a bench written before
     bench.json listed them), the plan, and how many records of earlier plans results.json keeps besides."""
-    plan = _json(path / "bench.json")
-    results = _json(path / "results.json") if (path / "results.json").exists() else []
+    plan = _json(path / layout.BENCH_PLAN)
+    results = _json(path / layout.BENCH_RESULTS) if (path / layout.BENCH_RESULTS).exists() else []
     if "cells" in plan:
         by_key = {r["key"]: r for r in results}
         earlier = len(set(by_key) - set(plan["cells"]))
@@ -114,20 +115,17 @@ def _bench_records(path: Path) -> tuple[list[dict], dict, int]:
             "protocol": _protocol_label(r["protocol"], r.get("details") or {}),
         }
         if r.get("method") != "full-data":
-            rel = r.get("runs") or _early_run_dirs(r["method"], r["ipc"], r["distill_backbone"], plan["seeds"])
+            rel = r.get("runs") or layout.early_bench_run_dirs(
+                r["method"], r["ipc"], r["distill_backbone"], plan["seeds"], _uses_backbone(r["method"])
+            )
             r["runs"] = [str(path / p) for p in rel]
         records.append(r)
     return records, plan, earlier
 
 
-def _early_run_dirs(method: str, ipc: int, group: str, seeds: int) -> list[str]:
-    """Where the first benches, whose records did not name their run directories, kept a method's runs."""
+def _uses_backbone(method: str) -> bool:
     name = method.partition(":")[0]
-    if name == "random":
-        return [f"ipc{ipc}/random/seed{k}" for k in range(seeds)]
-    if name in METHODS and issubclass(METHODS.get(name).Options, BackboneOptions):
-        return [f"ipc{ipc}/{group}/{method.replace(':', '-')}"]
-    return [f"ipc{ipc}/{method}"]
+    return name in METHODS and issubclass(METHODS.get(name).Options, BackboneOptions)
 
 
 def run_records(info: RunInfo) -> list[dict]:
@@ -215,9 +213,9 @@ def collect(paths: list[str | Path]) -> Collection:
 
 
 def _find(path: Path, depth: int = 2) -> list[tuple[str, Path]]:
-    if (path / "bench.json").exists():
+    if layout.is_bench_dir(path):
         return [("bench", path)]
-    if (path / "config.json").exists():
+    if layout.is_run_dir(path):
         return [("run", path)]
     if depth == 0:
         return []

@@ -1,6 +1,6 @@
 """Readable reports: a markdown page per run (config, phases, losses, evaluations, image grid), and the comparison
 report of ``datadistill report``: tables (accuracy, scores relative to random, cost) per dataset, IPC and
-distillation backbone, figures, and the markdown page; report_html.py renders the same sections as HTML."""
+distillation backbone, figures; ``markdown.py`` and ``html.py`` render the sections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError
 from ..core.io import write_text
+from ..run import layout
 from .markdown import comparison_markdown
 from .table import Cell, Figure, Section, Table, fmt_acc, fmt_num, fmt_pct, fmt_stat
 
@@ -303,7 +304,7 @@ def add_figures(s: Section) -> None:
 
 def default_out(paths: list[str | Path]) -> Path:
     """Where a report goes without --out: the bench directory when exactly one is given."""
-    if len(paths) == 1 and (Path(paths[0]) / "bench.json").exists():
+    if len(paths) == 1 and layout.is_bench_dir(Path(paths[0])):
         return Path(paths[0])
     raise ConfigError("pass --out DIR: the report of run directories, or of several inputs, needs a folder")
 
@@ -318,7 +319,7 @@ def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> 
         raise ConfigError("give at least one bench or run directory")
     collection = collect(paths)
     out = check_writable(out if out is not None else default_out(paths))
-    if (out / "config.json").exists():
+    if layout.is_run_dir(out):
         raise ConfigError(f"{out} is a run directory (its report.md is the run's own); pass another --out")
     sections = build_sections(collection)
     for s in sections:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.io import write_text
+from ..run import layout
 from .comparison import column_labels
 from .markdown import accuracy_table, phases_table
 
@@ -18,8 +19,8 @@ def write_report(run: str | Path) -> Path:
     from .collect import RunInfo, run_records
 
     run = Path(run)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    config = json.loads((run / layout.RUN_CONFIG).read_text()) if layout.is_run_dir(run) else {}
+    metrics = json.loads((run / layout.RUN_METRICS).read_text()) if (run / layout.RUN_METRICS).exists() else {}
     d = config.get("distill", {})
     opts = d.get("options", {})
     res = config.get("resolved", {})
@@ -48,8 +49,8 @@ def write_report(run: str | Path) -> Path:
         labels = column_labels(records)
         rows = [(labels[r["key"]], {**r, "backbone": r["evaluated_with"]}) for r in records]
         parts += ["## Evaluation", "", accuracy_table(rows, "evaluation"), ""]
-    if (run / "synset" / "grid.png").exists():
+    if (run / layout.SYNSET / layout.SYNSET_GRID).exists():
         parts += ["## Synthetic images", "", "![synthetic set](synset/grid.png)", ""]
-    path = run / "report.md"
+    path = run / layout.RUN_REPORT
     write_text(path, "\n".join(parts))
     return path

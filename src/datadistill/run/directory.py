@@ -1,4 +1,4 @@
-"""The run: directory layout, logging, timing and peak memory per phase, checkpoint + resume."""
+"""A run directory: its config (written, or checked on resume), metrics, log and lock."""
 
 from __future__ import annotations
 
@@ -18,38 +18,39 @@ from ..core.io import (
     write_json,
 )
 from ..core.progress import log
+from . import layout
 
 
 class RunDir:
-    """``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``, ``report.md``, and ``.lock``
-    (held by the process distilling there)."""
+    """A run directory: ``config.json``, ``log.txt``, ``metrics.json``, ``synset/``, ``checkpoints/``,
+    ``report.md``, and ``.lock`` (held by the process distilling there); see ``layout.py``."""
 
     def __init__(self, path: str | Path):
         self.path = check_writable(path) if dist.is_main() else Path(path)
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = self.path / layout.CHECKPOINTS
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / layout.RUN_CONFIG
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.json"
+        return self.path / layout.RUN_METRICS
 
     @property
     def synset_path(self) -> Path:
-        return self.path / "synset"
+        return self.path / layout.SYNSET
 
     @property
     def lock_path(self) -> Path:
-        return self.path / ".lock"
+        return self.path / layout.LOCK
 
     def read_config(self) -> dict | None:
         return json.loads(self.config_path.read_text()) if self.config_path.exists() else None
 
     def has_progress(self) -> bool:
         """Whether a process got as far as a checkpoint or a synthetic set here (then its config binds)."""
-        last = self.checkpoints / "last.pt"
+        last = self.checkpoints / layout.LAST_CHECKPOINT
         return any(p.exists() for p in (last, previous_checkpoint(last), self.synset_path))
 
     def claim(self, config: DistillConfig, resolved: dict) -> bool:
@@ -109,7 +110,7 @@ class RunDir:
         if not dist.is_main():
             yield
             return
-        handler = logging.FileHandler(self.path / "log.txt")
+        handler = logging.FileHandler(self.path / layout.RUN_LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for record in earlier:
             handler.handle(record)

@@ -15,6 +15,7 @@ from ..core.io import (
     save_checkpoint,
 )
 from ..core.progress import log, progress_bar
+from . import layout
 from .directory import RunDir
 
 
@@ -36,7 +37,7 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
     param = method.init_param(ctx).to(ctx.device)
     optimizer = method.make_optimizer(ctx, param)
     state = LoopState(step=0, losses=[])
-    ckpt = run.checkpoints / "last.pt" if run else None
+    ckpt = run.checkpoints / layout.LAST_CHECKPOINT if run else None
     found = load_checkpoint(ckpt) if ckpt is not None else None
     if found is not None:
         saved, source = found

@@ -4,7 +4,7 @@ A small diffusers DiT (``dit.tiny_dit``) trained on the shared latent space's la
 (one cached posterior sample per image, from the statistics pass: ``latent_bank``), with ADM's hybrid loss
 (eps MSE + the variational bound for the learned-range variance), 1000 linear-beta timesteps, label dropout
 for classifier-free guidance, AdamW and an EMA of the weights (the EMA is what is saved and sampled, as in
-DiT). Resumable (``engine.train_resumable``) with a progress bar; cached by a fingerprint of the data, the
+DiT). Resumable (``training/loop.py``) with a progress bar; cached by a fingerprint of the data, the
 latent space and the options. The saved folder is a regular diffusers model folder (``config.json`` +
 ``diffusion_pytorch_model.safetensors``) plus ``datadistill.json`` with its provenance.
 """

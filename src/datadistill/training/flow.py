@@ -3,9 +3,9 @@
 
 Both train on the cached latents of the train split (``latent_bank``: one posterior sample per image, encoded
 once), with the flow-matching loss, AdamW, label dropout for CFG and an EMA of the weights (decay
-min(ema, (1 + i) / (10 + i)) at step i; the EMA is saved and sampled). Resumable through
-``engine.train_resumable`` (progress bar, checkpoint every N steps), cached by a fingerprint of the data, the
-latent space and the options; the loss on the validation latents is recorded.
+min(ema, (1 + i) / (10 + i)) at step i; the EMA is saved and sampled). Resumable through ``train_resumable``
+(``training/loop.py``: progress bar, checkpoint every N steps), cached by a fingerprint of the data, the latent
+space and the options; the loss on the validation latents is recorded.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Class-conditional latent noise-prediction networks for the DDPM sampler (``diffusion.py``).
+"""Class-conditional latent noise-prediction networks for the DDPM sampler (``sampling/ddpm.py``).
 
 One architecture and one code path for real and offline weights: diffusers' ``DiTTransformer2DModel``.
 - For users: DiT-XL/2-256 (``facebook/DiT-XL-2-256``, ImageNet-1k, learned sigma) from the hub or a local
   folder (a DiT pipeline folder with ``transformer/``, or a folder with the transformer's ``config.json`` and
   weights).
 - Offline: a small DiT of the same class that ``datadistill pretrain diffusion --data D`` trains on the latents
-  of the shared latent space (``latent.py``) and caches (``dit_training.py``).
+  of the shared latent space (``latent.py``) and caches (``training/diffusion.py``).
 
 ``DiTDenoiser`` adapts it to the sampler's ``Denoiser`` protocol and exposes the class embedding to an
 ``EmbeddingTransform`` (DMGD's semantic matching) through forward hooks on every ``LabelEmbedding``: diffusers

@@ -10,7 +10,7 @@ Models:
   from the weights, heads from the SiT zoo by width or ``--flow-heads``), optionally fine-tuned on the target
   classes (``finetune.py``);
 - offline: ``VelocityMLP``, a residual MLP with adaLN-Zero conditioning on the flattened latent, trained by
-  ``datadistill pretrain flow --data D`` (``flow_training.py``). On the 2-core CPU it trains several times
+  ``datadistill pretrain flow --data D`` (``training/flow.py``). On the 2-core CPU it trains several times
   faster than a transformer of the same loss (measured in BENCHMARKS.md), and 4 x 7 x 7 latents are small.
 """
 

@@ -4,7 +4,8 @@
 - diffusers ``AutoencoderKL`` (e.g. ``stabilityai/sd-vae-ft-mse``: latents = 0.18215 * E(x), inputs in [-1,1]),
   from the hub or a local folder;
 - the offline default ``tiny``: a small KL autoencoder the toolkit trains itself (``datadistill pretrain vae``,
-  see ``tiny_vae.py``), with its scale and shift measured on the training latents so they have unit variance.
+  see ``vae.py`` and ``training/vae.py``), with its scale and shift measured on the training latents so they have
+  unit variance.
 
 Images are prepared as in ADM's ``center_crop_arr`` (METHODS.md 8.5) at the space's ``image_size``.
 
