@@ -104,3 +104,20 @@ def test_neighbors_inherit_the_source_runs_backbone_weights(digits, lite0, tmp_p
     assert given.weights == "/weights/mine.pth"
     other = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c"), backbone="resnet18"))
     assert other.weights is None  # another backbone does not take the source's weights
+
+
+def test_lgm_real_gradient_in_chunks_equals_one_batch(digits, lite0, monkeypatch):
+    from datadistill import api
+    from datadistill.methods import lgm
+
+    ctx = api.build_context(api.make_config("lgm", "digits", 1, crop=32, augs=2), digits, lite0)
+    method = ctx.method
+    method.init_param(ctx)  # a real batch of IPC x A x C = 20 images
+    weight = torch.randn(10, lite0.feat_dim, generator=torch.Generator().manual_seed(1)) * 0.01
+    gradients = {}
+    for chunk in (256, 7):  # one batch; three chunks, the last one short
+        monkeypatch.setattr(lgm, "REAL_CHUNK", chunk)
+        ctx.generator.manual_seed(5)
+        gradients[chunk] = method.real_gradient(ctx, weight, torch.zeros(10))
+    assert torch.allclose(gradients[7], gradients[256], atol=1e-6)
+    assert gradients[7].abs().sum() > 0
