@@ -90,10 +90,11 @@ class LGM(Method):
         features = [torch.zeros(0, ctx.backbone.feat_dim, device=ctx.device)]
         with torch.no_grad():
             # in chunks: the batch is IPC x A x C images (10,000 at ImageNet-1k), too many to decode at once
-            for start in range(share.start, share.stop, REAL_CHUNK):
-                rows = slice(start, min(start + REAL_CHUNK, share.stop))
-                real = ctx.real_images(indices[rows]).to(ctx.device)
-                features.append(ctx.backbone(self.augment.apply(real, draw[rows])).float())
+            start = share.start
+            for real in ctx.real_batches(indices[share], REAL_CHUNK):
+                rows = slice(start, start + len(real))
+                features.append(ctx.backbone(self.augment.apply(real.to(ctx.device), draw[rows])).float())
+                start = rows.stop
             z = dist.gather_parts(torch.cat(features), n)
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 
