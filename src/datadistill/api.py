@@ -468,7 +468,7 @@ def export(
     describe = {
         "dataset": name,
         "method": synset.meta.get("method") or run_cfg.get("method"),
-        "source": str(path),
+        "source": str(path.absolute()),
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if run is not None else None,
         "data_split": {k: data_cfg[k] for k in ("val_fraction", "split_seed") if k in data_cfg},
         "datadistill": __version__,

@@ -119,7 +119,7 @@ def export_set(
                 "channels": 3,
                 "factor": stored_factor,
                 "decoded": factor > 1 and stored_factor == 1,
-                "pixel_range": [lo, hi],
+                "value_range": [lo, hi],
                 "unbounded": bool(synset.meta.get("unbounded")),
                 **meta,
                 "set_meta": set_meta,
@@ -138,8 +138,8 @@ def _write_imagefolder(synset: SyntheticSet, tmp: Path, name: str) -> dict:
     from PIL import Image
 
     images = synset.images
+    clipped = int(((images < 0) | (images > 1)).sum())
     if synset.meta.get("unbounded"):
-        clipped = int(((images < 0) | (images > 1)).sum())
         log.warning(
             "%s is unbounded (its values are not confined to [0, 1]): %d of %d pixel values (%.2f %%) were "
             "clipped to [0, 1] for the PNGs; --format pt keeps them",
@@ -163,9 +163,13 @@ def _write_imagefolder(synset: SyntheticSet, tmp: Path, name: str) -> dict:
         Image.fromarray(arr).save(tmp / folders[y] / f"{i:0{width}d}.png")
     mapping = dict(zip(folders, synset.classes, strict=True))
     write_json(tmp / "classes.json", {"classes": synset.classes, "folders": mapping})
+    lo, hi = (float(v) for v in images.clamp(0, 1).aminmax()) if len(synset) else (0.0, 1.0)
     return {
         "resolution": list(images.shape[2:]),
         "normalised": None,
+        "value_range": [lo, hi],  # of the PNGs: clipped to [0, 1]
+        "unbounded": False,
+        "clipped_values": clipped,
         "folders": {f: i for i, f in enumerate(folders)},
         "set_meta": {"unbounded": False},
     }

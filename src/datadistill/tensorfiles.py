@@ -100,9 +100,15 @@ def tensor_files(path: Path) -> tuple[Path, Path | None] | None:
         return (images, path / "labels_best.pt") if images.is_file() else None
     if path.suffix not in TENSOR_SUFFIXES:
         return None
-    labels_name = re.sub(r"image", "label", path.name, count=1)
-    labels = path.with_name(labels_name)
-    return path, labels if labels_name != path.name and labels.is_file() else None
+    return path, next((f for f in labels_beside(path) if f.is_file()), None)
+
+
+def labels_beside(images: Path) -> list[Path]:
+    """Where the labels of an images file would lie: ``images_best.pt`` -> ``labels_best.pt``; MTT's un-whitened
+    ``images_zca_K.pt`` -> ``labels_K.pt``."""
+    name = re.sub(r"image", "label", images.name, count=1)
+    names = dict.fromkeys([name, name.replace("_zca", "")] if name != images.name else [])
+    return [images.with_name(n) for n in names]
 
 
 def read_plain(path: Path) -> object:
@@ -230,10 +236,11 @@ def load_tensor_set(path: Path, classes: list[str] | None, input_norm: str | Non
     obj = read_plain(images_file)
     if labels_file is None:
         if isinstance(obj, torch.Tensor):
+            beside = labels_beside(images_file)
             raise DataError(
                 f"{images_file} holds images but no labels: put the labels beside it "
-                f"({re.sub('image', 'label', images_file.name, count=1)}, as MTT saves them) or save one file "
-                "holding {'images': ..., 'labels': ...}"
+                f"({beside[0].name if beside else 'labels_best.pt'}, as MTT saves them) or save one file holding "
+                "{'images': ..., 'labels': ...}"
             )
         images, labels = _pair(obj, images_file)
         files = [images_file]
