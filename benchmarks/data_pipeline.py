@@ -6,8 +6,8 @@ at most at 1 / (1/decode + 1/forward) images/s; the ratio of the pass to that bo
     python benchmarks/data_pipeline.py --classes 100 --images 10000 30000   # peak RSS at two sizes
 
 The folder (``--folder``, default in the temp directory) is generated once per size and reused: N classes of
-500x375 JPEGs cut from scikit-image's sample photos (random crops and scales, a colour shift per class), with
-``train/`` holding the images measured and ``val/`` one image per class. It is never committed.
+500x375 JPEGs cut from scikit-image's sample photos (imagenet_folder.py), with ``train/`` holding the images
+measured and ``val/`` one image per class. It is never committed.
 
 Measured per size and crop, over the same N train images, from the OS page cache (every file is read once before):
   decode   ``decode_resized`` (the pass's own decoding: reduced-scale JPEG decode, 8-bit resize, crop) on a pool of
@@ -32,71 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera")
-FOLDER_VERSION = 1
-SIZE = (500, 375)
-
-
-# ---- the folder ----------------------------------------------------------------------------------------------
-
-
-def _photos() -> list[np.ndarray]:
-    from skimage import data as samples
-
-    out = []
-    for name in PHOTOS:
-        photo = getattr(samples, name)()
-        out.append(np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3])
-    return out
-
-
-def _make_class(job: tuple[Path, int, int, int, int]) -> None:
-    """Write ``count`` JPEGs of class ``label``: random 4:3 crops of the sample photos, rescaled to 500x375, with
-    the class's colour shift (per-channel gain and offset) and a random flip."""
-    from PIL import Image
-
-    folder, label, count, first, seed = job
-    photos = _photos()
-    rng = np.random.default_rng([seed, label])
-    gain, offset = rng.uniform(0.7, 1.3, 3), rng.uniform(-30, 30, 3)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(first, first + count):
-        photo = photos[rng.integers(len(photos))]
-        h, w = photo.shape[:2]
-        ch = int(min(h, w * 3 / 4) * rng.uniform(0.5, 1.0))
-        cw = min(w, round(ch * 4 / 3))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = photo[top : top + ch, left : left + cw].astype(np.float32) * gain + offset
-        image = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize(SIZE, Image.Resampling.BILINEAR)
-        if rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        image.save(folder / f"{i:06d}.jpg", quality=90)
-
-
-def build_folder(root: Path, classes: int, images: int, seed: int = 0) -> Path:
-    """``root/train`` (``images`` JPEGs over ``classes`` classes) and ``root/val`` (one per class); reused when a
-    folder of the same shape is already there."""
-    marker = root / "built.json"
-    shape = {"classes": classes, "images": images, "seed": seed, "version": FOLDER_VERSION}
-    if marker.exists() and json.loads(marker.read_text()) == shape:
-        return root
-    per_class = [images // classes + (c < images % classes) for c in range(classes)]
-    jobs = [(root / "train" / f"c{c:04d}", c, n, 0, seed) for c, n in enumerate(per_class)]
-    jobs += [(root / "val" / f"c{c:04d}", c, 1, per_class[c], seed) for c in range(classes)]
-    start = time.perf_counter()
-    with ProcessPoolExecutor(_cores()) as pool:
-        list(pool.map(_make_class, jobs))
-    marker.write_text(json.dumps(shape))
-    print(f"built {images} + {classes} JPEGs in {root} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    return root
-
+from imagenet_folder import build_folder, cores
 
 # ---- the measurements ----------------------------------------------------------------------------------------
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def _one_thread() -> None:
@@ -124,10 +62,10 @@ def _decode_chunk(job: tuple[list[str], int, int, bool]) -> int:
 def decode_rate(paths: list[str], resize: int, crop: int, reduced: bool = True) -> dict:
     chunks = [(paths[i : i + 64], resize, crop, reduced) for i in range(0, len(paths), 64)]
     start = time.perf_counter()
-    with ProcessPoolExecutor(_cores(), initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(cores(), initializer=_one_thread) as pool:
         done = sum(pool.map(_decode_chunk, chunks))
     seconds = time.perf_counter() - start
-    return {"images_per_s": round(done / seconds, 1), "seconds": round(seconds, 2), "processes": _cores()}
+    return {"images_per_s": round(done / seconds, 1), "seconds": round(seconds, 2), "processes": cores()}
 
 
 def forward_rate(model, n: int, crop: int, batch_size: int) -> dict:
@@ -226,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("DATADISTILL_PROGRESS", "0")
     results = {
-        "cores": _cores(),
+        "cores": cores(),
         "torch_threads": torch.get_num_threads(),
         "workers": args.workers,
         "batch_size": args.batch_size,
@@ -234,7 +172,8 @@ def main() -> None:
         "runs": [],
     }
     for images in args.images:
-        folder = build_folder(args.folder / f"{args.classes}x{images}", args.classes, images)
+        splits = {"train": images, "val": args.classes}  # val: one image per class (not measured)
+        folder = build_folder(args.folder / f"{args.classes}x{images}", args.classes, splits)
         with tempfile.TemporaryDirectory(prefix="datadistill-pipeline-cache-") as cache:
             results["runs"].append(measure(folder, args.crops, args.batch_size, args.workers, Path(cache)))
     if len(results["runs"]) > 1:

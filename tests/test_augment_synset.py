@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,3 +113,28 @@ def test_saved_set_reads_back_as_safetensors_wrote_it(tmp_path):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match="truncated"):
         SyntheticSet.load(tmp_path / "s")
+
+
+def test_preview_grid_is_capped_in_classes_images_and_pixels(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from datadistill import synset as synset_module
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(130 * 3, 3, 6, 5, generator=g)
+    labels = torch.arange(130).repeat_interleave(3)
+    s = SyntheticSet(images, labels, [f"c{i}" for i in range(130)])
+    monkeypatch.setattr(synset_module, "GRID_PER_CLASS", 2)
+    grid = s.grid()
+    assert grid.shape == (100 * 8 + 2, 2 * 7 + 2, 3)  # 100 class rows of 6 + 2 px, 2 columns of 5 + 2 px
+    # the tile of class 7's second image is that image, rounded to 8 bits
+    expected = (images[7 * 3 + 1].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(grid[2 + 7 * 8 : 2 + 7 * 8 + 6, 2 + 7 : 2 + 7 + 5], expected)
+    monkeypatch.setattr(synset_module, "GRID_PIXELS", 100 * 2 * 3 * 3)  # 1800 px of 6000: scale sqrt(0.3) = 0.548
+    s.save(tmp_path / "s")
+    saved = Image.open(tmp_path / "s" / "grid.png")
+    assert saved.size == (2 * 4 + 2, 100 * 5 + 2)  # tiles of int(6 * 0.5) x int(5 * 0.5) = 3 x 2 px
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["grid"] == {"classes": 100, "per_class": 2, "scale": pytest.approx(0.3**0.5)}

@@ -82,3 +82,25 @@ def test_neighbors_needs_a_source_and_matching_ipc(digits, lite0, tmp_path):
     dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
     with pytest.raises(ConfigError, match="--ipc 1"):
         dd.distill("neighbors", "digits", ipc=2, dataset=digits, model=lite0, source=str(tmp_path / "c"))
+
+
+def test_neighbors_inherit_the_source_runs_backbone_weights(digits, lite0, tmp_path):
+    import json
+
+    from datadistill.methods.neighbors import Neighbors, NeighborsOptions
+
+    dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["distill"]["options"]["weights"] is None
+    config["distill"]["options"]["weights"] = "/weights/lite0-finetuned.pth"  # as if run with --weights
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    inherited = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c")))
+    assert (inherited.backbone, inherited.weights, inherited.crop) == (
+        "efficientnet_lite0",
+        "/weights/lite0-finetuned.pth",
+        32,
+    )
+    given = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c"), weights="/weights/mine.pth"))
+    assert given.weights == "/weights/mine.pth"
+    other = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c"), backbone="resnet18"))
+    assert other.weights is None  # another backbone does not take the source's weights

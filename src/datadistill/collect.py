@@ -50,9 +50,18 @@ class RunInfo:
         return path if path.exists() else None
 
     @property
+    def manifest(self) -> dict:
+        path = self.path / "synset" / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
     def classes(self) -> list[str]:
-        manifest = self.path / "synset" / "manifest.json"
-        return json.loads(manifest.read_text()).get("classes", []) if manifest.exists() else []
+        return self.manifest.get("classes", [])
+
+    @property
+    def grid_classes(self) -> int:
+        """Class rows in grid.png (a preview of at most the first 100 classes; every class in older sets)."""
+        return self.manifest.get("grid", {}).get("classes", len(self.classes))
 
 
 @dataclass

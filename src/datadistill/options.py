@@ -49,7 +49,7 @@ def add_arguments(
         option_flag = flag(name)
         default = None if f.default is MISSING else f.default
         help_text = f.metadata.get("help", "")
-        if default is not None and "default" not in help_text:
+        if default is not None and "(default:" not in help_text:  # a help that names its default keeps its wording
             help_text = f"{help_text} (default: {default})"
         help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         if kind is bool:

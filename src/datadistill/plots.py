@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 
+from .optional import require
+
 
 def _pyplot():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the report's charts")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -393,10 +393,11 @@ def grid_image(info, max_classes: int = MAX_GRID_CLASSES, max_width: int = 1600)
     from PIL import Image
 
     img = Image.open(info.grid).convert("RGB")
-    classes, note = info.classes, ""
-    if len(classes) > max_classes:
-        row = (img.height - 2) / len(classes)
+    classes, rows, note = info.classes, info.grid_classes, ""
+    if min(rows, len(classes)) > max_classes:
+        row = (img.height - 2) / rows
         img = img.crop((0, 0, img.width, round(2 + row * max_classes)))
+    if len(classes) > max_classes:
         note = f"; first {max_classes} of {len(classes)} classes"
         classes = classes[:max_classes]
     if img.width > max_width:

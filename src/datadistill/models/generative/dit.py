@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, WeightsError
+from ...optional import require
 from .diffusion import EmbeddingTransform
 
 HUB_ALIASES = {"DiT-XL-2-256": "facebook/DiT-XL-2-256", "DiT-XL-2-512": "facebook/DiT-XL-2-512"}
@@ -79,7 +80,7 @@ def tiny_dit(
 
     Its label table has the null row for CFG; the model's own random label dropout is switched off, so the
     training loop drops labels with its checkpointed generator instead."""
-    from diffusers import DiTTransformer2DModel
+    DiTTransformer2DModel = require("diffusers", "diffusion models (DiT)").DiTTransformer2DModel
 
     if width % heads:
         raise ConfigError(f"DiT width {width} is not divisible by {heads} heads")
@@ -155,7 +156,7 @@ def load_dit(spec: str, device: str | torch.device = "cpu") -> DiTDenoiser:
 
     Missing weights raise ``WeightsError``; nothing falls back to a random model."""
     try:
-        from diffusers import DiTTransformer2DModel
+        DiTTransformer2DModel = require("diffusers", "diffusion models (DiT)").DiTTransformer2DModel
     except ImportError:
         raise WeightsError("DiT weights need the diffusers package: pip install diffusers") from None
     path = Path(spec).expanduser()

@@ -29,6 +29,7 @@ from torch import nn
 
 from ...data import LabelledImages, RealData
 from ...errors import ConfigError, DataError, WeightsError
+from ...optional import require
 from ...options import at_least, option
 from ...stats import FeatureBank, feature_bank
 
@@ -347,12 +348,7 @@ def _load_diffusers(
     seed: int,
     local: bool,
 ) -> LatentSpace:
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError:
-        raise WeightsError(
-            "diffusers AutoencoderKL weights need the diffusers package: pip install diffusers"
-        ) from None
+    AutoencoderKL = require("diffusers", "diffusers AutoencoderKL weights").AutoencoderKL
     subfolder = "vae" if local and (Path(source) / "vae" / "config.json").is_file() else None
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=local)
