@@ -4,6 +4,8 @@
 import argparse
 import json
 import logging
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -93,7 +95,7 @@ def test_mtt_pair_evaluates_as_the_unnormalised_images(sfm_run, run_acc, tmp_pat
     accs = []
     for argv in (
         [mtt, "--input-norm", "cifar10"],
-        [mtt / "images_best.pt", "--input-norm", ",".join(map(str, CIFAR_MEAN)) + ":" + ",".join(map(str, CIFAR_STD))],
+        [mtt / "images_best.pt", "--input-norm", ",".join(map(str, CIFAR_MEAN + CIFAR_STD))],  # MEAN,STD
         [tmp_path / "data.pth"],
     ):
         code, out, err = _cli(capsys, "eval", *argv, "--data", "digits", *PROBE)
@@ -148,6 +150,33 @@ def test_bad_files_give_one_line_in_eval_and_bench(tmp_path, capsys):
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (name, err)
 
 
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['DD_EVIL_MARK']}",))
+
+
+def test_malicious_pickles_are_refused_without_running(tmp_path, capsys, monkeypatch):
+    """Tensor files are read with weights_only=True: a pickle that would run code when loaded is one line, exit 2,
+    and the code never runs (as for backbone weights)."""
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("DD_EVIL_MARK", str(mark))
+    x, y = torch.rand(10, 3, 8, 8), torch.arange(10)
+    cases = {"images": tmp_path / "images", "labels": tmp_path / "labels", "zip": tmp_path / "zip"}
+    for d in cases.values():
+        d.mkdir()
+    (cases["images"] / "images_best.pt").write_bytes(pickle.dumps({"x": _Evil()}))  # a bare pickle
+    torch.save(y, cases["images"] / "labels_best.pt")
+    torch.save(x, cases["labels"] / "images_best.pt")
+    torch.save([_Evil()], cases["labels"] / "labels_best.pt")  # torch's zip format, the object inside
+    torch.save({"images": x, "labels": y, "hook": _Evil()}, cases["zip"] / "data.pth")
+    for name, path in {**cases, "zip": cases["zip"] / "data.pth"}.items():
+        code, _, err = _cli(capsys, "eval", path, "--data", "digits", *PROBE)
+        assert code == 2 and err.startswith("datadistill: error:") and len(err.strip().splitlines()) == 1, name
+        assert "only plain tensors" in err, (name, err)
+        assert name == "images" or "system" in err, (name, err)  # torch's zip files name the refused global
+    assert not mark.exists()
+
+
 def test_tensor_files_forms(tmp_path, caplog):
     classes = [str(i) for i in range(10)]
     gray = torch.rand(10, 1, 6, 6)
@@ -187,7 +216,9 @@ def test_input_norm_presets_hold_the_projects_statistics():
     assert parse_input_norm("cifar10") == (CIFAR_MEAN, CIFAR_STD)
     assert parse_input_norm("CIFAR100") == ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762))
     assert parse_input_norm("0.5:0.25") == ((0.5,), (0.25,)) and parse_input_norm("none") == "none"
-    for bad in ("0.5", "0.5:0", "1,2:3", "a:b", "tiny"):
+    assert parse_input_norm("0.5,0.25") == ((0.5,), (0.25,))  # MEAN,STD: the means, then the stds
+    assert parse_input_norm("0.1,0.2,0.3,0.4,0.5,0.6") == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    for bad in ("0.5", "0.5:0", "1,2:3", "1,2,3", "0.5,0", "a:b", "a,b", "tiny"):
         with pytest.raises(ConfigError):
             parse_input_norm(bad)
 

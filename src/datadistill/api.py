@@ -190,7 +190,7 @@ def evaluate(
     """Evaluate a synthetic set (a run directory, a saved set, a folder ``export`` wrote, another project's tensor
     files, a folder of PNGs, a ``SyntheticSet``, or one set per seed) with ``protocol``; a run directory supplies
     data and backbones and records the result. ``input_norm`` (a preset such as ``"cifar10"``, or
-    ``"MEAN:STD"``) undoes the normalisation of tensor files from other projects (docs/interop.md).
+    ``"MEAN,STD"``) undoes the normalisation of tensor files from other projects (docs/interop.md).
 
     ``backbone`` is the evaluation backbone (a name or a loaded one); ``models`` are other loaded backbones
     to reuse (e.g. the distillation backbone for CI). ``options`` are the common evaluation options (seeds,

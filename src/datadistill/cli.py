@@ -124,7 +124,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         type=_csv,
         help="e.g. random,centroids,lgm,sfm,neighbors:sfm; file:PATH evaluates a set made elsewhere (any set "
         "`datadistill eval` reads by path) as it is under every protocol, file:PATH@NORM undoing the normalisation "
-        "NORM of its tensors (as --input-norm)",
+        "NORM of its tensors (a preset or MEAN:STD without commas, which separate the methods; per-channel "
+        "statistics through --input-norm)",
     )
     b.add_argument("--protocols", default=["linear-probe"], type=_csv, help="e.g. linear-probe,ci,full")
     b.add_argument("--backbones", default=["efficientnet_lite0"], type=_csv, help="distillation backbones")

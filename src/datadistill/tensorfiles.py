@@ -10,7 +10,8 @@ Files are read with ``torch.load(weights_only=True)``: plain tensors, lists and 
 objects is refused. Images are N x C x H x W with C = 1 or 3 (one channel is repeated to three, as datadistill's
 own sets of grayscale data are); labels are N class indices, or N x classes scores (DATM's learned soft labels),
 which are evaluated as their argmax. Other projects save images normalised with their dataset's statistics:
-``input_norm`` (``--input-norm``) undoes that normalisation, by name (``NORM_PRESETS``) or as ``MEAN:STD``.
+``input_norm`` (``--input-norm``) undoes that normalisation, by name (``NORM_PRESETS``) or as ``MEAN,STD`` or
+``MEAN:STD``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,13 +55,15 @@ InputNorm = tuple[tuple[float, ...], tuple[float, ...]] | None
 NORM_HELP = (
     "undo the normalisation of a tensor file from another project: a preset ("
     + ", ".join(NORM_PRESETS)
-    + "), MEAN:STD with one value or one per channel (e.g. 0.4914,0.4822,0.4465:0.2023,0.1994,0.2010), or none "
+    + "), MEAN,STD or MEAN:STD with one value or one per channel (e.g. 0.5,0.5 or "
+    "0.4914,0.4822,0.4465:0.2023,0.1994,0.2010), or none "
     "(the values are pixels; kept as they are even outside [0, 1])"
 )
 
 
 def parse_input_norm(spec: str | None) -> InputNorm | str:
-    """``None`` (not given), ``"none"`` (given: the values are pixels), or (mean, std) from a preset or MEAN:STD."""
+    """``None`` (not given), ``"none"`` (given: the values are pixels), or (mean, std) from a preset, from MEAN,STD
+    (comma-separated: the means, then as many stds) or from MEAN:STD."""
     if spec is None:
         return None
     text = spec.strip().lower()
@@ -68,14 +72,17 @@ def parse_input_norm(spec: str | None) -> InputNorm | str:
     if text in NORM_PRESETS:
         return NORM_PRESETS[text]
     mean, sep, std = text.partition(":")
+    if not sep:  # MEAN,STD: the first half of the values are the means, the second half the stds
+        items = text.split(",")
+        mean, std = ",".join(items[: len(items) // 2]), ",".join(items[len(items) // 2 :])
     try:
         values = tuple(tuple(float(v) for v in part.split(",")) for part in (mean, std))
     except ValueError:
         values = ()
-    if not sep or len(values) != 2 or len(values[0]) != len(values[1]) or min(values[1]) <= 0:
+    if len(values) != 2 or len(values[0]) != len(values[1]) or min(values[1]) <= 0:
         raise ConfigError(
-            f"--input-norm '{spec}' is not a preset ({', '.join(NORM_PRESETS)}), none, or MEAN:STD with as many "
-            "means as positive stds (e.g. 0.5:0.5 or 0.4914,0.4822,0.4465:0.2023,0.1994,0.2010)"
+            f"--input-norm '{spec}' is not a preset ({', '.join(NORM_PRESETS)}), none, MEAN,STD or MEAN:STD with as "
+            "many means as positive stds (e.g. 0.5,0.5 or 0.4914,0.4822,0.4465:0.2023,0.1994,0.2010)"
         )
     return values
 
@@ -114,14 +121,19 @@ def labels_beside(images: Path) -> list[Path]:
 def read_plain(path: Path) -> object:
     """``torch.load(path, weights_only=True)`` with one clear line for a file that is not plain tensors."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a bare pickle of a newer protocol draws a warning; its error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        # torch's weights-only unpickler names the first class it refuses: "Unsupported global: GLOBAL module.Class"
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused:
+        # torch's weights-only unpickler names the first global it refuses ("Unsupported global: GLOBAL module.Class"
+        # in its zip files, "unsupported GLOBAL module.name whose module ... is blocked" in a bare pickle), or an
+        # opcode it does not run ("Unsupported operand")
+        refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(exc), re.IGNORECASE)
+        if refused or "Weights only load failed" in str(exc):
+            what = f"Python objects ({refused.group(1)})" if refused else "Python objects"
             raise DataError(
-                f"{path} holds Python objects ({refused.group(1)}) besides tensors, lists and dicts: only plain "
-                "tensors are read (torch.load with weights_only=True); save the images and labels as tensors"
+                f"{path} holds {what} besides tensors, lists and dicts: only plain tensors are read (torch.load "
+                "with weights_only=True); save the images and labels as tensors"
             ) from None
         raise DataError(f"cannot read {path} as a torch file of tensors ({type(exc).__name__})") from None
 
