@@ -188,8 +188,10 @@ def _write_ddranking(synset: SyntheticSet, tmp: Path, name: str) -> dict:
     normalised = (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
     save_torch(tmp / "images.pt", normalised.contiguous().clone())
     save_torch(tmp / "labels.pt", synset.labels.clone())
+    lo, hi = (float(v) for v in normalised.aminmax()) if len(synset) else (0.0, 0.0)
     return {
         "resolution": [size, size],
+        "value_range": [lo, hi],  # of the normalised values the file holds
         "normalised": {"mean": list(mean), "std": list(std)},
         "normalisation": {
             "kind": "ddranking",

@@ -125,17 +125,18 @@ def read_plain(path: Path) -> object:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        # torch's weights-only unpickler names the first global it refuses ("Unsupported global: GLOBAL module.Class"
-        # in its zip files, "unsupported GLOBAL module.name whose module ... is blocked" in a bare pickle), or an
-        # opcode it does not run ("Unsupported operand")
+        # torch's weights-only unpickler names the first global it refuses: "Unsupported global: GLOBAL module.Class"
+        # in its zip files, "unsupported GLOBAL module.name whose module ... is blocked" in a bare pickle
         refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(exc), re.IGNORECASE)
-        if refused or "Weights only load failed" in str(exc):
-            what = f"Python objects ({refused.group(1)})" if refused else "Python objects"
+        if refused:
             raise DataError(
-                f"{path} holds {what} besides tensors, lists and dicts: only plain tensors are read (torch.load "
-                "with weights_only=True); save the images and labels as tensors"
+                f"{path} holds Python objects ({refused.group(1)}) besides tensors, lists and dicts: only plain "
+                "tensors are read (torch.load with weights_only=True); save the images and labels as tensors"
             ) from None
-        raise DataError(f"cannot read {path} as a torch file of tensors ({type(exc).__name__})") from None
+        raise DataError(
+            f"cannot read {path} as a torch file of plain tensors (torch.load with weights_only=True: "
+            f"{type(exc).__name__})"
+        ) from None
 
 
 def _pair(obj: object, path: Path) -> tuple[object, object]:
