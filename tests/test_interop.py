@@ -123,6 +123,7 @@ def _bad_files(tmp_path):
     torch.save(x, d / "images_count.pt")
     torch.save(y[:-1], d / "labels_count.pt")
     (d / "notatorch.pt").write_bytes(b"\x00not a torch file")
+    torch.save((x[:0], y[:0]), d / "empty.pt")
     png = d / "pngs" / "cat"  # a class folder that is not one of digits' classes
     png.mkdir(parents=True)
     from PIL import Image
@@ -137,6 +138,7 @@ def _bad_files(tmp_path):
         "outside": (d / "images_outside.pt", "outside the 10 classes"),
         "count": (d / "images_count.pt", "20 images but"),
         "not torch": (d / "notatorch.pt", "cannot read"),
+        "empty": (d / "empty.pt", "holds no images"),
         "folder": (d / "pngs", "not one of the 10 classes"),
         "classes": (d / "exported", "do not match dataset 'digits'"),
     }

@@ -196,8 +196,10 @@ def check_tensors(
         )
     if len(labels) != len(images):
         raise DataError(f"{where} holds {len(images)} images but {labels_where} {len(labels)} labels")
+    if not len(images):
+        raise DataError(f"{where} holds no images (a tensor of shape {tuple(images.shape)})")
     labels = labels.long()
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+    if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
         bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
         raise DataError(
             f"{labels_where} has label {bad}, outside the {len(classes)} classes of the dataset (0-{len(classes) - 1})"
