@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import compute_stats, distill, evaluate, report_runs  # noqa: E402
+from .api import compute_stats, distill, evaluate, export, report_runs  # noqa: E402
 from .synset import SyntheticSet  # noqa: E402
 
-__all__ = ["SyntheticSet", "__version__", "compute_stats", "distill", "evaluate", "report_runs"]
+__all__ = ["SyntheticSet", "__version__", "compute_stats", "distill", "evaluate", "export", "report_runs"]

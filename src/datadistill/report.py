@@ -136,6 +136,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     grids: list[Figure] = field(default_factory=list)
     runs: dict[str, object] = field(default_factory=dict)  # method -> RunInfo
+    imported: dict[str, str] = field(default_factory=dict)  # row of a set made elsewhere (file:NAME) -> its source
 
     def first(self, row: str) -> dict:
         """The first record of a row."""
@@ -226,6 +227,7 @@ def build_sections(collection) -> list[Section]:
                 row_of = row_labels(rows)
                 methods = list(dict.fromkeys(row_of[r["key"]] for r in rows))
                 section = Section(title, data, ipc, group, methods, rows, row_of, column_labels(rows), full)
+                section.imported = {row_of[r["key"]]: r["set_source"] for r in rows if r.get("set_source")}
                 _fill(section, scores, collection)
                 sections.append(section)
     return sections
@@ -489,6 +491,7 @@ def _section_markdown(s: Section) -> list[str]:
         f"Test accuracy (%) on the test split, mean ± std over {'/'.join(map(str, seeds))} seeds; val = the "
         "validation split held out of train. Best per column in bold.",
         "",
+        *_imported_markdown(s),
         "### Overview",
         "",
         markdown_table_of(s.overview),
@@ -522,6 +525,15 @@ def _section_markdown(s: Section) -> list[str]:
                 "",
             ]
     return parts
+
+
+IMPORTED_HELP = "Sets made elsewhere, read from files and evaluated as they are (the same set for every seed):"
+
+
+def _imported_markdown(s: Section) -> list[str]:
+    if not s.imported:
+        return []
+    return [IMPORTED_HELP, "", *(f"- {row}: `{source}`" for row, source in s.imported.items()), ""]
 
 
 def given_summary(records: list[dict]) -> str:

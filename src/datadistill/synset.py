@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .io import atomic_dir, write_json
 
 # DAS/LGM colour decorrelation (METHODS.md 1.4): normalised by the largest column norm.
@@ -139,21 +139,40 @@ class SyntheticSet:
         return directory
 
     @classmethod
-    def load(cls, path: str | Path, classes: list[str] | None = None) -> SyntheticSet:
-        """Load a saved set, a ``.safetensors`` file, or a folder of PNGs (class sub-folders or ``c{label}_*.png``)."""
+    def load(cls, path: str | Path, classes: list[str] | None = None, input_norm: str | None = None) -> SyntheticSet:
+        """Load any synthetic set: a run directory, a saved set (``synset/``), a folder ``datadistill export``
+        wrote, another project's tensor files (``tensorfiles.py``; ``input_norm`` undoes their normalisation), or
+        a folder of PNGs (class sub-folders or ``c{label}_*.png``). ``classes`` names the classes of sets that do
+        not record theirs (tensor files, PNG folders)."""
+        from .tensorfiles import export_meta, load_export, load_tensor_set, tensor_files
+
         path = Path(path)
         if path.is_dir() and (path / "synset" / "manifest.json").exists():
             path = path / "synset"
         if path.is_dir() and (path / "manifest.json").exists():
+            _pixels_only(path, input_norm, "a saved datadistill set")
             manifest = json.loads((path / "manifest.json").read_text())
             images, labels = read_tensors(path / "synset.safetensors", ("images", "labels"))
             return cls(images, labels, manifest["classes"], manifest.get("meta", {}))
+        meta = export_meta(path)
+        if meta is not None:
+            return load_export(path, meta, input_norm)
+        if tensor_files(path) is not None:
+            return load_tensor_set(path, classes, input_norm)
         if path.is_dir():
+            _pixels_only(path, input_norm, "a folder of PNGs")
             return cls._from_png_folder(path, classes)
-        raise DataError(f"no synthetic set at {path} (expected a run directory, a synset folder or a folder of PNGs)")
+        raise DataError(
+            f"no synthetic set at {path} (expected a run directory, a saved set, a folder datadistill export wrote, "
+            "tensor files (.pt / .pth) or a folder of PNGs)"
+        )
 
     @classmethod
-    def _from_png_folder(cls, folder: Path, classes: list[str] | None) -> SyntheticSet:
+    def _from_png_folder(
+        cls, folder: Path, classes: list[str] | None, folders: dict[str, str] | None = None
+    ) -> SyntheticSet:
+        """PNGs of class sub-folders (``folders`` maps folder names to class names, and then the files, named by
+        their index in the set, are read in that order) or named ``c{label}_*.png``."""
         from .data.datasets import load_image, resize_center_crop
 
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -161,9 +180,13 @@ class SyntheticSet:
         if subdirs:
             names = classes or [p.name for p in subdirs]
             for p in subdirs:
-                if p.name not in names:
-                    raise DataError(f"folder {p} is not one of the classes {names}")
-                items += [(f, names.index(p.name)) for f in sorted(p.glob("*.png"))]
+                name = (folders or {}).get(p.name, p.name)
+                if name not in names:
+                    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                    raise DataError(f"folder {p} is not one of the {len(names)} classes of the dataset ({shown})")
+                items += [(f, names.index(name)) for f in sorted(p.glob("*.png"))]
+            if folders:
+                items.sort(key=lambda item: item[0].name)
         else:
             for f in sorted(folder.glob("*.png")):
                 m = re.match(r"c(\d+)_", f.name)
@@ -179,7 +202,14 @@ class SyntheticSet:
         labels = torch.tensor([y for _, y in items])
         if int(labels.max()) >= len(names):
             raise DataError(f"label {int(labels.max())} is outside the {len(names)} classes")
-        return cls(batch, labels, list(names), {"source": str(folder)})
+        return cls(batch, labels, list(names), {"source": str(folder), "source_files": [str(f) for f, _ in items]})
+
+
+def _pixels_only(path: Path, input_norm: str | None, what: str) -> None:
+    if input_norm is not None:
+        raise ConfigError(
+            f"{path} is {what}, whose values are pixels: --input-norm applies to tensor files of other projects only"
+        )
 
 
 class ImageParam(nn.Module):

@@ -318,18 +318,21 @@ def load_backbone(
     name: str, weights: str | None = None, device: str | torch.device = "cpu", allow_hub: bool = True
 ) -> Backbone:
     """Build a frozen backbone by registry name (or ``timm:ARCH`` for any timm model with pretrained weights)."""
-    if name.startswith("timm:"):
-        arch = name.split(":", 1)[1]
-        spec = _timm_generic_spec(arch, weights, allow_hub)
-    elif name in BACKBONES:
-        spec = BACKBONES[name]
-    else:
-        raise WeightsError(f"unknown backbone '{name}'. Known: {', '.join(BACKBONES)}, timm:ARCH")
+    spec = backbone_spec(name, weights, allow_hub)
     model, features, desc = spec.builder(weights, allow_hub)
     backbone = Backbone(spec, model, features, desc)
     if spec.family in ("timm-cnn", "packaged-cnn"):
         backbone = backbone.to(memory_format=torch.channels_last)
     return backbone.to(device)
+
+
+def backbone_spec(name: str, weights: str | None = None, allow_hub: bool = True) -> BackboneSpec:
+    """A backbone's description (input size, features, normalisation) by name, without loading its weights."""
+    if name.startswith("timm:"):
+        return _timm_generic_spec(name.split(":", 1)[1], weights, allow_hub)
+    if name in BACKBONES:
+        return BACKBONES[name]
+    raise WeightsError(f"unknown backbone '{name}'. Known: {', '.join(BACKBONES)}, timm:ARCH")
 
 
 def _timm_generic_spec(arch: str, weights: str | None, allow_hub: bool) -> BackboneSpec:
