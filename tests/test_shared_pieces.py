@@ -3,6 +3,7 @@ loop, the weight EMA, the cached-model folder, the hub/folder loader and DiT's i
 
 import importlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -147,3 +148,37 @@ def test_dit_and_sit_start_as_adaln_zero_networks():
     assert float(table.std()) == pytest.approx(0.02, rel=0.1)
     dit_table = dit.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight
     assert float(dit_table.std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_pretrain_diffusion_resumes_to_the_same_weights(digits, monkeypatch):
+    """The EMA (saved) travels in the checkpoint: a run killed at step 5 and resumed from its step-3 checkpoint
+    writes the same bytes as an uninterrupted one."""
+    import datadistill.models.generative.dit_training as dt
+
+    opts = {"vae_steps": 20, "width": 16, "depth": 1, "heads": 2, "steps": 8, "batch_size": 16}
+    opts |= {"checkpoint_every": 3, "ema": 0.5}
+
+    def weights(folder):
+        return (folder / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    # the session's cache: the autoencoder (as test_pgfm's) and its latents are reused; this model is removed
+    folder = api.pretrain("diffusion", digits, device="cpu", **opts)
+    ref = weights(folder)
+    shutil.rmtree(folder)
+    real = dt.train_resumable
+
+    def dying(name, total, step, *args, **kwargs):
+        def die(i):
+            if i == 5:
+                raise KeyboardInterrupt
+            return step(i)
+
+        return real(name, total, die, *args, **kwargs)
+
+    monkeypatch.setattr(dt, "train_resumable", dying)
+    with pytest.raises(KeyboardInterrupt):
+        api.pretrain("diffusion", digits, device="cpu", **opts)
+    assert list(folder.parent.glob(f".{folder.name}.checkpoint*"))
+    monkeypatch.setattr(dt, "train_resumable", real)
+    assert weights(api.pretrain("diffusion", digits, device="cpu", **opts)) == ref
+    assert not list(folder.parent.glob(f".{folder.name}.checkpoint*"))
