@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import WeightsError, first_line
 from ..optional import require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,9 +99,8 @@ def _timm_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _hub_error(name: str, source: str, exc: Exception) -> WeightsError:
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
     return WeightsError(
-        f"cannot get the pretrained weights of '{name}' from {source}: {reason}. "
+        f"cannot get the pretrained weights of '{name}' from {source}: {first_line(exc)}. "
         f"Without network access, download them elsewhere and pass --weights PATH."
     )
 
@@ -210,8 +209,7 @@ def _build_dinov2_imgfocus(weights: str | None, allow_hub: bool) -> tuple[nn.Mod
     try:
         model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
-        reason = str(exc).splitlines()[0]
-        raise WeightsError(f"cannot load a transformers Dinov2Model from {folder}: {reason}") from None
+        raise WeightsError(f"cannot load a transformers Dinov2Model from {folder}: {first_line(exc)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -22,10 +22,10 @@ from torch import nn
 from ... import dist
 from ...data import LabelledImages, RealData
 from ...engine import train_resumable
-from ...errors import ConfigError, WeightsError
-from ...io import atomic_dir, remove_checkpoint, write_json
+from ...errors import ConfigError, WeightsError, first_line
+from ...io import write_json
 from ...options import at_least, option
-from ...pretrain import Pretrainer, checkpoint_path, model_dir, register_pretrainer
+from ...pretrain import CachedModel, Pretrainer, register_pretrainer
 from ...progress import log
 from .latent import TINY_FORMAT, center_crop_arr
 
@@ -139,9 +139,9 @@ def _identity(data: RealData, opts: VAEOptions) -> dict:
 def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the cached tiny VAE for ``data``; returns its folder."""
     ident = _identity(data, opts)
-    folder = model_dir("vae", ident)
-    if (folder / "config.json").exists():
-        return folder
+    cached = CachedModel("vae", ident)
+    if cached.done():
+        return cached.folder
     size = ident["image_size"]
     torch.manual_seed(opts.seed)
     model = TinyVAE(size, opts.latent_channels, opts.width, opts.levels).to(device)
@@ -164,14 +164,13 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
         schedule.step()
         return float(rec.detach())
 
-    ckpt = checkpoint_path("vae", ident)
     model.train()
     losses = train_resumable(
         f"vae {data.name}",
         opts.steps,
         step,
         {"model": model, "optimizer": optimizer, "schedule": schedule},
-        ckpt,
+        cached.checkpoint,
         every=opts.checkpoint_every,
         generator=generator,
     )
@@ -190,8 +189,7 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
         "final_train_mse": losses[-1] if losses else None,
         "val_mse": val_mse,
     }
-    _save(folder, model, config)
-    remove_checkpoint(ckpt)
+    folder = cached.save(lambda tmp: _write(tmp, model, config))
     log.info("tiny VAE for %s in %s (val MSE %.5f, scale %.4f)", data.name, folder, val_mse, scale)
     return folder
 
@@ -214,14 +212,12 @@ def _calibrate(model: TinyVAE, data: RealData, size: int, device: torch.device) 
     return shift, 1.0 / max(std, 1e-8), val_mse
 
 
-def _save(folder: Path, model: TinyVAE, config: dict) -> None:
+def _write(folder: Path, model: TinyVAE, config: dict) -> None:
     from safetensors.torch import save_file
 
-    with atomic_dir(folder) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
-        )
-        write_json(tmp / "config.json", config)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"))
+    write_json(folder / "config.json", config)
 
 
 def load_tiny_vae(folder: str | Path) -> tuple[TinyVAE, dict]:
@@ -240,7 +236,7 @@ def load_tiny_vae(folder: str | Path) -> tuple[TinyVAE, dict]:
         )
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (OSError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot load the tiny VAE in {folder}: {str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(f"cannot load the tiny VAE in {folder}: {first_line(exc, 200)}") from None
     return model.eval(), config
 
 
