@@ -1,4 +1,4 @@
-"""Train a network from scratch on the synthetic set and test it (METHODS.md 8.8): the ``convnet`` protocol,
+"""Train a network from scratch on the synthetic set and test it (docs/protocols.md): the ``convnet`` protocol,
 and ``convnet-full``, the same network trained on the whole real train split (the table's upper bound).
 
 Two recipes:

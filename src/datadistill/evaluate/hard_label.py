@@ -1,4 +1,4 @@
-"""The hard-label from-scratch protocol of Minimax / MGD3 / DMGD for ImageNet subsets (METHODS.md 4.6, 8.9):
+"""The hard-label from-scratch protocol of Minimax / MGD3 / DMGD for ImageNet subsets (docs/protocols.md):
 protocol ``hard-label``.
 
 ResNet-10-AP (average-pool downsampling, instance norm; ``--arch`` from the architecture registry) trained on

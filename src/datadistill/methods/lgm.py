@@ -1,4 +1,4 @@
-"""LGM, linear gradient matching (METHODS.md 1.5).
+"""LGM, linear gradient matching (docs/methods/lgm.md).
 
 Each step draws a fresh random linear head W ~ N(0, head_std^2), b = 0, and matches the head gradient of
 cross-entropy on a real batch (m*A*C images drawn uniformly from train, one augmented view each) with the

@@ -1,5 +1,5 @@
 """Neighbors: for every image of a synthetic set, the same-class real training image with the highest cosine
-similarity in the distillation backbone's features (METHODS.md 1.7). It asks how much of a distilled set's
+similarity in the distillation backbone's features (docs/methods/baselines.md). It asks how much of a distilled set's
 value a real image in the same place would keep."""
 
 from __future__ import annotations

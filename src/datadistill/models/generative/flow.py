@@ -1,7 +1,7 @@
 """Class-conditional latent flow-matching models (PGFM): the model interface, the loaders and the
 flow-matching loss.
 
-Convention (SiT's linear interpolant, METHODS.md 3.2): x_t = t * x_1 + (1 - t) * eps with t = 0 noise and
+Convention (SiT's linear interpolant): x_t = t * x_1 + (1 - t) * eps with t = 0 noise and
 t = 1 data; the network predicts the velocity u = x_1 - eps from (x_t, t, class). Class ``num_classes`` is the
 null label (trained by label dropout) used by classifier-free guidance on the velocity.
 

@@ -6,7 +6,7 @@
 - the offline default ``tiny``: a small KL autoencoder the toolkit trains itself (``datadistill pretrain vae``,
   see ``tiny_vae.py``), with its scale and shift measured on the training latents so they have unit variance.
 
-Images are prepared as in ADM's ``center_crop_arr`` (METHODS.md 8.5) at the space's ``image_size``.
+Images are prepared as in ADM's ``center_crop_arr`` at the space's ``image_size``.
 
 A ``LatentSpace`` is also an encoder for the cached statistics pass (``__call__`` -> flattened latents,
 ``feat_dim``, ``input_size``, ``identity()``). The pass resizes by 256/224 before its center crop (the

@@ -3,7 +3,7 @@ with adaLN-Zero blocks), written so that the official SiT checkpoints (``SiT-XL-
 with ``x_embedder``, ``t_embedder``, ``y_embedder``, ``blocks.N.{attn,mlp,adaLN_modulation}``, ``final_layer``,
 ``pos_embed``) load into it unchanged.
 
-Conventions (SiT's linear interpolant, METHODS.md 3.2): x_t = t * x_1 + (1 - t) * noise, t in [0, 1] from noise
+Conventions (SiT's linear interpolant): x_t = t * x_1 + (1 - t) * noise, t in [0, 1] from noise
 (t = 0) to data (t = 1); the model predicts the velocity x_1 - noise and takes t unscaled. With ``learn_sigma``
 the network outputs 2C channels and the velocity is the first C (as SiT's forward does). The null class
 (index ``num_classes``) is the unconditional input for classifier-free guidance.
