@@ -27,7 +27,7 @@ once after a warm-up call. Memory: sfm and lgm, the peak of live tensor memory d
 4 KiB pages and allocator caches); kmeans, save and report, the growth of the peak resident memory over the phase's
 start (the toolkit's ``PhaseTimer``: PIL's image buffers and memory-mapped feature pages are not torch tensors).
 A set's grid.png over PIL's decompression-bomb limit (2 x ``Image.MAX_IMAGE_PIXELS`` pixels) is reported: the
-report cannot open it. Timings on a shared CPU are indicative.
+report cannot open it. Timings on a CPU shared with other jobs are indicative.
 """
 
 from __future__ import annotations

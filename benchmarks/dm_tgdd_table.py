@@ -1,4 +1,4 @@
-"""The DM / TGDD table (issue 4): Random real, DM and TGDD at IPC 1, 10 and 50, each trained from scratch with the
+"""The DM / TGDD table: Random real, DM and TGDD at IPC 1, 10 and 50, each trained from scratch with the
 ``convnet`` protocol over 3 seeds, plus the full-data ConvNet (``convnet-full``), on one dataset.
 
 CPU-sized defaults (every one is a flag; the papers' protocol is in the README / BENCHMARKS.md): 3 experts x
@@ -31,7 +31,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", default=os.environ.get("DD_RUNS", "/tmp/dd-issue4-runs"))
+    p.add_argument("--runs", default=os.environ.get("DD_RUNS", "/tmp/dd-dm-tgdd-runs"))
     p.add_argument("--tag", default="", help="suffix of the results file (variants)")
     p.add_argument(
         "--sets-tag",

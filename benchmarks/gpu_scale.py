@@ -115,7 +115,7 @@ def forward_rates(backbone, args: argparse.Namespace, device: torch.device, time
 
 
 def loop_autocast(ctx):
-    """The autocast the toolkit's optimisation loop (``engine.optimise``) runs its steps under."""
+    """The autocast the toolkit's optimisation loop (``optimise`` in ``run/loop.py``) runs its steps under."""
     device = ctx.device
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.config.amp and device.type == "cuda")
 

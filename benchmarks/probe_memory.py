@@ -13,7 +13,7 @@ The script prints each protocol's peak, the peak after the set was loaded (the e
 resident before the evaluation (imports, model, fake data), its wall time, and an account of the large
 allocations. A probe draws at most one view per epoch, so ``--epochs`` below ``--views`` lowers the views too: keep
 epochs >= views to measure the 100-view memory (the probe's epochs themselves are cheap; the view pass through the
-backbone is the cost). Timings on a shared CPU are not comparable between runs.
+backbone is the cost). Timings on a CPU shared with other jobs are not comparable between runs.
 """
 
 from __future__ import annotations

@@ -226,6 +226,9 @@ def test_mgd3_pulls_each_sample_to_its_mode(tmp_path, fast):
         api.distill("mgd3", "digits", ipc=2, out=out, mode_guidance_scale=scale, stop_t=2, **fast)
         latents = read_checkpoint(out / "checkpoints" / "last.pt")["param"]["state"]["latents"]
         far[scale] = latents
+        meta = SyntheticSet.load(out).meta  # the set names the weights it was sampled with
+        assert "DiT" in meta["diffusion_model"] and "digits" in meta["diffusion_model"], meta
+        assert "digits" in meta["latent_space"], meta
     ctx = api.build_context(api.make_config("mgd3", "digits", 2, stop_t=2, **fast))
     modes = load_sampler(ctx, 2).supports.view(10, 2, -1)
     dist = {s: float((far[s].flatten(2) - modes).norm(dim=-1).mean()) for s in far}

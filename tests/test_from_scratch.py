@@ -74,6 +74,11 @@ def test_full_data_convnet_is_the_experts(digits):
         assert r.details["selected_epoch"][k] == max(curve, key=lambda t: (t[1], t[0]))[0]
     with pytest.raises(ConfigError, match="val"):
         dd.evaluate(None, protocol="convnet-full", data=digits, seeds=1, expert_val_every=0, **opts)
+    # the experts are the seeds: a different expert count or seed is refused, not silently replaced
+    with pytest.raises(ConfigError, match="--seeds and --first-seed"):
+        dd.evaluate(None, protocol="convnet-full", data=digits, seeds=2, num_experts=3, **opts)
+    with pytest.raises(ConfigError, match="--expert-seed 7"):
+        dd.evaluate(None, protocol="convnet-full", data=digits, seeds=2, expert_seed=7, **opts)
 
 
 def test_cli_distill_dm_and_eval_convnet(tmp_path, capsys):

@@ -82,3 +82,42 @@ def test_neighbors_needs_a_source_and_matching_ipc(digits, lite0, tmp_path):
     dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
     with pytest.raises(ConfigError, match="--ipc 1"):
         dd.distill("neighbors", "digits", ipc=2, dataset=digits, model=lite0, source=str(tmp_path / "c"))
+
+
+def test_neighbors_inherit_the_source_runs_backbone_weights(digits, lite0, tmp_path):
+    import json
+
+    from datadistill.methods.neighbors import Neighbors, NeighborsOptions
+
+    dd.distill("centroids", "digits", out=tmp_path / "c", dataset=digits, model=lite0, crop=32)
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["distill"]["options"]["weights"] is None
+    config["distill"]["options"]["weights"] = "/weights/lite0-finetuned.pth"  # as if run with --weights
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    inherited = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c")))
+    assert (inherited.backbone, inherited.weights, inherited.crop) == (
+        "efficientnet_lite0",
+        "/weights/lite0-finetuned.pth",
+        32,
+    )
+    given = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c"), weights="/weights/mine.pth"))
+    assert given.weights == "/weights/mine.pth"
+    other = Neighbors().resolve(NeighborsOptions(source=str(tmp_path / "c"), backbone="resnet18"))
+    assert other.weights is None  # another backbone does not take the source's weights
+
+
+def test_lgm_real_gradient_in_chunks_equals_one_batch(digits, lite0, monkeypatch):
+    from datadistill import api
+    from datadistill.methods import lgm
+
+    ctx = api.build_context(api.make_config("lgm", "digits", 1, crop=32, augs=2), digits, lite0)
+    method = ctx.method
+    method.init_param(ctx)  # a real batch of IPC x A x C = 20 images
+    weight = torch.randn(10, lite0.feat_dim, generator=torch.Generator().manual_seed(1)) * 0.01
+    gradients = {}
+    for chunk in (256, 7):  # one batch; three chunks, the last one short
+        monkeypatch.setattr(lgm, "REAL_CHUNK", chunk)
+        ctx.generator.manual_seed(5)
+        gradients[chunk] = method.real_gradient(ctx, weight, torch.zeros(10))
+    assert torch.allclose(gradients[7], gradients[256], atol=1e-6)
+    assert gradients[7].abs().sum() > 0

@@ -1,7 +1,9 @@
-"""The public Python surface: ``distill``, ``evaluate``, ``compute_stats``, ``pretrain``, ``report_runs``."""
+"""The public Python surface: ``distill``, ``evaluate``, ``export``, ``compute_stats``, ``pretrain``,
+``report_runs``."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import re
 from contextlib import nullcontext
@@ -11,7 +13,7 @@ import torch
 
 from .core import dist
 from .core.config import DistillConfig, EvalConfig, check_val_fraction
-from .core.errors import ConfigError, DatadistillError, DataError
+from .core.errors import ConfigError, DatadistillError, DataError, user_message
 from .core.io import check_creatable, hold_lock
 from .core.options import build, fields_of, split, to_dict
 from .core.progress import log
@@ -31,6 +33,7 @@ from .run.directory import RunDir, buffered_log
 from .run.loop import LoopState, optimise
 from .run.timing import PhaseTimer
 from .synset.set import SyntheticSet
+from .synset.tensorfiles import export_meta, tensor_files
 from .training.pretrainers import get_pretrainer
 
 
@@ -186,10 +189,13 @@ def evaluate(
     root: str | None = None,
     backbone: str | Backbone | None = None,
     models: list[Backbone] | None = None,
+    input_norm: str | None = None,
     **options,
 ) -> EvalResult:
-    """Evaluate a synthetic set (a run directory, a saved set, a folder of PNGs, a ``SyntheticSet``, or one
-    set per seed) with ``protocol``; a run directory supplies data and backbones and records the result.
+    """Evaluate a synthetic set (a run directory, a saved set, a folder ``export`` wrote, another project's tensor
+    files, a folder of PNGs, a ``SyntheticSet``, or one set per seed) with ``protocol``; a run directory supplies
+    data and backbones and records the result. ``input_norm`` (a preset such as ``"cifar10"``, or
+    ``"MEAN,STD"``) undoes the normalisation of tensor files from other projects (docs/interop.md).
 
     ``backbone`` is the evaluation backbone (a name or a loaded one); ``models`` are other loaded backbones
     to reuse (e.g. the distillation backbone for CI). ``options`` are the common evaluation options (seeds,
@@ -210,20 +216,15 @@ def evaluate(
     run, run_cfg = None, {}
     if isinstance(synset, str | Path):
         path = Path(synset)
-        if not path.exists():  # say so before asking for the data (which a missing run cannot supply)
-            raise DataError(f"no synthetic set at {path}: the path does not exist")
-        if layout.is_run_dir(path):
-            run = RunDir(path)
-            run_cfg = run.read_config()["distill"]
-            if not (path / layout.SYNSET / layout.SYNSET_MANIFEST).exists():
-                raise DataError(
-                    f"{path} is a run directory whose distillation has not finished (no synset/ yet): run the same "
-                    "distill command again to finish it"
-                )
-        elif data is None:
+        run, run_cfg = _run_of(path)
+        data_cfg = run_cfg or exported_data(path)  # a run, or a folder export wrote, names its dataset
+        if data is None and not data_cfg:
             raise _not_a_run(path)
-        data = _eval_data(data, run_cfg, root, protocol, common)
-        synset = SyntheticSet.load(path, classes=list(data.classes))  # a folder of PNGs takes the dataset's classes
+        data = _eval_data(data, data_cfg, root, protocol, common)
+        # tensor files and folders of PNGs take the dataset's classes
+        synset = SyntheticSet.load(path, classes=list(data.classes), input_norm=input_norm)
+    elif input_norm is not None:
+        raise ConfigError("input_norm applies to a set given by its path (tensor files of other projects)")
     synsets = synset if isinstance(synset, list) else ([synset] * common.seeds if synset is not None else [])
     if proto.needs_synset and not synsets:
         raise _user_error(
@@ -290,12 +291,37 @@ def _user_error(cls: type[DatadistillError], text: str, **other: tuple[str, str]
     return cls(spell(False), cli=spell(True))
 
 
+def _run_of(path: Path) -> tuple[RunDir | None, dict]:
+    """The run directory at ``path`` and its distill config, ``(None, {})`` for a set that is not a run; a missing
+    path and an unfinished run are refused (before the data is asked for, which they cannot supply)."""
+    if not path.exists():
+        raise DataError(f"no synthetic set at {path}: the path does not exist")
+    if not layout.is_run_dir(path):
+        return None, {}
+    run = RunDir(path)
+    if not (path / layout.SYNSET / layout.SYNSET_MANIFEST).exists():
+        raise DataError(
+            f"{path} is a run directory whose distillation has not finished (no synset/ yet): run the same "
+            "distill command again to finish it"
+        )
+    return run, run.read_config()["distill"]
+
+
+def exported_data(path: Path) -> dict:
+    """The dataset (name and validation split) a folder ``export`` wrote comes from; ``{}`` for anything else."""
+    meta = export_meta(path)
+    if not meta or not meta.get("dataset"):
+        return {}
+    return {"data": meta["dataset"], **(meta.get("data_split") or {})}
+
+
 def _not_a_run(path: Path) -> DatadistillError:
     """What ``path`` is, for a set given without the dataset it comes from."""
     saved = (path / "manifest.json").exists() or (path / "synset" / "manifest.json").exists()
     pngs = path.is_dir() and (any(path.glob("*.png")) or any(path.glob("*/*.png")))
-    if saved or pngs:
-        what = "a saved synthetic set" if saved else "a folder of PNGs"
+    tensors = tensor_files(path) is not None
+    if saved or pngs or tensors:
+        what = "a saved synthetic set" if saved else "another project's tensor files" if tensors else "a folder of PNGs"
         return _user_error(
             ConfigError,
             f"{path} is {what}, not a run directory (no config.json), so it does not say which dataset it comes "
@@ -303,9 +329,9 @@ def _not_a_run(path: Path) -> DatadistillError:
         )
     return _user_error(
         DataError,
-        f"{path} is not a run directory (no config.json), not a saved synthetic set (no manifest.json) and holds no "
-        "PNGs (class sub-folders of .png files, or c<label>_*.png): give a run directory, or a folder of PNGs "
-        "with {data}",
+        f"{path} is not a run directory (no config.json), not a saved synthetic set (no manifest.json), holds no "
+        "tensor files (.pt / .pth; a folder with images_best.pt) and no PNGs (class sub-folders of .png files, or "
+        "c<label>_*.png): give a run directory, or tensor files or a folder of PNGs with {data}",
     )
 
 
@@ -386,15 +412,75 @@ def _eval_data(
             + ("the set was distilled from" if get_protocol(protocol).needs_synset else "to train and test on")
             + ": pass {data}",
         )
-    skip = common.skip_corrupt if common.skip_corrupt is not None else run_cfg.get("skip_corrupt", False)
+    return _dataset(data, run_cfg, root, common.workers, common.skip_corrupt)
+
+
+def _dataset(
+    data: str | None, run_cfg: dict, root: str | None, workers: int | None = None, skip_corrupt: bool | None = None
+) -> RealData:
+    """Dataset ``data`` (default: the run's), with the run's root, validation split and unreadable files left out
+    as the run left them out (unless ``skip_corrupt`` says otherwise)."""
+    skip = skip_corrupt if skip_corrupt is not None else run_cfg.get("skip_corrupt", False)
     return load_dataset(
         data or run_cfg["data"],
         root or run_cfg.get("root"),
         run_cfg.get("val_fraction", 0.1),
         run_cfg.get("split_seed", 0),
-        workers=common.workers,
+        workers=workers,
         skip_corrupt=skip,
     )
+
+
+def export(
+    synset: str | Path,
+    format: str = "pt",
+    out: str | Path | None = None,
+    *,
+    data: str | None = None,
+    root: str | None = None,
+    force: bool = False,
+    decode: bool | None = None,
+) -> Path:
+    """Write a synthetic set (a run directory, a saved set, or any set ``evaluate`` reads by path) for other tools,
+    as ``format``: ``pt`` (``images.pt`` / ``labels.pt``, plain tensors exactly as stored), ``imagefolder`` (one
+    PNG per image in a folder per class) or ``ddranking`` (the tensors the ``ddranking`` package's
+    ``compute_metrics`` takes). ``out`` is created atomically; an existing non-empty folder is replaced only with
+    ``force``. ``decode`` writes multi-formation sets (TGDD ``factor`` > 1) as the images they decode into (default:
+    yes, except for ``pt``). ``data`` / ``root`` name the dataset (default: the run's, or the one the set records),
+    whose statistics meta.json records. Returns ``out``; docs/interop.md describes every file."""
+    from .synset.export import check_format, check_out, export_set, normalisation_advice
+
+    check_format(format)  # the format's name now, the set's dataset once it is known
+    if out is None:
+        raise _user_error(ConfigError, "export needs a folder to write: pass {out}", out=("out=DIR", "--out DIR"))
+    path = Path(synset)
+    run, run_cfg = _run_of(path)
+    out = check_out(out, force)
+    data_cfg = run_cfg or exported_data(path)
+    dataset = _dataset(data, data_cfg, root) if data is not None else None
+    synset = SyntheticSet.load(path, classes=list(dataset.classes) if dataset else None)
+    name = data or data_cfg.get("data") or synset.meta.get("dataset")
+    synset.meta.setdefault("dataset", name)
+    check_format(format, synset.meta["dataset"], str(path))
+    missing = "the set does not say its dataset: pass --data to record the dataset's statistics"
+    if dataset is None and name and format != "ddranking" and not synset.meta.get("backbone"):
+        try:  # its statistics, for meta.json; a dataset not at hand does not stop the export
+            dataset = _dataset(name, data_cfg, root)
+        except DatadistillError as exc:
+            missing = f"dataset '{name}' could not be read here ({user_message(exc)})"
+            log.warning("meta.json does not record the statistics of %s", missing)
+    config = path / layout.RUN_CONFIG
+    describe = {
+        "dataset": name,
+        "method": synset.meta.get("method") or run_cfg.get("method"),
+        "source": str(path.absolute()),
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if run is not None else None,
+        "data_split": {k: data_cfg[k] for k in ("val_fraction", "split_seed") if k in data_cfg},
+        "datadistill": __version__,
+    }
+    if format != "ddranking":
+        describe["normalisation"] = normalisation_advice(synset, dataset, missing)
+    return export_set(synset, format, out, describe, decode, name=str(path))
 
 
 def compute_stats(

@@ -7,6 +7,7 @@ gets the fields of the method's / protocol's options dataclass as flags (see ``c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -64,6 +65,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .core.options import add_arguments
     from .evaluate import PROTOCOLS
     from .methods import METHODS
+    from .synset.export import FORMATS as EXPORT_FORMATS
+    from .synset.tensorfiles import NORM_HELP
     from .training import PRETRAINERS
 
     parser = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation toolkit")
@@ -99,11 +102,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "path",
         nargs="?",
         default=None,
-        help="run directory, synset folder, or folder of PNGs (not needed for --protocol full)",
+        help="run directory, synset folder, folder written by `datadistill export`, tensor files of another project "
+        "(images_best.pt + labels_best.pt, or a .pt/.pth file of images and labels), or folder of PNGs "
+        "(not needed for --protocol full)",
     )
     e.add_argument("--protocol", default="linear-probe", choices=PROTOCOLS.names())
     e.add_argument("--data", default=None, help="dataset (default: the run's)")
     e.add_argument("--root", default=None)
+    e.add_argument("--input-norm", default=None, metavar="NORM", help=NORM_HELP)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
     add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
 
@@ -113,7 +119,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "protocol and backbone; resumable (finished cells, and cells whose settings did not change, are skipped)",
     )
     b.add_argument("--data", required=True)
-    b.add_argument("--methods", required=True, type=_csv, help="e.g. random,centroids,lgm,sfm,neighbors:sfm")
+    b.add_argument(
+        "--methods",
+        required=True,
+        type=_csv,
+        help="e.g. random,centroids,lgm,sfm,neighbors:sfm; file:PATH evaluates a set made elsewhere (any set "
+        "`datadistill eval` reads by path) as it is under every protocol, file:PATH@NORM undoing the normalisation "
+        "NORM of its tensors (a preset or MEAN:STD without commas, which separate the methods; per-channel "
+        "statistics through --input-norm)",
+    )
     b.add_argument("--protocols", default=["linear-probe"], type=_csv, help="e.g. linear-probe,ci,full")
     b.add_argument("--backbones", default=["efficientnet_lite0"], type=_csv, help="distillation backbones")
     b.add_argument("--eval-backbones", default=None, type=_csv, help="evaluation backbones (default: --backbones)")
@@ -135,10 +149,35 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         metavar="METHOD=P1+P2",
         help="judge METHOD's sets by these of --protocols only (default: all of them)",
     )
+    b.add_argument(
+        "--input-norm", default=None, metavar="NORM", help=f"for file: tensor sets without their own @NORM, {NORM_HELP}"
+    )
     b.add_argument("--out", required=True)
     b.add_argument("--root", default=None)
     b.add_argument("--device", default="auto")
     _add_loading_args(b)
+
+    x = sub.add_parser(
+        "export",
+        help="write a synthetic set for other tools: plain tensors (pt), PNGs per class (imagefolder) or the "
+        "tensors the ddranking package evaluates (ddranking)",
+        description="Write a run's synthetic set (or a saved set) in a format other tools read; meta.json in the "
+        "folder says the dataset, classes, value range, the normalisation to evaluate with, the method and the "
+        "digest of the run's config. `datadistill eval DIR` reads every format back.",
+    )
+    x.add_argument("path", metavar="RUN", help="run directory or saved set (any set `datadistill eval` reads)")
+    x.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
+    x.add_argument("--out", required=True, help="folder to write (must be missing or empty unless --force)")
+    x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    x.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write multi-formation sets (TGDD --factor > 1) as the images they decode into (default: yes for "
+        "imagefolder and ddranking; pt keeps the stored tiles)",
+    )
+    x.add_argument("--data", default=None, help="dataset of the set (default: the run's, or the one the set names)")
+    x.add_argument("--root", default=None)
 
     r = sub.add_parser(
         "report",
@@ -197,8 +236,10 @@ def _cmd_distill(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import evaluate
 
-    options = _options(args, {"command", "quiet", "path", "protocol", "data", "root"})
-    result = evaluate(args.path, protocol=args.protocol, data=args.data, root=args.root, **options)
+    options = _options(args, {"command", "quiet", "path", "protocol", "data", "root", "input_norm"})
+    result = evaluate(
+        args.path, protocol=args.protocol, data=args.data, root=args.root, input_norm=args.input_norm, **options
+    )
     per_seed = ", ".join(f"{100 * a:.2f}" for a in result.test_acc)
     say(
         f"{result.protocol} @ {result.backbone}: test {result.summary()} % over {len(result.seeds)} seeds "
@@ -238,10 +279,20 @@ def _cmd_bench(args) -> int:
         evaluate_with,
         workers=args.workers,
         skip_corrupt=args.skip_corrupt,
+        input_norm=args.input_norm,
     )
     records = bench(plan, args.out)
     say((Path(args.out) / layout.BENCH_SUMMARY).read_text())
     say(f"{len(records)} results of this plan in {args.out}/results.json (and results.csv)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .api import export
+
+    out = export(args.path, args.format, args.out, data=args.data, root=args.root, force=args.force, decode=args.decode)
+    meta = json.loads((out / "meta.json").read_text())
+    say(f"wrote {meta['num_images']} images of {meta['dataset']} ({args.format}) to {out}; see {out}/meta.json")
     return 0
 
 
@@ -333,6 +384,7 @@ COMMANDS = {
     "distill": _cmd_distill,
     "eval": _cmd_eval,
     "bench": _cmd_bench,
+    "export": _cmd_export,
     "report": _cmd_report,
     "pretrain": _cmd_pretrain,
     "stats": _cmd_stats,

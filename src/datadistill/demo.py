@@ -72,7 +72,7 @@ def run_demo(out: str | Path = "runs/demo", data: str = "mnist-5k", steps: int |
     report = [
         f"# datadistill demo: {data}, IPC {ipc}, {settings['backbone']}",
         "",
-        f"Linear probe (METHODS.md 1.7, {DEMO_PROBE['epochs']} epochs, {DEMO_PROBE['views']} cached AugBasic "
+        f"Linear probe (docs/protocols.md, {DEMO_PROBE['epochs']} epochs, {DEMO_PROBE['views']} cached AugBasic "
         f"views per image, crop {crop}), test accuracy mean ± std over {seeds} seeds; validation accuracy "
         "from the split held out of train.",
         "",

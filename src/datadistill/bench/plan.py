@@ -4,12 +4,14 @@ parsing of its command-line values."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError
 from ..core.options import fields_of
 from ..evaluate import get_protocol
 from ..methods import get_method
 from ..methods.base import BackboneOptions
+from ..synset.tensorfiles import parse_input_norm
 
 
 @dataclass
@@ -28,13 +30,23 @@ class BenchPlan:
     evaluate_with: dict[str, list[str]] = field(default_factory=dict)  # method spec -> its protocols (a subset)
     workers: int | None = None  # processes decoding image files (None: one per available core)
     skip_corrupt: bool = False  # leave unreadable image files out instead of stopping
+    input_norm: str | None = None  # the normalisation of file: sets of other projects' tensors, undone on reading
 
     def validate(self) -> BenchPlan:
+        parse_input_norm(self.input_norm)
         for spec in self.methods:
             name, _, source = spec.partition(":")
+            if is_file_spec(spec):
+                path, norm = file_source(spec)
+                if not path.exists():
+                    raise DataError(f"--methods {spec}: {path} does not exist")
+                parse_input_norm(norm)
+                continue
             get_method(name)
             if name == "neighbors" and source not in self.methods:
                 raise ConfigError(f"'{spec}' needs '{source or 'SRC'}' in --methods (neighbors:SRC)")
+            if name == "neighbors" and is_file_spec(source):
+                raise ConfigError(f"'{spec}': neighbors:SRC picks neighbours of a method's set, not of a file")
         for p in self.protocols:
             protocol_spec(p)
         for spec, chosen in self.evaluate_with.items():
@@ -74,7 +86,7 @@ def protocol_spec(spec: str) -> tuple[str, dict]:
 
 def parse_settings(settings: list[str], methods: list[str], protocols: list[str]) -> dict[str, dict]:
     """{scope: {key: value}} with scope "" for unscoped keys; values typed by the options that declare them."""
-    scopes = {m.partition(":")[0]: get_method(m.partition(":")[0]).Options for m in methods}
+    scopes = {m.partition(":")[0]: get_method(m.partition(":")[0]).Options for m in methods if not is_file_spec(m)}
     for spec in protocols:
         name = spec.split(":")[0]
         scopes[name] = get_protocol(name).Options
@@ -108,10 +120,22 @@ def _typed(raw: str, kind: type, where: str):
 
 
 def uses_backbone(method: str) -> bool:
-    return issubclass(get_method(method.partition(":")[0]).Options, BackboneOptions)
+    return not is_file_spec(method) and issubclass(get_method(method.partition(":")[0]).Options, BackboneOptions)
 
 
 def options_for(name: str, cls: type, settings: dict[str, dict]) -> dict:
     """The settings that apply to method/protocol ``name``: unscoped ones it declares, then its scoped ones."""
     known = fields_of(cls)
     return {**{k: v for k, v in settings.get("", {}).items() if k in known}, **settings.get(name, {})}
+
+
+def is_file_spec(spec: str) -> bool:
+    """``file:PATH[@NORM]``: a set made elsewhere, read from PATH (NORM: its own --input-norm)."""
+    return spec.startswith("file:")
+
+
+def file_source(spec: str) -> tuple[Path, str | None]:
+    """The path of ``file:PATH[@NORM]`` and its own input normalisation (None: the plan's)."""
+    rest = spec.partition(":")[2]
+    path, at, norm = rest.rpartition("@")
+    return (Path(rest), None) if not at or Path(rest).exists() else (Path(path), norm)

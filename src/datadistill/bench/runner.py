@@ -26,6 +26,13 @@ Layout of ``OUT``::
 where D is a digest of the run's settings (data, IPC, every option of the method), so runs of other settings never
 share a directory, and a re-run of the same plan finds its runs again.
 
+``file:PATH`` in the methods evaluates a set made elsewhere (any set ``datadistill eval`` reads by path: another
+project's tensor files, a folder ``datadistill export`` wrote, a folder of PNGs) as it is: the same set for every
+seed, in the table of its own IPC, under the name ``file:NAME`` (NAME: the file or folder name, with as many parent
+folders as tell two such sets apart). ``file:PATH@NORM`` undoes the normalisation NORM of that file's tensors
+(``--input-norm`` gives the one of every tensor file without its own). Its identity is the digest of the files it is
+read from and the normalisation undone, not their path, so a changed file is evaluated again and a moved one is not.
+
 A protocol may carry fixed options, ``NAME:KEY=VALUE[:KEY=VALUE]`` (e.g. ``linear-probe:augment=false`` next to
 ``linear-probe`` gives the evaluations with and without augmentation that DD-Ranking's ARS compares).
 ``evaluate_with`` (``--evaluate-with METHOD=P1+P2``) narrows the protocols one method's sets are judged by, so a
@@ -53,14 +60,32 @@ from ..core.options import build, fields_of, to_dict
 from ..core.progress import log
 from ..data import RealData, load_dataset
 from ..evaluate import get_protocol
-from ..evaluate.identity import data_identity, digest, eval_settings
+from ..evaluate.identity import data_identity, digest, eval_settings, imported_set_identity
 from ..features.backbones import Backbone, load_backbone
 from ..methods import get_method
 from ..reporting.markdown import given_summary
 from ..reporting.table import fmt_acc
 from ..run import layout
 from ..run.device import resolve_device
-from .plan import BenchPlan, options_for, parse_settings, protocol_spec, uses_backbone
+from ..synset.set import SyntheticSet
+from ..synset.tensorfiles import reads_input_norm
+from .plan import BenchPlan, file_source, is_file_spec, options_for, parse_settings, protocol_spec, uses_backbone
+
+
+def method_labels(specs: list[str]) -> dict[str, str]:
+    """How each method spec is named in results: itself, or ``file:NAME`` for ``file:PATH`` (NAME: the file or
+    folder name, with as many parent folders as tell the plan's files apart; ``@NORM`` for one file given twice)."""
+    paths = {spec: file_source(spec)[0].absolute() for spec in specs if is_file_spec(spec)}
+    labels = {spec: spec for spec in specs}
+    for spec, path in paths.items():
+        others = [p for s, p in paths.items() if s != spec]
+        for depth in range(1, len(path.parts) + 1):
+            name = "/".join(path.parts[-depth:])
+            if all(other == path or "/".join(other.parts[-depth:]) != name for other in others):
+                break
+        twice = path in others
+        labels[spec] = f"file:{name}" + (f"@{file_source(spec)[1] or '-'}" if twice else "")
+    return labels
 
 
 @dataclass
@@ -87,6 +112,8 @@ class Bench:
         self._data: RealData | None = None
         self._identities: dict[tuple, dict] = {}
         self._sets: dict[tuple, tuple] = {}
+        self._files: dict[str, SyntheticSet] = {}
+        self.labels = method_labels(plan.methods)
 
     @property
     def data(self) -> RealData:
@@ -136,11 +163,14 @@ class Bench:
     def cells(self) -> list[PlannedCell]:
         """Every cell of the plan in run order: per IPC, distillation backbone and method its protocols on every
         evaluation backbone, then the protocols on the full real data. A cell shared by several distillation
-        backbones (a set no backbone made, judged without one) appears once."""
+        backbones (a set no backbone made, judged without one) appears once. A ``file:`` set has one IPC, its own."""
         cells = []
-        for ipc in self.plan.ipcs:
+        ipc_of = {spec: self.file_set(spec).ipc for spec in self.plan.methods if is_file_spec(spec)}
+        for ipc in dict.fromkeys([*self.plan.ipcs, *ipc_of.values()]):
             for b_d in self.plan.backbones:
                 for spec in self.plan.methods:
+                    if ipc not in ([ipc_of[spec]] if spec in ipc_of else self.plan.ipcs):
+                        continue
                     for protocol in self.plan.protocols_for(spec):
                         name = protocol_spec(protocol)[0]
                         if not get_protocol(name).needs_synset:
@@ -182,11 +212,15 @@ class Bench:
             key = f"{protocol}@{b_e}|{digest(settings)}"
             meta = dict(ipc=None, method="full-data", distill_backbone=None, protocol=protocol, eval_backbone=b_e)
         else:
-            settings["set"] = {"method": spec, "group": group, "run": run}
-            given = {spec: self.method_options(spec, ipc, b_d, shown=True), **given}
-            key = f"ipc{ipc}|{spec}|{group}|{protocol}@{b_e or '-'}|{digest(settings)}"
-            meta = dict(ipc=ipc, method=spec, distill_backbone=group, protocol=protocol, eval_backbone=b_e)
-            meta["runs"] = [str(r.relative_to(self.out)) for r in self.run_dirs(spec, ipc, b_d)]
+            label = self.labels[spec]
+            settings["set"] = {"method": label, "group": group, "run": run}
+            given = {label: self.method_options(spec, ipc, b_d, shown=True), **given}
+            key = f"ipc{ipc}|{label}|{group}|{protocol}@{b_e or '-'}|{digest(settings)}"
+            meta = dict(ipc=ipc, method=label, distill_backbone=group, protocol=protocol, eval_backbone=b_e)
+            if is_file_spec(spec):
+                meta["runs"], meta["set_source"] = [], str(file_source(spec)[0].absolute())
+            else:
+                meta["runs"] = [str(r.relative_to(self.out)) for r in self.run_dirs(spec, ipc, b_d)]
         meta.update(settings=settings, given=given)
         return PlannedCell(key, meta, protocol, options, spec, ipc, b_d)
 
@@ -194,6 +228,9 @@ class Bench:
         """The options the plan gives method ``spec``: its settings, the distillation backbone and its crop
         (``shown``: as a record names them, without the backbone, which the record's group names)."""
         name = spec.partition(":")[0]
+        if is_file_spec(spec):
+            path, norm = self.file_norm(spec)
+            return {"path": str(path), **({"input_norm": norm} if norm else {})}
         given = options_for(name, get_method(name).Options, self.settings)
         if uses_backbone(spec):
             if not shown:
@@ -223,6 +260,17 @@ class Bench:
         data by content, and for neighbours the identity of the source set instead of its path. Random's seed is
         left out: its runs are one per evaluation seed."""
         key = (spec, ipc, b_d if uses_backbone(spec) else None)
+        if key not in self._identities and is_file_spec(spec):
+            synset = self.file_set(spec)
+            meta = synset.meta
+            # what evaluate() takes from a set that names its backbone (a datadistill export of a backbone method)
+            options = {"backbone": meta["backbone"], "crop": meta.get("crop")} if meta.get("backbone") else {}
+            self._identities[key] = {
+                "method": "file",
+                "set": imported_set_identity(meta),
+                "options": options,
+                "data": self.data_identity,
+            }
         if key not in self._identities:
             name, _, source = spec.partition(":")
             options = self.method_options(spec, ipc, b_d)
@@ -242,9 +290,25 @@ class Bench:
 
     # ---- running -------------------------------------------------------------------------------------------------
 
+    def file_set(self, spec: str) -> SyntheticSet:
+        """The set of ``file:PATH[@NORM]``, read once, with the dataset's classes."""
+        if spec not in self._files:
+            path, norm = self.file_norm(spec)
+            self._files[spec] = SyntheticSet.load(path, classes=list(self.data.classes), input_norm=norm)
+        return self._files[spec]
+
+    def file_norm(self, spec: str) -> tuple[Path, str | None]:
+        """The path of a ``file:`` spec and the normalisation to undo: its own ``@NORM``, else the plan's for tensor
+        files of other projects (the sets whose values may be normalised)."""
+        path, norm = file_source(spec)
+        return path, norm if norm is not None else self.plan.input_norm if reads_input_norm(path) else None
+
     def synsets(self, spec: str, ipc: int, b_d: str) -> tuple:
-        """The method's synthetic set (one per seed for Random) and the distillation's phases, distilled in (or
-        reused from) its run directory; a neighbours' source set first."""
+        """The method's synthetic set (one per seed for Random; a ``file:`` set as it is, the same for every seed)
+        and the distillation's phases (None for a file), distilled in (or reused from) its run directory; a
+        neighbours' source set first."""
+        if is_file_spec(spec):
+            return self.file_set(spec), None
         key = (spec, ipc, b_d if uses_backbone(spec) else None)
         if key not in self._sets:
             name, _, source = spec.partition(":")
@@ -326,7 +390,8 @@ class Bench:
 def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
     """Per IPC and distillation backbone: rows = method x protocol, columns = evaluation backbones (test acc,
     mean ± std over seeds); the full-data rows close each table. The best synthetic-set cell per column is bold.
-    The plan orders the tables; seeds and settings are read from the records shown."""
+    The plan orders the tables (a file: set's own IPC after the plan's); seeds and settings are read from the
+    records shown; sets read from files are listed with their source."""
     evals = plan.eval_backbones or plan.backbones
     full = {r["eval_backbone"]: r for r in rows if r["method"] == "full-data"}
     seeds = "/".join(str(n) for n in sorted({len(r["test_acc"]) for r in rows}))
@@ -336,7 +401,13 @@ def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
         f"Test accuracy (%), mean ± std over {seeds} seeds; settings {given_summary(rows)}.",
         "",
     ]
-    for ipc in plan.ipcs:
+    sources = {r["method"]: r["set_source"] for r in rows if r.get("set_source")}
+    if sources:
+        parts += ["Sets made elsewhere, evaluated as they are (the same set for every seed):", ""]
+        parts += [f"- {m}: `{path}`" for m, path in sources.items()] + [""]
+    labels = method_labels(plan.methods)
+    ipcs = dict.fromkeys([*plan.ipcs, *(r["ipc"] for r in rows if r["ipc"] is not None)])
+    for ipc in ipcs:
         for b_d in plan.backbones:
             cells = {
                 (r["method"], r["protocol"], r["eval_backbone"]): r
@@ -353,7 +424,7 @@ def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
                 "| method | protocol | " + " | ".join(f"eval {b or '-'}" for b in cols) + " |",
                 "|---|---|" + "---|" * len(cols),
             ]
-            for m in plan.methods:
+            for m in (labels[spec] for spec in plan.methods):
                 for p in plan.protocols:
                     line = [cells.get((m, p, b)) for b in cols]
                     if any(line):

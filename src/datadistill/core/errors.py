@@ -48,3 +48,9 @@ def user_message(exc: BaseException) -> str:
         if last.startswith(prefix):
             return last[len(prefix) :]
     return last if len(lines) > 1 and "Traceback" in str(exc) else "\n".join(lines)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at ``limit``: what a
+    one-line error says of a library's failure."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]

@@ -1,5 +1,5 @@
 """Differentiable augmentations. LGM's "standard" one: flip + RandomResizedCrop + additive noise, per sample;
-and DSA (Zhao & Bilen's differentiable Siamese augmentation, METHODS.md 8.4) for DM, TGDD and the ConvNet
+and DSA (Zhao & Bilen's differentiable Siamese augmentation, docs/methods/dm.md) for DM, TGDD and the ConvNet
 protocols.
 
 The flip is folded into the crop's affine matrix, so one ``grid_sample`` does both. Random parameters come from a
@@ -37,7 +37,7 @@ class StandardDraw:
 
 @dataclass(frozen=True)
 class StandardAugment:
-    """LGM's distillation augmentation (METHODS.md 1.5). ``noise_p = 0`` gives AugBasic (probe training).
+    """LGM's distillation augmentation (docs/methods/lgm.md). ``noise_p = 0`` gives AugBasic (probe training).
 
     ``aug(x, g)`` is ``aug.apply(x, aug.draw(len(x), g))``: parameters are drawn for a whole batch and can be
     applied to any slice of it.
@@ -123,7 +123,7 @@ class DSA:
     - ``all``: every operation, in the string's order;
     - ``one``: one operation of the string, drawn per call (the DSA / DM code's default ``aug_mode='S'``);
     - ``idc``: flip and color always, then one of the geometric operations (crop / scale / rotate), then cutout
-      (IDC's and TGDD's ``single_aug``, METHODS.md 8.4 "single").
+      (IDC's and TGDD's ``single_aug``).
 
     ``x = dsa(x, g)`` draws parameters per sample (one operation choice per call, as the code does when training
     networks). ``dsa.siamese([real, syn], g, [real_groups, syn_groups])`` draws once per group id and applies the

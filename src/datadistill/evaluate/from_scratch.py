@@ -1,4 +1,4 @@
-"""Train a network from scratch on the synthetic set and test it (METHODS.md 8.8): the ``convnet`` protocol,
+"""Train a network from scratch on the synthetic set and test it (docs/protocols.md): the ``convnet`` protocol,
 and ``convnet-full``, the same network trained on the whole real train split (the table's upper bound).
 
 Two recipes:
@@ -15,14 +15,12 @@ multi-formation (``meta.factor`` > 1) are decoded first, as the code does.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 
 import torch
 
 from ..core.errors import ConfigError
 from ..core.options import option
-from ..core.progress import log, progress
 from ..data import RealData
 from ..data.augment import DSA, DSA_CODE_STRATEGY, default_strategy
 from ..data.memory import MemorySplit, StreamedSplit, channel_stats, in_memory
@@ -30,10 +28,11 @@ from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
 from ..synset.params import decode_multi_formation
 from ..synset.set import SyntheticSet
 from ..training.experts import ExpertOptions, TrajectoryStore, train_experts
-from ..training.supervised import FloatImages, InputNorm, Recipe, accuracy, make_optimizer, train_epoch
+from ..training.supervised import FloatImages, InputNorm, Recipe, accuracy
 from .linear_probe import check_compatible
 from .protocols import EvalJob, Protocol, register_protocol
 from .results import EvalResult
+from .training import fit_and_select
 
 RECIPES = {
     "dm": {
@@ -130,43 +129,6 @@ def synset_tensors(
     return images, labels
 
 
-def fit_and_select(
-    spec: ModelSpec,
-    norm: InputNorm,
-    source,
-    recipe: Recipe,
-    val,
-    test,
-    seed: int,
-    val_every: int,
-    device: torch.device,
-    desc: str = "train",
-) -> dict:
-    """Train from ``seed``; validation every ``val_every`` epochs picks the weights to test. Returns the
-    selected epoch, its test and validation accuracy, the last epoch's test accuracy and the validation curve."""
-    generator = torch.Generator().manual_seed(seed)
-    model = build_model(spec, generator).to(device)
-    optimizer = make_optimizer(model, recipe)
-    best = (-1.0, 0, None)
-    curve = []
-    for epoch in progress(range(recipe.epochs), desc, total=recipe.epochs):
-        train_epoch(model, norm, source, recipe, epoch, optimizer, generator, device)
-        done = epoch + 1
-        if done % val_every == 0 or done == recipe.epochs:
-            v = accuracy(model, norm, val, device)
-            curve.append((done, round(v, 5)))
-            if v > best[0]:
-                best = (v, done, copy.deepcopy(model.state_dict()))
-    last_test = accuracy(model, norm, test, device)
-    best_val, best_epoch, state = best
-    if best_epoch == recipe.epochs:
-        best_test = last_test
-    else:
-        model.load_state_dict(state)
-        best_test = accuracy(model, norm, test, device)
-    return {"test": best_test, "val": best_val, "epoch": best_epoch, "test_last": last_test, "val_curve": curve}
-
-
 def balanced_subset(targets: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
     """Indices of the first ``n / C`` images of every class (index order, so the subset is fixed)."""
     per = max(1, n // num_classes)
@@ -199,19 +161,7 @@ def run_convnet(job: EvalJob) -> EvalResult:
         factor = opts.factor or job.run_config.get("options", {}).get("factor") or 1
         images, labels = synset_tensors(synset, resolution, opts.decode, factor)
         source = FloatImages(images.to(job.device), labels)
-        runs.append(
-            fit_and_select(
-                spec, norm, source, recipe, val, test, seed, val_every, job.device, desc=f"{opts.arch} seed {seed}"
-            )
-        )
-        log.info(
-            "%s seed %d: test %.4f at val-selected epoch %d (last %.4f)",
-            opts.arch,
-            seed,
-            runs[-1]["test"],
-            runs[-1]["epoch"],
-            runs[-1]["test_last"],
-        )
+        runs.append(fit_and_select(spec, norm, source, recipe, val, test, seed, val_every, job.device))
     details = {
         "recipe": opts.recipe,
         "epochs": recipe.epochs,
@@ -246,6 +196,16 @@ def run_full(job: EvalJob) -> EvalResult:
     """Experts k = 0..seeds-1 (seeds first_seed + k), trained on the whole real train split with the expert
     recipe (cached; TGDD's own experts when first_seed is their expert_seed, 3407); the epoch is selected on
     validation."""
+    defaults, seeds, first = ExpertOptions(), job.common.seeds, job.common.first_seed
+    if job.opts.num_experts not in (defaults.num_experts, seeds) or job.opts.expert_seed not in (
+        defaults.expert_seed,
+        first,
+    ):
+        # the experts are this protocol's seeds: a different count or seed would be silently overridden
+        raise ConfigError(
+            f"convnet-full trains one expert per evaluation seed ({seeds} from seed {first}): set them with "
+            f"--seeds and --first-seed, not --num-experts {job.opts.num_experts} / --expert-seed {job.opts.expert_seed}"
+        )
     opts = replace(job.opts, num_experts=job.common.seeds, expert_seed=job.common.first_seed)
     folder = train_experts(job.data, opts, job.device)
     store = TrajectoryStore.load(folder)

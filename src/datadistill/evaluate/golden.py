@@ -1,4 +1,4 @@
-"""The full-dataset linear probe (METHODS.md 1.7 "Full dataset"), whose head is the golden classifier of CI.
+"""The full-dataset linear probe (docs/protocols.md, "full"), whose head is the golden classifier of CI.
 
 A fresh head (N(0, 0.01^2)) trains on frozen features of every real training image: Adam, lr = base x
 batch/256, cosine over ``full_epochs``, accuracy at the last epoch. The paper draws a fresh AugBasic view of

@@ -1,4 +1,4 @@
-"""The hard-label from-scratch protocol of Minimax / MGD3 / DMGD for ImageNet subsets (METHODS.md 4.6, 8.9):
+"""The hard-label from-scratch protocol of Minimax / MGD3 / DMGD for ImageNet subsets (docs/protocols.md):
 protocol ``hard-label``.
 
 ResNet-10-AP (average-pool downsampling, instance norm; ``--arch`` from the architecture registry) trained on
@@ -12,28 +12,27 @@ resize to 256 / 224 of the input, center crop.
 Selection: the papers report the best of periodic test accuracies; here the epoch is selected on the
 VALIDATION split (held out of train) every ``--val-every`` epochs, and its test accuracy is reported (the last
 epoch's beside it), as the ``convnet`` protocol does. Training reuses the ConvNet protocol's loop
-(``models.supervised.train_epoch``), with this recipe's augmentation and optimiser.
+(``training.fit_and_select``), with this recipe's augmentation and optimiser.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from ..core.errors import ConfigError
 from ..core.options import at_least, option, positive
-from ..core.progress import log, progress
 from ..data.augment import StandardAugment
 from ..data.memory import MemorySplit, in_memory
 from ..features.bank import resize_for
-from ..models.architectures import ARCHITECTURES, ModelSpec, build_model
-from ..training.supervised import FloatImages, InputNorm, Recipe, accuracy, train_epoch
+from ..models.architectures import ARCHITECTURES, ModelSpec
+from ..training.supervised import FloatImages, InputNorm, Recipe, make_optimizer
 from .from_scratch import synset_tensors
 from .linear_probe import check_compatible
 from .protocols import EvalJob, Protocol, register_protocol
 from .results import EvalResult
+from .training import fit_and_select
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,6 +131,10 @@ class CenterCropped:
         return x[..., top : top + self.size, top : top + self.size]
 
 
+def _adamw(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
 def run_hard_label(job: EvalJob) -> EvalResult:
     opts: HardLabelOptions = job.opts
     check_compatible(job.synsets, job.data)
@@ -156,9 +159,11 @@ def run_hard_label(job: EvalJob) -> EvalResult:
         lr=lr,
         milestones=(2 / 3, 5 / 6),
         gamma=0.2,
+        weight_decay=wd,
         dsa=augment,
         cutmix=opts.cutmix,
     )
+    optimizer = make_optimizer if opts.optimizer == "sgd" else _adamw
     spec = ModelSpec(opts.arch, job.data.num_classes, channels, size, opts.width)
     val_every = opts.val_every or max(1, epochs // 10)
     runs = []
@@ -167,26 +172,7 @@ def run_hard_label(job: EvalJob) -> EvalResult:
         if channels == 1:
             images = images.mean(dim=1, keepdim=True)
         source = FloatImages(images.to(job.device), labels)
-        generator = torch.Generator().manual_seed(seed)
-        model = build_model(spec, generator).to(job.device)
-        if opts.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-        else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-        best, curve = (-1.0, 0, None), []
-        for epoch in progress(range(epochs), f"{opts.arch} seed {seed}", total=epochs):
-            train_epoch(model, norm, source, recipe, epoch, optimizer, generator, job.device)
-            if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
-                v = accuracy(model, norm, val, job.device)
-                curve.append((epoch + 1, round(v, 5)))
-                if v > best[0]:
-                    best = (v, epoch + 1, copy.deepcopy(model.state_dict()))
-        last = accuracy(model, norm, test, job.device)
-        if best[1] != epochs:
-            model.load_state_dict(best[2])
-        selected = last if best[1] == epochs else accuracy(model, norm, test, job.device)
-        runs.append({"test": selected, "val": best[0], "epoch": best[1], "test_last": last, "val_curve": curve})
-        log.info("%s seed %d: test %.4f at val-selected epoch %d (last %.4f)", opts.arch, seed, selected, best[1], last)
+        runs.append(fit_and_select(spec, norm, source, recipe, val, test, seed, val_every, job.device, optimizer))
     details = {
         "optimizer": opts.optimizer,
         "lr": lr,

@@ -1,12 +1,14 @@
 """What makes a number: the settings that identify an evaluation (data and its split, protocol and its options,
-evaluation model, weights and crop, seeds) or a distillation run, as plain JSON with a short digest. Bench cells,
-bench run directories and the evaluations a run keeps in its metrics.json are keyed by them, so results of
-different settings never replace, or pass for, one another."""
+evaluation model, weights and crop, seeds), a distillation run or a set read from files (by content), as plain JSON
+with a short digest. Bench cells, bench run directories and the evaluations a run keeps in its metrics.json are
+keyed by them, so results of different settings never replace, or pass for, one another."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .protocols import with_run_defaults
@@ -83,3 +85,28 @@ def _flatten(settings: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def content_digest(files: list[str | Path], base: str | Path) -> str:
+    """SHA-256 of files' names (relative to ``base``) and bytes, in the order given: what a set read from files is,
+    wherever it lies."""
+    h = hashlib.sha256()
+    for f in map(Path, files):
+        name = os.path.relpath(f, base) if Path(base).is_dir() else f.name
+        h.update(name.encode() + b"\0")
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def imported_set_identity(meta: dict) -> dict:
+    """A set read from files (a ``SyntheticSet.load`` of a path that is not a run): the digest of the files it was
+    read from and the normalisation undone on reading them; not where they lie, so a moved copy is the same set and
+    a changed file is another."""
+    source = Path(meta["source"])
+    return {
+        "content_sha256": content_digest(meta["source_files"], source if source.is_dir() else source.parent),
+        "input_norm": meta.get("input_norm"),
+    }

@@ -1,4 +1,4 @@
-"""Linear-probe evaluation (METHODS.md 1.7, 2.4 Stage III): vanilla, CI, KD, JT and ST, with and without
+"""Linear-probe evaluation (docs/protocols.md): vanilla, CI, KD, JT and ST, with and without
 initial parameters (IP) from the golden classifier.
 
 All modes train small linear maps on frozen features. The synthetic images' AugBasic views are drawn once

@@ -1,4 +1,4 @@
-"""Scores relative to random selection, after DD-Ranking (Li et al. 2025, arXiv 2505.13300; METHODS.md 11).
+"""Scores relative to random selection, after DD-Ranking (Li et al. 2025, arXiv 2505.13300; docs/ranking.md).
 
 Accuracies are fractions. With Acc measured by the same evaluation (protocol, model, seeds):
 

@@ -1,7 +1,9 @@
-"""The small trainable maps of the linear-probe family (heads, projectors) and their shared schedule."""
+"""The small trainable maps of the linear-probe family (heads, projectors) and their shared schedule, and the
+validation-selected training of a network from scratch shared by the from-scratch protocols."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -9,8 +11,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..core.progress import progress
+from ..core.progress import log, progress
 from ..features.bank import FeatureBank
+from ..models.architectures import ModelSpec, build_model
+from ..training import supervised
+from ..training.supervised import FloatImages, InputNorm, Recipe, make_optimizer, train_epoch
 
 
 def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
@@ -106,3 +111,44 @@ def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], bank: FeatureBank,
             rows = torch.arange(start, min(start + chunk, n))
             correct += int((predict(bank.tensor(rows)).argmax(dim=1) == bank.labels[rows]).sum())
     return correct / max(n, 1)
+
+
+def fit_and_select(
+    spec: ModelSpec,
+    norm: InputNorm,
+    source: FloatImages,
+    recipe: Recipe,
+    val,
+    test,
+    seed: int,
+    val_every: int,
+    device: torch.device,
+    optimizer: Callable[[nn.Module, Recipe], torch.optim.Optimizer] = make_optimizer,
+) -> dict:
+    """Train ``spec`` from ``seed`` for ``recipe.epochs`` epochs (``optimizer(model, recipe)``); validation every
+    ``val_every`` epochs and at the last picks the weights to test. Returns the selected epoch, its test and
+    validation accuracy, the last epoch's test accuracy and the validation curve."""
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(spec, generator).to(device)
+    opt = optimizer(model, recipe)
+    best = (-1.0, 0, None)
+    curve = []
+    for epoch in progress(range(recipe.epochs), f"{spec.arch} seed {seed}", total=recipe.epochs):
+        train_epoch(model, norm, source, recipe, epoch, opt, generator, device)
+        done = epoch + 1
+        if done % val_every == 0 or done == recipe.epochs:
+            v = supervised.accuracy(model, norm, val, device)
+            curve.append((done, round(v, 5)))
+            if v > best[0]:
+                best = (v, done, copy.deepcopy(model.state_dict()))
+    last_test = supervised.accuracy(model, norm, test, device)
+    best_val, best_epoch, state = best
+    if best_epoch == recipe.epochs:
+        best_test = last_test
+    else:
+        model.load_state_dict(state)
+        best_test = supervised.accuracy(model, norm, test, device)
+    log.info(
+        "%s seed %d: test %.4f at val-selected epoch %d (last %.4f)", spec.arch, seed, best_test, best_epoch, last_test
+    )
+    return {"test": best_test, "val": best_val, "epoch": best_epoch, "test_last": last_test, "val_curve": curve}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.errors import WeightsError
+from ..core.errors import WeightsError, first_line
 from ..core.optional import require
 from ..core.registry import Registry
 
@@ -100,9 +100,8 @@ def _timm_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _hub_error(name: str, source: str, exc: Exception) -> WeightsError:
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
     return WeightsError(
-        f"cannot get the pretrained weights of '{name}' from {source}: {reason}. "
+        f"cannot get the pretrained weights of '{name}' from {source}: {first_line(exc)}. "
         f"Without network access, download them elsewhere and pass --weights PATH."
     )
 
@@ -211,8 +210,7 @@ def _build_dinov2_imgfocus(weights: str | None, allow_hub: bool) -> tuple[nn.Mod
     try:
         model = Dinov2Model.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
-        reason = str(exc).splitlines()[0]
-        raise WeightsError(f"cannot load a transformers Dinov2Model from {folder}: {reason}") from None
+        raise WeightsError(f"cannot load a transformers Dinov2Model from {folder}: {first_line(exc)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -318,16 +316,19 @@ def load_backbone(
     name: str, weights: str | None = None, device: str | torch.device = "cpu", allow_hub: bool = True
 ) -> Backbone:
     """Build a frozen backbone by registry name (or ``timm:ARCH`` for any timm model with pretrained weights)."""
-    if name.startswith("timm:"):
-        arch = name.split(":", 1)[1]
-        spec = _timm_generic_spec(arch, weights, allow_hub)
-    else:
-        spec = BACKBONES.get(name)
+    spec = backbone_spec(name, weights, allow_hub)
     model, features, desc = spec.builder(weights, allow_hub)
     backbone = Backbone(spec, model, features, desc)
     if spec.family in ("timm-cnn", "packaged-cnn"):
         backbone = backbone.to(memory_format=torch.channels_last)
     return backbone.to(device)
+
+
+def backbone_spec(name: str, weights: str | None = None, allow_hub: bool = True) -> BackboneSpec:
+    """A backbone's description (input size, features, normalisation) by name, without loading its weights."""
+    if name.startswith("timm:"):
+        return _timm_generic_spec(name.split(":", 1)[1], weights, allow_hub)
+    return BACKBONES.get(name)
 
 
 def _timm_generic_spec(arch: str, weights: str | None, allow_hub: bool) -> BackboneSpec:

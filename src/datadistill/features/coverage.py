@@ -1,6 +1,6 @@
 """Set-level metrics of a synthetic set that need no training.
 
-Mode coverage (METHODS.md 3.2, the proposed definition for PGFM's "78 % mode coverage"): assign every generated
+Mode coverage (docs/methods/pgfm.md, the proposed definition for PGFM's "78 % mode coverage"): assign every generated
 latent to the nearest of its class's K_eval k-means centres of the real latents; a class's coverage is the
 fraction of its K_eval clusters hit at least once; the metric is the mean over classes.
 """

@@ -7,6 +7,7 @@ optimisation through one, as in LGM and SFM).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -112,8 +113,13 @@ class RunContext:
 
     def real_images(self, indices: torch.Tensor) -> torch.Tensor:
         """Train images at the synthetic resolution (resize + center crop)."""
+        return torch.cat(list(self.real_batches(indices)))
+
+    def real_batches(self, indices: torch.Tensor, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """``real_images`` in batches of ``batch_size``, in order, decoded by the data loader's workers."""
         r = self.resolution
-        return torch.cat([b.images for b in iter_batches(self.data.train, 256, r, r, indices=indices)])
+        for batch in iter_batches(self.data.train, batch_size, r, r, indices=indices):
+            yield batch.images
 
     def synset(self, images: torch.Tensor, labels: torch.Tensor, **meta) -> SyntheticSet:
         meta = {"method": self.config.method, "dataset": self.data.name, "ipc": self.config.ipc, **meta}

@@ -1,4 +1,4 @@
-"""DM, dataset condensation with distribution matching (Zhao & Bilen, WACV 2023; METHODS.md 6.1).
+"""DM, dataset condensation with distribution matching (Zhao & Bilen, WACV 2023; docs/methods/dm.md).
 
 Every iteration draws a fresh randomly initialised ConvNet (frozen) and matches, for every class, the mean
 embedding of 256 augmented real images with that of the class's synthetic images; one DSA draw per class is

@@ -1,4 +1,4 @@
-"""DMGD: training-free dual matching guided diffusion (Wang et al., CVPR 2026; METHODS.md 4.4).
+"""DMGD: training-free dual matching guided diffusion (Wang et al., CVPR 2026; docs/methods/dmgd.md).
 
 A frozen class-conditional latent DiT is sampled (50 DDPM steps, CFG 4) with two guidance signals:
 

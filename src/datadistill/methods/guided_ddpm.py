@@ -199,8 +199,13 @@ class GuidedDDPM(Method):
     def steps(self, ctx: RunContext) -> int:
         return len(self.chunks(ctx))
 
+    def synset_meta(self, ctx: RunContext) -> dict:
+        return dict(getattr(self, "weights", {}))
+
     def init_param(self, ctx: RunContext) -> GenerationState:
         sampler = load_sampler(ctx, self.supports_k(ctx))
+        # the weights actually sampled with ("tiny" names a cached model trained here), saved with the set
+        self.weights = {"diffusion_model": sampler.model.weights, "latent_space": sampler.space.weights}
         return GenerationState(
             ctx.data.num_classes, ctx.config.ipc, sampler.space.latent_shape, sampler, ctx.resolution
         )

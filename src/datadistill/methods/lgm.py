@@ -1,4 +1,4 @@
-"""LGM, linear gradient matching (METHODS.md 1.5).
+"""LGM, linear gradient matching (docs/methods/lgm.md).
 
 Each step draws a fresh random linear head W ~ N(0, head_std^2), b = 0, and matches the head gradient of
 cross-entropy on a real batch (m*A*C images drawn uniformly from train, one augmented view each) with the
@@ -46,6 +46,8 @@ def head_gradient_autograd(
     return torch.cat([gw.flatten(), gb])
 
 
+REAL_CHUNK = 256  # real images decoded, augmented and embedded at a time
+
 HEAD_GRADIENTS = {"closed-form": head_gradient_closed_form, "autograd": head_gradient_autograd}
 
 
@@ -84,12 +86,16 @@ class LGM(Method):
         n = len(indices)
         # Under torchrun every rank draws the whole batch's augmentation and decodes, augments and embeds its share.
         draw = self.augment.draw(n, ctx.generator)
-        share, r = dist.part(n), ctx.resolution
-        # (a rank is left without images when the batch is smaller than the number of processes)
-        real = ctx.real_images(indices[share]) if share.stop > share.start else torch.zeros(0, 3, r, r)
+        share = dist.part(n)  # (empty when the batch is smaller than the number of processes)
+        features = [torch.zeros(0, ctx.backbone.feat_dim, device=ctx.device)]
         with torch.no_grad():
-            images = self.augment.apply(real.to(ctx.device), draw[share])
-            z = dist.gather_parts(ctx.backbone(images).float(), n)
+            # in chunks: the batch is IPC x A x C images (10,000 at ImageNet-1k), too many to decode at once
+            start = share.start
+            for real in ctx.real_batches(indices[share], REAL_CHUNK):
+                rows = slice(start, start + len(real))
+                features.append(ctx.backbone(self.augment.apply(real.to(ctx.device), draw[rows])).float())
+                start = rows.stop
+            z = dist.gather_parts(torch.cat(features), n)
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 
     def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""MGD3: mode-guided dataset distillation with diffusion models (Chan-Santiago et al., ICML 2025; METHODS.md 6.2).
+"""MGD3: mode-guided dataset distillation with diffusion models (Chan-Santiago et al., ICML 2025; docs/methods/mgd3.md).
 
 Modes: per class, k-means with k = IPC on the latents of the class's training images (the shared latent
 space; ``--modes closest`` uses the real latent nearest each centre). Sample n of class c is guided to mode n:

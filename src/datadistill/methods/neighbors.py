@@ -1,10 +1,12 @@
 """Neighbors: for every image of a synthetic set, the same-class real training image with the highest cosine
-similarity in the distillation backbone's features (METHODS.md 1.7). It asks how much of a distilled set's
+similarity in the distillation backbone's features (docs/methods/baselines.md). It asks how much of a distilled set's
 value a real image in the same place would keep."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -43,7 +45,8 @@ class Neighbors(Method):
         if opts.backbone is None and not meta.get("backbone"):
             raise ConfigError(f"{opts.source} does not say which backbone made it: pass --backbone")
         if opts.backbone in (None, meta.get("backbone")):
-            return replace(opts, backbone=meta["backbone"], crop=opts.crop or meta.get("crop"))
+            weights = opts.weights or _source_weights(Path(opts.source))
+            return replace(opts, backbone=meta["backbone"], weights=weights, crop=opts.crop or meta.get("crop"))
         return opts
 
     def select(self, ctx: RunContext) -> SyntheticSet:
@@ -64,3 +67,11 @@ class Neighbors(Method):
         return ctx.synset(
             ctx.real_images(indices), source.labels, train_indices=indices.tolist(), source=str(ctx.opts.source)
         )
+
+
+def _source_weights(source: Path) -> str | None:
+    """The ``--weights`` a source run directory was distilled with (None for a set folder or default weights)."""
+    config = source / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("distill", {}).get("options", {}).get("weights")

@@ -1,6 +1,6 @@
-"""PGFM: path-guided flow matching for dataset distillation (Li et al., arXiv 2602.05616; METHODS.md 3).
+"""PGFM: path-guided flow matching for dataset distillation (Li et al., arXiv 2602.05616; docs/methods/pgfm.md).
 
-Only the abstract is public; this follows the proposed design of METHODS.md 3.2, every choice an option:
+Only the abstract is public; this follows the proposed design of docs/methods/pgfm.md, every choice an option:
 a class-conditional flow-matching model in the latent space of a frozen autoencoder is sampled with a few
 Euler/Heun steps and classifier-free guidance on the velocity; each of the IPC trajectories of a class is
 assigned one prototype (per-class k-means of the real latents, k = IPC, from the cached statistics pass) and

@@ -1,4 +1,4 @@
-"""SFM, statistical flow matching (METHODS.md 2.4).
+"""SFM, statistical flow matching (docs/methods/sfm.md).
 
 The real flow F*_c = nu_c - mu_c (non-target centre minus class centre) is computed once from cached class
 means; each step matches the synthetic flow of the rendered, augmented images by cosine over the whole
@@ -49,7 +49,7 @@ def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: S
 @dataclass
 class SFMOptions(PixelOptions):
     flow_norm: str = option(
-        "classes", "non-target centre: divide by C-1 (METHODS.md) or by mC-1 (official code)", ("classes", "images")
+        "classes", "non-target centre: divide by C-1 (the paper) or by mC-1 (official code)", ("classes", "images")
     )
     decouple_alpha: float | None = option(None, "decoupled TCDD/NCDD loss weight (1 = TCDD only, 0 = NCDD only)")
 

@@ -1,4 +1,4 @@
-"""TGDD, trajectory-guided dataset distillation with balanced distribution (METHODS.md 5).
+"""TGDD, trajectory-guided dataset distillation with balanced distribution (docs/methods/tgdd.md).
 
 Per iteration: pick an expert i, an epoch j (the feature extractor p_{i,j}) and j' in [j, j + L - 1] (the
 expert p_{i,j'}); clamp the pixels to [0, 1]; then for every class, with ONE SGD step per class:

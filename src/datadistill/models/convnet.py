@@ -1,4 +1,4 @@
-"""ConvNet-D, the network of the DC / DSA / DM / IDC / TGDD papers (METHODS.md 5.3, 8.8).
+"""ConvNet-D, the network of the DC / DSA / DM / IDC / TGDD papers (docs/methods/dm.md, docs/methods/tgdd.md).
 
 Blocks of [conv3x3 (width 128, pad 1) -> norm -> ReLU -> AvgPool2], then flatten -> linear. Instance norm is
 GroupNorm with one group per channel (affine), as in the official code. For 28-px inputs the first conv pads by

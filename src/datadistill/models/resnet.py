@@ -1,4 +1,4 @@
-"""ResNet-10 / ResNet-18 for cross-architecture evaluation, and ResNet-10-AP (METHODS.md 8.9).
+"""ResNet-10 / ResNet-18 for cross-architecture evaluation, and ResNet-10-AP (docs/protocols.md, hard-label).
 
 One class covers both families:
 - ``avgpool_down=False``: the usual ResNet with strided 3x3 convs and a strided 1x1 conv shortcut (the DC / IDC

@@ -4,7 +4,8 @@ one list of uniform records.
 A record has the fields of a bench record (``bench/runner.py``): ``key, ipc, method, distill_backbone, protocol,
 eval_backbone, evaluated_with, mean, std, val_mean, test_acc, val_acc, seeds, eval_seconds, details,
 distill_phases`` plus ``data`` (the dataset), ``source`` (the directory it came from) and ``runs`` (absolute run
-directories of the evaluated set; several for Random in a bench, one per seed), and where it was recorded
+directories of the evaluated set; several for Random in a bench, one per seed; none for a set made elsewhere, whose
+``set_source`` is the file or folder it was read from), and where it was recorded
 ``settings`` (``{"evaluation": ...}``, and ``"set"`` for a bench cell) and ``given`` (a bench cell's options as
 the plan set them). Records written before results carried their settings are read as they are. Run directories
 are also read for their pictures and curves: ``synset/grid.png``, the loss curve and the phases of
@@ -115,9 +116,11 @@ def _bench_records(path: Path) -> tuple[list[dict], dict, int]:
             "protocol": _protocol_label(r["protocol"], r.get("details") or {}),
         }
         if r.get("method") != "full-data":
-            rel = r.get("runs") or layout.early_bench_run_dirs(
-                r["method"], r["ipc"], r["distill_backbone"], plan["seeds"], _uses_backbone(r["method"])
-            )
+            rel = r.get("runs")
+            if rel is None:  # (a set made elsewhere, with a set_source, has none: [])
+                rel = layout.early_bench_run_dirs(
+                    r["method"], r["ipc"], r["distill_backbone"], plan["seeds"], _uses_backbone(r["method"])
+                )
             r["runs"] = [str(path / p) for p in rel]
         records.append(r)
     return records, plan, earlier

@@ -89,6 +89,7 @@ def build_sections(collection) -> list[Section]:
                 row_of = row_labels(rows)
                 methods = list(dict.fromkeys(row_of[r["key"]] for r in rows))
                 section = Section(title, data, ipc, group, methods, rows, row_of, column_labels(rows), full)
+                section.imported = {row_of[r["key"]]: r["set_source"] for r in rows if r.get("set_source")}
                 _fill(section, scores, collection)
                 sections.append(section)
     return sections

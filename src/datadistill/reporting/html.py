@@ -8,7 +8,7 @@ import html
 import struct
 
 from ..core.version import __version__
-from .markdown import COST_HELP, SCORES_HELP, plan_summary
+from .markdown import COST_HELP, IMPORTED_HELP, SCORES_HELP, plan_summary
 from .table import Cell, Figure, Section, Table
 
 GRID_ROW_PX = 40  # displayed height of one class row of an image grid
@@ -127,6 +127,11 @@ def section_html(s: Section, index: int) -> str:
         f'<section id="{sid}"><h2>{_e(s.title)}</h2>',
         f'<p class="help">Test accuracy (%) on the test split, mean ± std over {"/".join(map(str, seeds))} seeds; '
         "val = the validation split held out of train. The best synthetic set per column is marked ★.</p>",
+    ]
+    if s.imported:
+        rows = "".join(f"<li>{_e(row)}: <code>{_e(source)}</code></li>" for row, source in s.imported.items())
+        out.append(f'<p class="help">{_e(IMPORTED_HELP)}</p><ul class="help">{rows}</ul>')
+    out += [
         "<h3>Overview</h3>",
         table_html(s.overview, sid, s.notes),
         "<h3>Accuracy</h3>",

@@ -7,6 +7,29 @@ import json
 from .table import Cell, Section, Table, fmt_acc
 
 
+def accuracy_table(rows: list[tuple[str, dict]], name: str = "method") -> str:
+    """Markdown table of (name, EvalResult.to_dict()) rows; the best test mean is in bold."""
+    if not rows:
+        return ""
+    best = max(r["mean"] for _, r in rows)
+    lines = [f"| {name} | test acc (%) | val acc (%) | seeds | backbone | protocol |", "|---|---|---|---|---|---|"]
+    for name, r in rows:
+        acc = fmt_acc(r)
+        acc = f"**{acc}**" if r["mean"] == best else acc
+        lines.append(
+            f"| {name} | {acc} | {100 * r['val_mean']:.2f} | {len(r['seeds'])} | {r['backbone']} | {r['protocol']} |"
+        )
+    return "\n".join(lines)
+
+
+def phases_table(phases: dict) -> str:
+    lines = ["| phase | seconds | peak RSS (MB) | peak CUDA (MB) |", "|---|---|---|---|"]
+    for name, p in phases.items():
+        cuda = p.get("peak_cuda_mb", "-")
+        lines.append(f"| {name} | {p.get('seconds', 0):.1f} | {p.get('peak_rss_mb', '')} | {cuda} |")
+    return "\n".join(lines)
+
+
 def markdown_table_of(table: Table) -> str:
     def text(c: Cell) -> str:
         t = c.text + (f" (val {c.sub[4:]})" if c.sub.startswith("val ") and c.text else "")
@@ -52,6 +75,7 @@ def _section_markdown(s: Section) -> list[str]:
         f"Test accuracy (%) on the test split, mean ± std over {'/'.join(map(str, seeds))} seeds; val = the "
         "validation split held out of train. Best per column in bold.",
         "",
+        *_imported_markdown(s),
         "### Overview",
         "",
         markdown_table_of(s.overview),
@@ -146,24 +170,10 @@ def comparison_markdown(collection, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def accuracy_table(rows: list[tuple[str, dict]], name: str = "method") -> str:
-    """Markdown table of (name, EvalResult.to_dict()) rows; the best test mean is in bold."""
-    if not rows:
-        return ""
-    best = max(r["mean"] for _, r in rows)
-    lines = [f"| {name} | test acc (%) | val acc (%) | seeds | backbone | protocol |", "|---|---|---|---|---|---|"]
-    for name, r in rows:
-        acc = fmt_acc(r)
-        acc = f"**{acc}**" if r["mean"] == best else acc
-        lines.append(
-            f"| {name} | {acc} | {100 * r['val_mean']:.2f} | {len(r['seeds'])} | {r['backbone']} | {r['protocol']} |"
-        )
-    return "\n".join(lines)
+IMPORTED_HELP = "Sets made elsewhere, read from files and evaluated as they are (the same set for every seed):"
 
 
-def phases_table(phases: dict) -> str:
-    lines = ["| phase | seconds | peak RSS (MB) | peak CUDA (MB) |", "|---|---|---|---|"]
-    for name, p in phases.items():
-        cuda = p.get("peak_cuda_mb", "-")
-        lines.append(f"| {name} | {p.get('seconds', 0):.1f} | {p.get('peak_rss_mb', '')} | {cuda} |")
-    return "\n".join(lines)
+def _imported_markdown(s: Section) -> list[str]:
+    if not s.imported:
+        return []
+    return [IMPORTED_HELP, "", *(f"- {row}: `{source}`" for row, source in s.imported.items()), ""]

@@ -55,6 +55,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     grids: list[Figure] = field(default_factory=list)
     runs: dict[str, object] = field(default_factory=dict)  # method -> RunInfo
+    imported: dict[str, str] = field(default_factory=dict)  # row of a set made elsewhere (file:NAME) -> its source
 
     def first(self, row: str) -> dict:
         """The first record of a row."""

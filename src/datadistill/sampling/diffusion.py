@@ -4,7 +4,7 @@ Schedule: ``num_timesteps`` linear betas (ADM: 1e-4 .. 0.02 scaled by 1000/T), o
 steps as ADM's ``space_timesteps`` does (``respace("50")`` keeps 50 of the 1000 timesteps and recomputes
 the betas so the kept marginals are unchanged). Constants are float64, as in ADM, and cast when used.
 
-Sampler (METHODS.md 8.6): epsilon prediction, learned-range variance (the model's extra channels interpolate
+Sampler (docs/methods/dmgd.md): epsilon prediction, learned-range variance (the model's extra channels interpolate
 in log space between the posterior variance and beta), classifier-free guidance (optionally on the first 3
 latent channels only, DiT's released quirk), ancestral steps. Hooks (``SamplerHook``) can
 - transform the class embedding at a step (``embedding``; DMGD's semantic matching),

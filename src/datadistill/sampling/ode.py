@@ -1,5 +1,5 @@
-"""Flow-matching ODE sampler with velocity-guidance hooks (METHODS.md 8.6), and PGFM's path-to-prototype
-guidance (METHODS.md 3.2, a proposed design: every choice is an option).
+"""Flow-matching ODE sampler with velocity-guidance hooks, and PGFM's path-to-prototype
+guidance (docs/methods/pgfm.md, a proposed design: every choice is an option).
 
 The sampler integrates dx/dt = v(x, t) from ``t_start`` (0 = noise) to 1 (data) on a uniform grid with Euler or
 Heun steps. The velocity is the model's, with classifier-free guidance, plus the sum of the hooks' corrections;

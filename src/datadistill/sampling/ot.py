@@ -2,7 +2,7 @@
 
 Two solvers with the same signature, both differentiable (autograd runs through the iterations):
 
-- ``sinkhorn_plain``: the exact variant of DMGD's released code (METHODS.md 4.4 d / 8.7): Gibbs kernel
+- ``sinkhorn_plain``: the exact variant of DMGD's released code (docs/methods/dmgd.md): Gibbs kernel
   exp(-C/eps), then ``iters`` rounds of row scaling (to ``a``) followed by column scaling (to ``b``); the plan
   is the scaled kernel. With the default 5 rounds it is *not* converged: the column marginals are exact, the
   row marginals approximate, which is what the paper's guidance used.

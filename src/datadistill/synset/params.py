@@ -9,7 +9,7 @@ from torch import nn
 
 from ..core.errors import DataError
 
-# DAS/LGM colour decorrelation (METHODS.md 1.4): normalised by the largest column norm.
+# DAS/LGM colour decorrelation (docs/methods/lgm.md): normalised by the largest column norm.
 _COLOR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 
 
@@ -72,7 +72,7 @@ class PixelParam(ImageParam):
 
 
 class PyramidParam(ImageParam):
-    """Laplacian-free pyramid of levels 1x1, 2x2, ... up to R, summed after bilinear upsampling (METHODS.md 1.4).
+    """Laplacian-free pyramid of levels 1x1, 2x2, ... up to R, summed after bilinear upsampling (docs/methods/lgm.md).
 
     A level is added every ``grow_every`` steps (at steps grow_every+1, 2*grow_every+1, ...); old levels are
     scaled by L/(L+1) and the new one starts as N(0,1)/(L+1), so the rendered image barely moves.

@@ -11,8 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_dir, write_json
+from ..core.progress import log
+from .tensorfiles import (
+    check_tensors,
+    export_meta,
+    images_and_labels,
+    labels_beside,
+    parse_input_norm,
+    read_plain,
+    tensor_files,
+    undo_norm,
+)
 
 # The preview grid.png of a saved set: at most this many class rows, images per row, and pixels.
 GRID_CLASSES, GRID_PER_CLASS, GRID_PIXELS = 100, 20, 32_000_000
@@ -133,21 +144,38 @@ class SyntheticSet:
         return directory
 
     @classmethod
-    def load(cls, path: str | Path, classes: list[str] | None = None) -> SyntheticSet:
-        """Load a saved set, a ``.safetensors`` file, or a folder of PNGs (class sub-folders or ``c{label}_*.png``)."""
+    def load(cls, path: str | Path, classes: list[str] | None = None, input_norm: str | None = None) -> SyntheticSet:
+        """Load any synthetic set: a run directory, a saved set (``synset/``), a folder ``datadistill export``
+        wrote, another project's tensor files (``tensorfiles.py``; ``input_norm`` undoes their normalisation), or
+        a folder of PNGs (class sub-folders or ``c{label}_*.png``). ``classes`` names the classes of sets that do
+        not record theirs (tensor files, PNG folders)."""
         path = Path(path)
         if path.is_dir() and (path / "synset" / "manifest.json").exists():
             path = path / "synset"
         if path.is_dir() and (path / "manifest.json").exists():
+            _pixels_only(path, input_norm, "a saved datadistill set")
             manifest = json.loads((path / "manifest.json").read_text())
             images, labels = read_tensors(path / "synset.safetensors", ("images", "labels"))
             return cls(images, labels, manifest["classes"], manifest.get("meta", {}))
+        meta = export_meta(path)
+        if meta is not None:
+            return load_export(path, meta, input_norm)
+        if tensor_files(path) is not None:
+            return load_tensor_set(path, classes, input_norm)
         if path.is_dir():
+            _pixels_only(path, input_norm, "a folder of PNGs")
             return cls._from_png_folder(path, classes)
-        raise DataError(f"no synthetic set at {path} (expected a run directory, a synset folder or a folder of PNGs)")
+        raise DataError(
+            f"no synthetic set at {path} (expected a run directory, a saved set, a folder datadistill export wrote, "
+            "tensor files (.pt / .pth) or a folder of PNGs)"
+        )
 
     @classmethod
-    def _from_png_folder(cls, folder: Path, classes: list[str] | None) -> SyntheticSet:
+    def _from_png_folder(
+        cls, folder: Path, classes: list[str] | None, folders: dict[str, str] | None = None
+    ) -> SyntheticSet:
+        """PNGs of class sub-folders (``folders`` maps folder names to class names, and then the files, named by
+        their index in the set, are read in that order) or named ``c{label}_*.png``."""
         from ..data.datasets import load_image, resize_center_crop
 
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -155,9 +183,13 @@ class SyntheticSet:
         if subdirs:
             names = classes or [p.name for p in subdirs]
             for p in subdirs:
-                if p.name not in names:
-                    raise DataError(f"folder {p} is not one of the classes {names}")
-                items += [(f, names.index(p.name)) for f in sorted(p.glob("*.png"))]
+                name = (folders or {}).get(p.name, p.name)
+                if name not in names:
+                    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                    raise DataError(f"folder {p} is not one of the {len(names)} classes of the dataset ({shown})")
+                items += [(f, names.index(name)) for f in sorted(p.glob("*.png"))]
+            if folders:
+                items.sort(key=lambda item: item[0].name)
         else:
             for f in sorted(folder.glob("*.png")):
                 m = re.match(r"c(\d+)_", f.name)
@@ -173,4 +205,80 @@ class SyntheticSet:
         labels = torch.tensor([y for _, y in items])
         if int(labels.max()) >= len(names):
             raise DataError(f"label {int(labels.max())} is outside the {len(names)} classes")
-        return cls(batch, labels, list(names), {"source": str(folder)})
+        return cls(batch, labels, list(names), {"source": str(folder), "source_files": [str(f) for f, _ in items]})
+
+
+def _pixels_only(path: Path, input_norm: str | None, what: str) -> None:
+    if input_norm is not None:
+        raise ConfigError(
+            f"{path} is {what}, whose values are pixels: --input-norm applies to tensor files of other projects only"
+        )
+
+
+def load_tensor_set(path: Path, classes: list[str] | None, input_norm: str | None = None):
+    """A set of another project's tensor files (see the module's docstring) as a ``SyntheticSet`` with the
+    dataset's ``classes``; its meta names the source and the files read (``source_files``, for its identity)."""
+    found = tensor_files(path)
+    if found is None:
+        raise DataError(f"no synthetic set at {path}")
+    if classes is None:
+        raise ConfigError(f"{path} holds tensors without class names: pass the dataset they come from (--data NAME)")
+    norm = parse_input_norm(input_norm)
+    images_file, labels_file = found
+    if not images_file.is_file():
+        raise DataError(f"no synthetic set at {path}: {images_file.name} is missing")
+    obj = read_plain(images_file)
+    if labels_file is None:
+        if isinstance(obj, torch.Tensor):
+            beside = labels_beside(images_file)
+            raise DataError(
+                f"{images_file} holds images but no labels: put the labels beside it "
+                f"({beside[0].name if beside else 'labels_best.pt'}, as MTT saves them) or save one file holding "
+                "{'images': ..., 'labels': ...}"
+            )
+        images, labels = images_and_labels(obj, images_file)
+        files = [images_file]
+    else:
+        if not labels_file.is_file():
+            raise DataError(f"{images_file} has no labels beside it: {labels_file.name} is missing")
+        images, labels = obj, read_plain(labels_file)
+        files = [images_file, labels_file]
+    images, labels, soft = check_tensors(images, labels, classes, str(images_file), str(labels_file or images_file))
+    if soft:
+        log.warning("%s holds soft labels (one score per class): evaluated with their argmax as hard labels", path)
+    images, unbounded = undo_norm(images, norm, str(images_file))
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    meta = {
+        "source": str(path),
+        "source_files": [str(f) for f in files],
+        "input_norm": None if norm is None or norm == "none" else {"mean": list(norm[0]), "std": list(norm[1])},
+        "soft_labels": soft,
+    }
+    if unbounded:
+        meta["unbounded"] = True
+    return SyntheticSet(images, labels, list(classes), meta)
+
+
+def load_export(folder: Path, meta: dict, input_norm: str | None = None):
+    """A folder ``datadistill export`` wrote: its tensors (normalised ones, ``ddranking``, are un-normalised with
+    the statistics its meta.json records) or its class folders of PNGs, with the classes and set meta it records."""
+    if input_norm is not None:
+        raise ConfigError(
+            f"{folder} was written by datadistill export and its meta.json says how its values are stored: "
+            "leave out --input-norm"
+        )
+    classes = list(meta["classes"])
+    set_meta = {**meta.get("set_meta", {}), "source": str(folder)}
+    if meta["layout"] == "imagefolder":
+        folders = {name: classes[i] for name, i in meta["folders"].items()}
+        synset = SyntheticSet._from_png_folder(folder, classes, folders=folders)
+        synset.meta = {**set_meta, "source_files": synset.meta["source_files"]}
+        return synset
+    files = [folder / "images.pt", folder / "labels.pt"]
+    images, labels, _ = check_tensors(read_plain(files[0]), read_plain(files[1]), classes, str(files[0]), str(files[1]))
+    norm = meta.get("normalised")
+    if norm:
+        images, _ = undo_norm(images, (tuple(norm["mean"]), tuple(norm["std"])), str(files[0]))
+    set_meta["source_files"] = [str(f) for f in files]
+    return SyntheticSet(images, labels, classes, set_meta)

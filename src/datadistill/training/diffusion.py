@@ -11,24 +11,23 @@ latent space and the options. The saved folder is a regular diffusers model fold
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..core import dist
 from ..core.errors import ConfigError, WeightsError
-from ..core.io import atomic_dir, remove_checkpoint, write_json
+from ..core.io import write_json
 from ..core.options import at_least, option
 from ..core.progress import log
 from ..data import RealData
 from ..models.generative.dit import DiTDenoiser, load_dit, tiny_dit, untie
-from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank
+from ..models.generative.latent import LatentOptions, latent_bank, latent_model_identity
 from ..sampling.diffusion import GaussianDiffusion, training_loss
 from .loop import train_resumable
-from .pretrainers import Pretrainer, checkpoint_path, model_dir, register_pretrainer
+from .pretrainers import CachedModel, Pretrainer, register_pretrainer, weight_ema
 from .vae import latent_space_from
 
 FORMAT = "datadistill.tiny-dit/1"
@@ -58,26 +57,14 @@ class DiffusionTrainOptions(LatentOptions):
             raise ConfigError("diffusion: --lr must be positive, --ema and --class-dropout in [0, 1)")
 
 
-def _identity(data: RealData, space: LatentSpace, opts: DiffusionTrainOptions) -> dict:
-    skip = {"checkpoint_every", *LatentOptions.__dataclass_fields__}
-    train = {k: v for k, v in asdict(opts).items() if k not in skip}
-    return {
-        "format": FORMAT,
-        "data": data.fingerprint(),
-        "dataset": data.name,
-        "latent_space": space.identity(),
-        **train,
-    }
-
-
 @dist.on_main_alone_first  # under torchrun rank 0 trains into the cache, then the others load it
 def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the cached offline diffusion model for ``data``; returns its folder."""
     space = latent_space_from(opts, data, device)
-    ident = _identity(data, space, opts)
-    folder = model_dir("diffusion", ident)
-    if (folder / "datadistill.json").exists():
-        return folder
+    ident = latent_model_identity(FORMAT, data, space, opts)
+    cached = CachedModel("diffusion", ident, marker="datadistill.json")
+    if cached.done():
+        return cached.folder
     bank = latent_bank(data, space, "train")
     latents = bank.tensor().view(-1, *space.latent_shape)
     labels = bank.labels.long()
@@ -88,7 +75,7 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
     model = tiny_dit(c, h, data.num_classes, opts.width, opts.depth, opts.heads, opts.patch_size, opts.learn_sigma).to(
         device
     )
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = weight_ema(model, opts.ema)
     net = DiTDenoiser(model, "training")
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
     diffusion = GaussianDiffusion.linear(1000)
@@ -104,19 +91,16 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - opts.ema)
+        ema.update_parameters(model)
         return float(loss.detach())
 
     model.train()
-    ckpt = checkpoint_path("diffusion", ident)
     losses = train_resumable(
         f"diffusion {data.name}",
         opts.steps,
         step,
         {"model": model, "ema": ema, "optimizer": optimizer},
-        ckpt,
+        cached.checkpoint,
         every=opts.checkpoint_every,
         generator=generator,
     )
@@ -132,10 +116,12 @@ def train_diffusion(data: RealData, opts: DiffusionTrainOptions, device: torch.d
         "final_loss": sum(tail) / max(1, len(tail)),
         "weights": "EMA",
     }
-    with atomic_dir(folder) as tmp:
-        untie(ema).save_pretrained(tmp, safe_serialization=True)
+
+    def write(tmp: Path) -> None:
+        untie(ema.module).save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "datadistill.json", info)
-    remove_checkpoint(ckpt)
+
+    folder = cached.save(write)
     log.info("tiny DiT for %s in %s (final loss %.4f)", data.name, folder, info["final_loss"])
     return folder
 

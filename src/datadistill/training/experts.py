@@ -1,4 +1,4 @@
-"""Expert trajectories (METHODS.md 5.3, 8.11): N ConvNets trained on the real train split, a snapshot of the
+"""Expert trajectories (docs/methods/tgdd.md): N ConvNets trained on the real train split, a snapshot of the
 parameters at epoch 0 (init) and after every epoch.
 
 ``datadistill pretrain experts --data D`` trains them once (resumably: a checkpoint per epoch and the snapshots

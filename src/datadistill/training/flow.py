@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,14 +21,13 @@ from torch import nn
 
 from ..core import dist
 from ..core.errors import ConfigError, WeightsError
-from ..core.io import atomic_dir, remove_checkpoint
 from ..core.options import at_least, option, positive
 from ..core.progress import log
 from ..data import RealData
 from ..models.generative.flow import FlowModel, VelocityMLP, load_flow_folder, save_flow
-from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank
+from ..models.generative.latent import LatentOptions, LatentSpace, latent_bank, latent_model_identity
 from .loop import train_resumable
-from .pretrainers import Pretrainer, checkpoint_path, model_dir, register_pretrainer
+from .pretrainers import CachedModel, Pretrainer, register_pretrainer, weight_ema
 from .vae import latent_space_from
 
 
@@ -95,12 +94,12 @@ def fit_flow(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.1 * lr)
-    ema = copy.deepcopy(net).requires_grad_(False)
+    ema = weight_ema(net, ema_decay, warmup=True)  # warm-up: a short (fine-tuning) run does not keep the init
     generator = torch.Generator().manual_seed(seed)
     ids = class_ids.to(device)
     n = len(lat.train)
 
-    def step(i: int) -> float:
+    def step(_: int) -> float:
         idx = torch.randint(n, (min(batch_size, n),), generator=generator)
         x1, y = lat.train[idx].to(device), ids[lat.train_labels[idx].to(device)]
         loss = flow_matching_loss(net, x1, y, generator, null_class, dropout, time_sampling)
@@ -108,10 +107,7 @@ def fit_flow(
         loss.backward()
         optimizer.step()
         schedule.step()
-        decay = min(ema_decay, (1 + i) / (10 + i))  # EMA warm-up, so short (fine-tuning) runs are not the init
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), net.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+        ema.update_parameters(net)
         return float(loss.detach())
 
     net.train()
@@ -124,7 +120,8 @@ def fit_flow(
         every=every,
         generator=generator,
     )
-    return ema.eval(), losses, validation_loss(ema, lat, ids, null_class, device)
+    averaged = ema.module.eval()
+    return averaged, losses, validation_loss(averaged, lat, ids, null_class, device)
 
 
 @torch.no_grad()
@@ -146,17 +143,10 @@ def validation_loss(
 def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the offline velocity network for ``data``; returns its folder."""
     space = latent_space_from(opts, data, device)
-    skip = {"checkpoint_every", *LatentOptions.__dataclass_fields__}
-    ident = {
-        "format": "flow-mlp/1",
-        "data": data.fingerprint(),
-        "dataset": data.name,
-        "latent_space": space.identity(),
-        **{k: v for k, v in asdict(opts).items() if k not in skip},
-    }
-    folder = model_dir("flow", ident)
-    if (folder / "config.json").exists():
-        return folder
+    ident = latent_model_identity("flow-mlp/1", data, space, opts)
+    cached = CachedModel("flow", ident)
+    if cached.done():
+        return cached.folder
     lat = _latents(data, space)
     torch.manual_seed(opts.seed)
     net = VelocityMLP(space.latent_shape, data.num_classes, opts.width, opts.depth, opts.class_dropout).to(device)
@@ -175,29 +165,23 @@ def train_flow(data: RealData, opts: FlowTrainOptions, device: torch.device) -> 
         opts.class_dropout,
         opts.time_sampling,
         opts.seed,
-        checkpoint_path("flow", ident),
+        cached.checkpoint,
         opts.checkpoint_every,
         device,
     )
-    with atomic_dir(folder) as tmp:
-        save_flow(
-            tmp,
-            ema,
-            "mlp",
-            {
-                "latent_shape": list(space.latent_shape),
-                "class_ids": list(range(data.num_classes)),
-                "classes": list(data.classes),
-                "dataset": data.name,
-                "latent_space": space.identity(),
-                "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
-                f"key {folder.name})",
-                "train_options": ident,
-                "final_train_loss": losses[-1] if losses else None,
-                "val_loss": val,
-            },
-        )
-    remove_checkpoint(checkpoint_path("flow", ident))
+    config = {
+        "latent_shape": list(space.latent_shape),
+        "class_ids": list(range(data.num_classes)),
+        "classes": list(data.classes),
+        "dataset": data.name,
+        "latent_space": space.identity(),
+        "weights": f"velocity MLP trained by datadistill on {data.name} latents ({opts.steps} steps, "
+        f"key {cached.folder.name})",
+        "train_options": ident,
+        "final_train_loss": losses[-1] if losses else None,
+        "val_loss": val,
+    }
+    folder = cached.save(lambda tmp: save_flow(tmp, ema, "mlp", config))
     log.info("flow model for %s in %s (val loss %.4f)", data.name, folder, val)
     return folder
 
@@ -242,8 +226,8 @@ def finetune_flow(
         "batch_size": batch_size,
         "seed": seed,
     }
-    folder = model_dir("flow-finetune", ident)
-    if not (folder / "config.json").exists():
+    cached = CachedModel("flow-finetune", ident)
+    if not cached.done():
         net = copy.deepcopy(flow.net).to(device).requires_grad_(True)
         chosen = difffit_parameters(net) if params == "difffit" else list(net.parameters())
         ema, _, val = fit_flow(
@@ -260,27 +244,19 @@ def finetune_flow(
             0.1,
             "uniform",
             seed,
-            checkpoint_path("flow-finetune", ident),
+            cached.checkpoint,
             max(1, steps // 10),
             device,
         )
-        with atomic_dir(folder) as tmp:
-            save_flow(
-                tmp,
-                ema,
-                flow.arch,
-                {
-                    "latent_shape": list(flow.latent_shape),
-                    "class_ids": flow.class_ids.tolist(),
-                    "weights": (
-                        f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {folder.name})"
-                    ),
-                    "train_options": ident,
-                    "val_loss": val,
-                },
-            )
-        remove_checkpoint(checkpoint_path("flow-finetune", ident))
-    return load_flow_folder(folder, data)
+        config = {
+            "latent_shape": list(flow.latent_shape),
+            "class_ids": flow.class_ids.tolist(),
+            "weights": f"{flow.weights}, fine-tuned on {data.name} ({params}, {steps} steps, key {cached.folder.name})",
+            "train_options": ident,
+            "val_loss": val,
+        }
+        cached.save(lambda tmp: save_flow(tmp, ema, flow.arch, config))
+    return load_flow_folder(cached.folder, data)
 
 
 register_pretrainer(

@@ -1,5 +1,5 @@
 """Training a network from scratch on images in memory: the shared loop of the ConvNet evaluation protocols
-(METHODS.md 8.8) and of the expert trajectories (5.3).
+(docs/protocols.md) and of the expert trajectories (docs/methods/tgdd.md).
 
 SGD with momentum and weight decay, a step schedule evaluated from the epoch number (so no scheduler state),
 per-sample DSA and CutMix, all random draws from one ``torch.Generator``. Inputs go through ``InputNorm``

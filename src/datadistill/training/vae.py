@@ -19,14 +19,14 @@ import torch.nn.functional as F
 
 from ..core import dist
 from ..core.errors import ConfigError
-from ..core.io import atomic_dir, remove_checkpoint, write_json
+from ..core.io import write_json
 from ..core.options import at_least, build, option
 from ..core.progress import log
 from ..data import LabelledImages, RealData
 from ..models.generative.latent import LatentOptions, LatentSpace, center_crop_arr, load_latent_weights
 from ..models.generative.vae import TINY_FORMAT, TinyVAE
 from .loop import train_resumable
-from .pretrainers import Pretrainer, checkpoint_path, model_dir, register_pretrainer
+from .pretrainers import CachedModel, Pretrainer, register_pretrainer
 
 # ---- training (pretrain kind "vae") --------------------------------------------------------------------------
 
@@ -71,9 +71,9 @@ def _identity(data: RealData, opts: VAEOptions) -> dict:
 def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Path:
     """Train (resumably) or reuse the cached tiny VAE for ``data``; returns its folder."""
     ident = _identity(data, opts)
-    folder = model_dir("vae", ident)
-    if (folder / "config.json").exists():
-        return folder
+    cached = CachedModel("vae", ident)
+    if cached.done():
+        return cached.folder
     size = ident["image_size"]
     torch.manual_seed(opts.seed)
     model = TinyVAE(size, opts.latent_channels, opts.width, opts.levels).to(device)
@@ -96,14 +96,13 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
         schedule.step()
         return float(rec.detach())
 
-    ckpt = checkpoint_path("vae", ident)
     model.train()
     losses = train_resumable(
         f"vae {data.name}",
         opts.steps,
         step,
         {"model": model, "optimizer": optimizer, "schedule": schedule},
-        ckpt,
+        cached.checkpoint,
         every=opts.checkpoint_every,
         generator=generator,
     )
@@ -122,8 +121,7 @@ def train_tiny_vae(data: RealData, opts: VAEOptions, device: torch.device) -> Pa
         "final_train_mse": losses[-1] if losses else None,
         "val_mse": val_mse,
     }
-    _save(folder, model, config)
-    remove_checkpoint(ckpt)
+    folder = cached.save(lambda tmp: _write(tmp, model, config))
     log.info("tiny VAE for %s in %s (val MSE %.5f, scale %.4f)", data.name, folder, val_mse, scale)
     return folder
 
@@ -146,14 +144,12 @@ def _calibrate(model: TinyVAE, data: RealData, size: int, device: torch.device) 
     return shift, 1.0 / max(std, 1e-8), val_mse
 
 
-def _save(folder: Path, model: TinyVAE, config: dict) -> None:
+def _write(folder: Path, model: TinyVAE, config: dict) -> None:
     from safetensors.torch import save_file
 
-    with atomic_dir(folder) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
-        )
-        write_json(tmp / "config.json", config)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"))
+    write_json(folder / "config.json", config)
 
 
 register_pretrainer(

@@ -15,7 +15,6 @@ to each with the same per-step randomness.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +23,14 @@ from torch import nn
 
 from ...core.errors import ConfigError, WeightsError
 from ...core.optional import require
+from .hub import find_config, load_component, local_or_hub
+from .sit import dit_init
+
+HUB_ALIASES = {"DiT-XL-2-256": "facebook/DiT-XL-2-256", "DiT-XL-2-512": "facebook/DiT-XL-2-512"}
 
 # (emb, table) -> new emb. emb: 2B rows with CFG (the B conditional rows, then their B null rows) or B rows;
 # table: the model's label embedding (an nn.Embedding: table(labels), table.weight; the null label is its last row).
 EmbeddingTransform = Callable[[torch.Tensor, torch.nn.Embedding], torch.Tensor]
-
-HUB_ALIASES = {"DiT-XL-2-256": "facebook/DiT-XL-2-256", "DiT-XL-2-512": "facebook/DiT-XL-2-512"}
 
 
 class DiTDenoiser(nn.Module):
@@ -120,38 +121,22 @@ def untie(model: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def _dit_init(model: nn.Module) -> None:
-    """DiT's initialisation (diffusers leaves PyTorch defaults): xavier linears, N(0, 0.02) label tables and
-    timestep MLPs, and adaLN-Zero: every modulation and the output projection start at zero."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    proj = model.pos_embed.proj.weight
-    nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
-    nn.init.zeros_(model.pos_embed.proj.bias)
-    for block in model.transformer_blocks:
-        emb = block.norm1.emb
-        nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(emb.timestep_embedder.linear_1.weight, std=0.02)
-        nn.init.normal_(emb.timestep_embedder.linear_2.weight, std=0.02)
-        nn.init.zeros_(block.norm1.linear.weight)
-        nn.init.zeros_(block.norm1.linear.bias)
-    for layer in (model.proj_out_1, model.proj_out_2):
-        nn.init.zeros_(layer.weight)
-        nn.init.zeros_(layer.bias)
-
-
-def _transformer_folder(path: Path) -> tuple[Path, str | None]:
-    if (path / "transformer" / "config.json").is_file():
-        return path, "transformer"
-    if (path / "config.json").is_file():
-        return path, None
-    raise WeightsError(
-        f"{path} holds no DiT (expected transformer/config.json of a DiT pipeline folder, or the "
-        "transformer's config.json and weights)"
+    """DiT's initialisation (diffusers leaves PyTorch defaults), on diffusers' module names."""
+    blocks = model.transformer_blocks
+    dit_init(
+        model,
+        model.pos_embed.proj,
+        [
+            layer
+            for block in blocks
+            for layer in (
+                block.norm1.emb.class_embedder.embedding_table,
+                block.norm1.emb.timestep_embedder.linear_1,
+                block.norm1.emb.timestep_embedder.linear_2,
+            )
+        ],
+        [*(block.norm1.linear for block in blocks), model.proj_out_1, model.proj_out_2],
     )
 
 
@@ -163,29 +148,26 @@ def load_dit(spec: str, device: str | torch.device = "cpu") -> DiTDenoiser:
         DiTTransformer2DModel = require("diffusers", "diffusion models (DiT)").DiTTransformer2DModel
     except ImportError:
         raise WeightsError("DiT weights need the diffusers package: pip install diffusers") from None
-    path = Path(spec).expanduser()
-    local = path.exists()
+    source, local = local_or_hub(spec, HUB_ALIASES, "DiT")
     if local:
-        source, subfolder = _transformer_folder(path)
-        source = str(source)
-        config = json.loads(((path / subfolder) if subfolder else path).joinpath("config.json").read_text())
-        if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-            raise WeightsError(f"{path} is not a class-conditional DiT (norm_type {config.get('norm_type')})")
-    elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
-        raise WeightsError(f"DiT folder {path} not found")
-    else:
-        source, subfolder = HUB_ALIASES.get(spec, spec), "transformer"
-    try:
-        model = DiTTransformer2DModel.from_pretrained(
-            source, subfolder=subfolder, local_files_only=local, low_cpu_mem_usage=False
+        subfolder, config = find_config(
+            Path(source),
+            ("transformer", None),
+            f"{source} holds no DiT (expected transformer/config.json of a DiT pipeline folder, or the "
+            "transformer's config.json and weights)",
         )
-    except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-        where = f"the folder {source}" if local else f"the hub ({source})"
-        raise WeightsError(
-            f"cannot load the DiT from {where}: {reason}. Without network access, download it "
-            "elsewhere (e.g. huggingface-cli download facebook/DiT-XL-2-256 --local-dir DIR) and pass "
-            "the folder"
-        ) from None
+        if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+            raise WeightsError(f"{source} is not a class-conditional DiT (norm_type {config.get('norm_type')})")
+    else:
+        subfolder = "transformer"
+    model = load_component(
+        DiTTransformer2DModel,
+        "DiT",
+        source,
+        local,
+        subfolder,
+        "facebook/DiT-XL-2-256",
+        low_cpu_mem_usage=False,
+    )
     model.eval().requires_grad_(False)
     return DiTDenoiser(model.to(device), f"diffusers DiT {source}")

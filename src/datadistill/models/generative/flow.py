@@ -1,7 +1,7 @@
 """Class-conditional latent flow-matching models (PGFM): the model interface, the loaders and the
 flow-matching loss.
 
-Convention (SiT's linear interpolant, METHODS.md 3.2): x_t = t * x_1 + (1 - t) * eps with t = 0 noise and
+Convention (SiT's linear interpolant): x_t = t * x_1 + (1 - t) * eps with t = 0 noise and
 t = 1 data; the network predicts the velocity u = x_1 - eps from (x_t, t, class). Class ``num_classes`` is the
 null label (trained by label dropout) used by classifier-free guidance on the velocity.
 
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.errors import ConfigError, WeightsError
+from ...core.errors import ConfigError, WeightsError, first_line
 from ...core.io import load_torch
 from ...data import RealData
 from ...data.classlists import SUBSETS
-from .sit import SIT_CONFIGS, SiT, timestep_embedding
+from .sit import SIT_CONFIGS, SiT, modulate, timestep_embedding, zero_init
 
 FLOW_FORMAT = "datadistill.flow/1"
 
@@ -72,12 +72,7 @@ class VelocityMLP(nn.Module):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.out_mod = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, dim)
-        for block in self.blocks:
-            nn.init.zeros_(block["mod"].weight)
-            nn.init.zeros_(block["mod"].bias)
-        for layer in (self.out_mod, self.out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_init([*(block["mod"] for block in self.blocks), self.out_mod, self.out])
 
     @property
     def null_class(self) -> int:
@@ -88,11 +83,10 @@ class VelocityMLP(nn.Module):
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             shift, scale, gate = block["mod"](c).chunk(3, dim=1)
-            h = h + gate * block["fc2"](
-                F.gelu(block["fc1"](block["norm"](h) * (1 + scale) + shift), approximate="tanh")
-            )
+            inner = block["fc1"](modulate(block["norm"](h), shift, scale))
+            h = h + gate * block["fc2"](F.gelu(inner, approximate="tanh"))
         shift, scale = self.out_mod(c).chunk(2, dim=1)
-        return self.out(self.out_norm(h) * (1 + scale) + shift).view_as(x)
+        return self.out(modulate(self.out_norm(h), shift, scale)).view_as(x)
 
 
 @dataclass
@@ -191,7 +185,7 @@ def load_flow_folder(folder: str | Path, data: RealData | None = None) -> FlowMo
         net = VelocityMLP(**config["net"]) if config["arch"] == "mlp" else SiT(**config["net"])
         net.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (OSError, KeyError, RuntimeError, TypeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot load the flow model in {folder}: {str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(f"cannot load the flow model in {folder}: {first_line(exc, 200)}") from None
     shape = tuple(config["latent_shape"])
     ids = torch.tensor(config["class_ids"]) if "class_ids" in config else class_ids_for(data, net.num_classes)
     weights = config.get("weights") or f"{config['arch']} flow model in {folder}"
@@ -242,7 +236,7 @@ def load_sit_checkpoint(path: str | Path, data: RealData | None = None, heads: i
         else:
             state = load_torch(path)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
-        raise WeightsError(f"cannot read the SiT checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(f"cannot read the SiT checkpoint {path}: {first_line(exc, 200)}") from None
     if isinstance(state, dict) and "ema" in state:
         state = state["ema"]
     elif isinstance(state, dict) and "model" in state:
@@ -252,7 +246,7 @@ def load_sit_checkpoint(path: str | Path, data: RealData | None = None, heads: i
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise WeightsError(
-            f"the SiT checkpoint {path} does not fit its inferred architecture: {str(exc).splitlines()[0][:200]}"
+            f"the SiT checkpoint {path} does not fit its inferred architecture: {first_line(exc, 200)}"
         ) from None
     c = net.config
     shape = (c["in_channels"], c["input_size"], c["input_size"])

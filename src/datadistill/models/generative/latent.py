@@ -7,7 +7,7 @@
   see ``vae.py`` and ``training/vae.py``), with its scale and shift measured on the training latents so they have
   unit variance.
 
-Images are prepared as in ADM's ``center_crop_arr`` (METHODS.md 8.5) at the space's ``image_size``.
+Images are prepared as in ADM's ``center_crop_arr`` at the space's ``image_size``.
 
 A ``LatentSpace`` is also an encoder for the cached statistics pass (``__call__`` -> flattened latents,
 ``feat_dim``, ``input_size``, ``identity()``). The pass resizes by 256/224 before its center crop (the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.errors import ConfigError, DataError, WeightsError
+from ...core.errors import ConfigError, DataError
 from ...core.optional import require
 from ...core.options import at_least, option
 from ...data import LabelledImages, RealData
 from ...features.bank import FeatureBank, feature_bank
+from .hub import find_config, load_component, local_or_hub
 from .vae import TINY_FORMAT, load_tiny_vae
 
 HUB_ALIASES = {"sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse", "sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema"}
@@ -253,6 +253,20 @@ class LatentOptions:
         at_least(self, 1, "vae_image_size", "vae_steps", "vae_levels", "vae_latent_channels")
 
 
+def latent_model_identity(fmt: str, data: RealData, space: LatentSpace, opts: LatentOptions) -> dict:
+    """What identifies a model trained on the latents of ``data`` (its cache key and recorded provenance): the
+    format, the data, the latent space and the training options (not the latent options the space already
+    names, nor how often it checkpoints)."""
+    skip = {"checkpoint_every", *LatentOptions.__dataclass_fields__}
+    return {
+        "format": fmt,
+        "data": data.fingerprint(),
+        "dataset": data.name,
+        "latent_space": space.identity(),
+        **{k: v for k, v in dataclasses.asdict(opts).items() if k not in skip},
+    }
+
+
 def load_latent_weights(
     spec: str,
     device: str | torch.device = "cpu",
@@ -265,25 +279,16 @@ def load_latent_weights(
     or a pipeline folder with ``vae/``, or a tiny-vae folder) or a hub id (``sd-vae-ft-mse`` is short for
     ``stabilityai/sd-vae-ft-mse``). ``scale`` overrides the latent scaling factor."""
     device = torch.device(device)
-    path = Path(spec).expanduser()
-    if path.exists():
-        config = _read_config(path)
+    source, local = local_or_hub(spec, HUB_ALIASES, "latent autoencoder")
+    if local:
+        _, config = find_config(
+            Path(source),
+            (None, "vae"),
+            f"{source} holds no autoencoder (expected config.json, or vae/config.json in a pipeline folder)",
+        )
         if config.get("format") == TINY_FORMAT:
-            return _load_tiny(path, device, encode_mode, scale, seed)
-        return _load_diffusers(str(path), device, encode_mode, image_size, scale, seed, local=True)
-    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
-        raise WeightsError(f"latent autoencoder folder {path} not found")
-    return _load_diffusers(HUB_ALIASES.get(spec, spec), device, encode_mode, image_size, scale, seed, local=False)
-
-
-def _read_config(path: Path) -> dict:
-    for candidate in (path / "config.json", path / "vae" / "config.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as exc:
-                raise WeightsError(f"{candidate} is not valid JSON: {exc}") from None
-    raise WeightsError(f"{path} holds no autoencoder (expected config.json, or vae/config.json in a pipeline folder)")
+            return _load_tiny(Path(source), device, encode_mode, scale, seed)
+    return _load_diffusers(source, device, encode_mode, image_size, scale, seed, local)
 
 
 def _load_tiny(folder: Path, device: torch.device, encode_mode: str, scale: float | None, seed: int) -> LatentSpace:
@@ -315,16 +320,7 @@ def _load_diffusers(
 ) -> LatentSpace:
     AutoencoderKL = require("diffusers", "diffusers AutoencoderKL weights").AutoencoderKL
     subfolder = "vae" if local and (Path(source) / "vae" / "config.json").is_file() else None
-    try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=local)
-    except Exception as exc:  # noqa: BLE001 - hub and file errors come in many types; the message is what matters
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-        where = f"the folder {source}" if local else f"the hub ({source})"
-        raise WeightsError(
-            f"cannot load the AutoencoderKL from {where}: {reason}. Without network access, download "
-            "it elsewhere (e.g. huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir DIR) "
-            "and pass the folder"
-        ) from None
+    vae = load_component(AutoencoderKL, "AutoencoderKL", source, local, subfolder, "stabilityai/sd-vae-ft-mse")
     cfg = vae.config
     sample_size = cfg.sample_size[0] if isinstance(cfg.sample_size, list | tuple) else cfg.sample_size
     size = int(image_size or sample_size)

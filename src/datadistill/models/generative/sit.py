@@ -3,7 +3,7 @@ with adaLN-Zero blocks), written so that the official SiT checkpoints (``SiT-XL-
 with ``x_embedder``, ``t_embedder``, ``y_embedder``, ``blocks.N.{attn,mlp,adaLN_modulation}``, ``final_layer``,
 ``pos_embed``) load into it unchanged.
 
-Conventions (SiT's linear interpolant, METHODS.md 3.2): x_t = t * x_1 + (1 - t) * noise, t in [0, 1] from noise
+Conventions (SiT's linear interpolant): x_t = t * x_1 + (1 - t) * noise, t in [0, 1] from noise
 (t = 0) to data (t = 1); the model predicts the velocity x_1 - noise and takes t unscaled. With ``learn_sigma``
 the network outputs 2C channels and the velocity is the first C (as SiT's forward does). The null class
 (index ``num_classes``) is the unconditional input for classifier-free guidance.
@@ -12,6 +12,7 @@ the network outputs 2C channels and the velocity is the first C (as SiT's forwar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -31,8 +32,39 @@ SIT_CONFIGS = {
 }
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift; conditioning of shape (B, D) is broadcast over the tokens of
+    x (B, T, D)."""
+    if x.ndim == 3:
+        shift, scale = shift[:, None], scale[:, None]
+    return x * (1 + scale) + shift
+
+
+def zero_init(layers: Iterable[nn.Module]) -> None:
+    """Zero the weight and bias of each layer (adaLN-Zero: modulations and outputs start at zero)."""
+    for layer in layers:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def dit_init(
+    model: nn.Module, patch_proj: nn.Conv2d, embeddings: Iterable[nn.Module], zeroed: Iterable[nn.Module]
+) -> None:
+    """DiT's initialisation: xavier-uniform linears with zero biases, the patch projection xavier-uniform as a
+    linear map, N(0, 0.02) label tables and timestep MLP weights (``embeddings``, drawn in that order), and
+    adaLN-Zero: ``zeroed`` (every modulation and the output projection) start at zero."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    w = patch_proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(patch_proj.bias)
+    for e in embeddings:
+        nn.init.normal_(e.weight, std=0.02)
+    zero_init(zeroed)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -120,8 +152,8 @@ class SiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sa, ca, ga, sm, cm, gm = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + ga[:, None] * self.attn(_modulate(self.norm1(x), sa, ca))
-        return x + gm[:, None] * self.mlp(_modulate(self.norm2(x), sm, cm))
+        x = x + ga[:, None] * self.attn(modulate(self.norm1(x), sa, ca))
+        return x + gm[:, None] * self.mlp(modulate(self.norm2(x), sm, cm))
 
 
 class FinalLayer(nn.Module):
@@ -133,7 +165,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class SiT(nn.Module):
@@ -183,22 +215,12 @@ class SiT(nn.Module):
         return self.num_classes
 
     def _init_weights(self) -> None:
-        # DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output (identity blocks).
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in [*self.blocks, self.final_layer]:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        dit_init(
+            self,
+            self.x_embedder.proj,
+            (self.y_embedder.embedding_table, self.t_embedder.mlp[0], self.t_embedder.mlp[2]),
+            [*(block.adaLN_modulation[-1] for block in [*self.blocks, self.final_layer]), self.final_layer.linear],
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.errors import WeightsError
+from ...core.errors import WeightsError, first_line
+
+TINY_FORMAT = "datadistill.tiny-vae/1"
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -94,8 +96,5 @@ def load_tiny_vae(folder: str | Path) -> tuple[TinyVAE, dict]:
         )
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (OSError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot load the tiny VAE in {folder}: {str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(f"cannot load the tiny VAE in {folder}: {first_line(exc, 200)}") from None
     return model.eval(), config
-
-
-TINY_FORMAT = "datadistill.tiny-vae/1"
