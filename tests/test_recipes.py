@@ -105,6 +105,13 @@ def test_demo_variant_keeps_the_shipped_keys(tmp_path):
         demo_recipe(_write(tmp_path / "v3.toml", 'steps = "20"\n'))
 
 
+def test_demo_command_reads_its_config(capsys, tmp_path):
+    bad = _write(tmp_path / "demo.toml", "step = 20\n")
+    code, _, err = _cli(capsys, "demo", "--config", bad, "--out", tmp_path / "d")
+    assert code == 2 and "demo.toml" in err and "unknown key 'step' (did you mean 'steps'?)" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_flags_override_the_recipe_and_defaults_fill_the_rest(tmp_path):
     recipe = _write(
         tmp_path / "r.toml",
@@ -179,6 +186,9 @@ def test_tiny_bench_by_recipe_with_an_override(capsys, tmp_path, monkeypatch):
     plan = json.loads((out / "bench.json").read_text())
     assert plan["seeds"] == 1 and plan["methods"] == ["random", "centroids"]
     assert plan["recipe"] == {"path": str(recipe.resolve()), "sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}
+    from datadistill.report import plan_summary
+
+    assert f"recipe {recipe.resolve()} (sha256 {plan['recipe']['sha256'][:12]})" in plan_summary(plan)
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 2 and all(len(r["test_acc"]) == 1 for r in records)  # 1 seed: the flag's, not the file's
     assert all(r["given"]["linear-probe"] == {"epochs": 10, "views": 2, "crop": 32} for r in records)

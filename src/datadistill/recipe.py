@@ -192,9 +192,9 @@ def apply_recipe(args: argparse.Namespace) -> Recipe | None:
 
     Both ``config`` and the deferred bookkeeping leave the namespace, so it holds the command's settings only."""
     state = vars(args).pop(DEFERRED, None)
-    path = vars(args).pop("config", None)
-    if state is None:
+    if state is None:  # a command without deferred defaults (the demo reads its own recipe)
         return None
+    path = vars(args).pop("config", None)
     recipe = load_recipe(path) if path is not None else None
     if recipe is not None:
         schema = state["schema"]
