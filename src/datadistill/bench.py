@@ -87,6 +87,8 @@ class BenchPlan:
     workers: int | None = None  # processes decoding image files (None: one per available core)
     skip_corrupt: bool = False  # leave unreadable image files out instead of stopping
     input_norm: str | None = None  # the normalisation of file: sets of other projects' tensors, undone on reading
+    first_seed: int = EvalConfig().first_seed  # seed of the first evaluation run (run k: first_seed + k)
+    recipe: dict | None = None  # the recipe file the plan was read from (path, sha256); no part of any cell's identity
 
     def validate(self) -> BenchPlan:
         parse_input_norm(self.input_norm)
@@ -328,7 +330,7 @@ class Bench:
         resolved = to_dict(build(get_protocol(name).Options, options, f"protocol '{protocol}'"))
         run = self.run_identity(spec, ipc, b_d) if spec else None
         evaluation = eval_settings(
-            name, resolved, self.plan.seeds, EvalConfig().first_seed, self.data_identity, run["options"] if run else {}
+            name, resolved, self.plan.seeds, self.plan.first_seed, self.data_identity, run["options"] if run else {}
         )
         settings = {"evaluation": evaluation}
         shown = {k: v for k, v in options.items() if k not in ("eval_backbone", "distill_backbone")}
@@ -472,6 +474,7 @@ class Bench:
             data=self.data,
             models=[self.model(n) for n in names],
             seeds=self.plan.seeds,
+            first_seed=self.plan.first_seed,
             device=self.plan.device,
             **c.options,
         )
