@@ -229,7 +229,7 @@ def test_every_bench_flag_shows_its_default_or_that_it_is_required():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     bench = sub.choices["bench"]
     flags = [a for a in bench._actions if a.option_strings and a.dest not in ("help", "config")]
-    assert len(flags) == 16
+    assert len(flags) == 17
     for action in flags:
         assert "(default:" in action.help or "(required" in action.help, action.option_strings
     text = " ".join(bench.format_help().split())
