@@ -84,7 +84,8 @@ def load(args):
         import timm
 
         arch = args.backbone.removeprefix("timm:")
-        spec = BACKBONES.get(args.backbone) or _timm_generic_spec(arch, None, False)
+        known = args.backbone in BACKBONES
+        spec = BACKBONES.get(args.backbone) if known else _timm_generic_spec(arch, None, False)
         model = timm.create_model(arch, pretrained=False, num_classes=0)
         backbone = Backbone(spec, model, _timm_features, "RANDOM INIT (timing and memory only)").to(device)
     else:

@@ -31,6 +31,7 @@ def scanned_files() -> list[Path]:
     files = [ROOT / name for name in ("README.md", "BENCHMARKS.md", "CHANGELOG.md", "benchmarks/README.md")]
     files += sorted((ROOT / "docs").rglob("*.md"))
     files += sorted((ROOT / "benchmarks").glob("*.py"))
+    files += sorted((ROOT / "recipes").glob("*.toml"))
     files += sorted(p for p in (ROOT / "src").rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
     return [p for p in files if p.exists()]
 

@@ -78,11 +78,6 @@ def subparser(argv: list[str]):
     return parser
 
 
-def needs_missing_config(argv: list[str]) -> bool:
-    # Recipes (`--config FILE.toml`) land on another branch; until they do, their commands cannot parse here.
-    return "--config" in argv and "--config" not in subparser(argv)._option_string_actions
-
-
 def parse_only_reason(argv: list[str], already_run: set[tuple[str, ...]]) -> str | None:
     line = " ".join(argv)
     if "--config" in argv:
@@ -124,29 +119,17 @@ def test_extraction_follows_shell_syntax() -> None:
 
 @pytest.mark.parametrize(("line", "argv"), COMMANDS, ids=[f"README.md:{n}" for n, _ in COMMANDS])
 def test_readme_command_parses(line: int, argv: list[str]) -> None:
-    if needs_missing_config(argv):
-        pytest.skip("--config (recipes) is not in this branch's parser yet")
     try:
         build_parser(argv).parse_args(argv)
     except SystemExit as exc:
         pytest.fail(f"README.md:{line}: `datadistill {' '.join(argv)}` does not parse (exit {exc.code})")
 
 
-def tiny_demo_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The demo's own sizes (crop 64, a 1000-epoch probe over 100 views) turned down to crop 32, 2 epochs, 1 view.
-
-    They live in the demo's recipe once `demo --config` exists, and in ``datadistill.demo`` before that (this guard
-    goes when recipes land)."""
-    if "--config" in subparser(["demo"])._option_string_actions:
-        recipe = tmp_path / "tiny-demo.toml"
-        recipe.write_text('data = "digits"\ncrop = 32\nsteps = 2\nseeds = 1\n[probe]\nepochs = 2\nviews = 1\n')
-        return ["--config", str(recipe)]
-    from datadistill import demo
-
-    monkeypatch.setitem(demo.DEMO, "crop", 32)
-    monkeypatch.setitem(demo.DEMO_PROBE, "epochs", 2)
-    monkeypatch.setitem(demo.DEMO_PROBE, "views", 1)
-    return []
+def tiny_demo_settings(tmp_path: Path) -> list[str]:
+    """The demo's recipe (crop 64, a 1000-epoch probe over 100 views) turned down to crop 32, 2 epochs, 1 view."""
+    recipe = tmp_path / "tiny-demo.toml"
+    recipe.write_text('data = "digits"\ncrop = 32\nsteps = 2\nseeds = 1\n[probe]\nepochs = 2\nviews = 1\n')
+    return ["--config", str(recipe)]
 
 
 def test_readme_commands_run_at_tiny_size(tmp_path, monkeypatch, capsys) -> None:
@@ -156,7 +139,7 @@ def test_readme_commands_run_at_tiny_size(tmp_path, monkeypatch, capsys) -> None
     for line, argv in COMMANDS:
         if parse_only_reason(argv, ran) is not None:
             continue
-        command = tiny(argv) + (tiny_demo_settings(tmp_path, monkeypatch) if argv[0] == "demo" else [])
+        command = tiny(argv) + (tiny_demo_settings(tmp_path) if argv[0] == "demo" else [])
         datasets = [command[i + 1] for i, word in enumerate(command) if word == "--data"]
         assert set(datasets) <= {"digits"}, command
         code = main(["-q", *command])

@@ -84,13 +84,16 @@ def distill(
     *,
     dataset: RealData | None = None,
     model: Backbone | None = None,
+    recipe: dict | None = None,
     **options,
 ) -> SyntheticSet:
     """Distill ``data`` into ``ipc`` images per class with ``method``; with ``out``, write and resume a run dir.
 
     ``options`` are the common run options (seed, device, checkpoint_every, ...) and the method's own
     (``datadistill distill METHOD --help`` lists them). ``dataset`` / ``model`` pass an already loaded
-    dataset / backbone (the dataset's own loading then decides workers and skip_corrupt).
+    dataset / backbone (the dataset's own loading then decides workers and skip_corrupt). ``recipe`` (path and
+    sha256 of the recipe file the settings came from) is recorded in the run's config.json; it is no part of the
+    run's identity, so the same settings by flags or by a recipe resume the same run.
     """
     if dataset is not None:
         options.setdefault("skip_corrupt", dataset.extras.get("skip_corrupt", False))
@@ -109,7 +112,7 @@ def distill(
         ctx = build_context(config, dataset, model)
         timer.device = ctx.device
         _check_ipc(ctx.data, ipc)
-        resolved = _resolved(ctx)
+        resolved = _resolved(ctx) | ({"recipe": recipe} if recipe else {})
     run = RunDir(out) if out is not None else None
     with run.session(earlier) if run else nullcontext():
         if run is not None:

@@ -12,9 +12,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import ConfigError, DatadistillError, user_message
+from .core.recipe import Recipe, apply_recipe, defer_defaults, ints, words
 from .run import layout
+
+if TYPE_CHECKING:
+    from .bench.plan import BenchPlan
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -47,10 +52,6 @@ def say(text: str) -> None:
         print(text)
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def _protocol_in(argv: list[str]) -> str:
     for i, arg in enumerate(argv):
         if arg == "--protocol" and i + 1 < len(argv):
@@ -61,7 +62,7 @@ def _protocol_in(argv: list[str]) -> str:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from .core.config import DistillConfig, EvalConfig
+    from .core.config import FIRST_SEED_HELP, DistillConfig, EvalConfig
     from .core.options import add_arguments
     from .evaluate import PROTOCOLS
     from .methods import METHODS
@@ -73,11 +74,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    demo_config_help = "the demo's recipe (default: the one shipped with the toolkit); its keys are the shipped one's"
     demo = sub.add_parser("demo", help="offline end-to-end demo: SFM vs Random vs Centroids (minutes, CPU)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--data", default="mnist-5k")
-    demo.add_argument("--steps", type=int, default=None, help="SFM steps (default: the demo's own)")
-    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--config", default=None, metavar="FILE.toml", help=demo_config_help)
+    demo.add_argument("--data", default=None, help="dataset (default: the recipe's, mnist-5k)")
+    demo.add_argument("--steps", type=int, default=None, help="SFM steps (default: the recipe's, 300)")
+    demo.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: the recipe's, 3)")
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set (resumes an interrupted run)")
     methods = d.add_subparsers(dest="method", required=True, metavar="METHOD")
@@ -89,6 +92,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         m.add_argument("--out", required=True, help="run directory (created; an interrupted run there resumes)")
         add_arguments(m.add_argument_group("run options"), DistillConfig, skip={"method", "data", "options"})
         add_arguments(m.add_argument_group(f"{name} options"), algo.Options)
+        defer_defaults(m)
 
     asked = _protocol_in(argv or [])
     protocol = PROTOCOLS.get(asked if asked in PROTOCOLS else "linear-probe")
@@ -108,7 +112,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     e.add_argument("--protocol", default="linear-probe", choices=PROTOCOLS.names())
     e.add_argument("--data", default=None, help="dataset (default: the run's)")
-    e.add_argument("--root", default=None)
+    e.add_argument("--root", default=None, help="dataset root folder (default: the run's)")
     e.add_argument("--input-norm", default=None, metavar="NORM", help=NORM_HELP)
     add_arguments(e.add_argument_group("evaluation options"), EvalConfig)
     add_arguments(e.add_argument_group(f"{protocol.name} options"), protocol.Options)
@@ -118,22 +122,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="distill with several methods and backbones, evaluate every set with every "
         "protocol and backbone; resumable (finished cells, and cells whose settings did not change, are skipped)",
     )
-    b.add_argument("--data", required=True)
+    b.add_argument(
+        "--data", required=True, help="dataset name (see `datadistill list datasets`), imagefolder:PATH or hf:NAME"
+    )
     b.add_argument(
         "--methods",
         required=True,
-        type=_csv,
+        type=words,
         help="e.g. random,centroids,lgm,sfm,neighbors:sfm; file:PATH evaluates a set made elsewhere (any set "
         "`datadistill eval` reads by path) as it is under every protocol, file:PATH@NORM undoing the normalisation "
         "NORM of its tensors (a preset or MEAN:STD without commas, which separate the methods; per-channel "
         "statistics through --input-norm)",
     )
-    b.add_argument("--protocols", default=["linear-probe"], type=_csv, help="e.g. linear-probe,ci,full")
-    b.add_argument("--backbones", default=["efficientnet_lite0"], type=_csv, help="distillation backbones")
-    b.add_argument("--eval-backbones", default=None, type=_csv, help="evaluation backbones (default: --backbones)")
-    b.add_argument("--ipc", default=[1], type=lambda v: [int(x) for x in _csv(v)], help="e.g. 1,10,50")
-    b.add_argument("--seeds", type=int, default=3)
-    b.add_argument("--crop", action="append", default=[], metavar="BACKBONE=PX", help="input size per backbone")
+    b.add_argument("--protocols", default=["linear-probe"], type=words, help="e.g. linear-probe,ci,full")
+    b.add_argument("--backbones", default=["efficientnet_lite0"], type=words, help="distillation backbones")
+    b.add_argument("--eval-backbones", default=None, type=words, help="evaluation backbones (default: --backbones)")
+    b.add_argument("--ipc", default=[1], type=ints, help="images per class, e.g. 1,10,50")
+    b.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
+    b.add_argument("--first-seed", type=int, default=EvalConfig().first_seed, help=FIRST_SEED_HELP)
+    b.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="BACKBONE=PX",
+        help="input size per backbone (default: each backbone's own)",
+    )
     b.add_argument(
         "--set",
         action="append",
@@ -152,10 +165,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument(
         "--input-norm", default=None, metavar="NORM", help=f"for file: tensor sets without their own @NORM, {NORM_HELP}"
     )
-    b.add_argument("--out", required=True)
-    b.add_argument("--root", default=None)
-    b.add_argument("--device", default="auto")
+    b.add_argument("--out", required=True, help="bench directory (a re-run there resumes)")
+    b.add_argument("--root", default=None, help="dataset root folder (torchvision / ImageNet sets)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     _add_loading_args(b)
+    defer_defaults(b)
 
     x = sub.add_parser(
         "export",
@@ -216,7 +230,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, data=args.data, steps=args.steps, seeds=args.seeds)
+    run_demo(out=args.out, data=args.data, steps=args.steps, seeds=args.seeds, config=args.config)
     return 0
 
 
@@ -224,11 +238,11 @@ def _options(args, skip: set[str]) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
-def _cmd_distill(args) -> int:
+def _cmd_distill(args, recipe: Recipe | None) -> int:
     from .api import distill
 
     options = _options(args, {"command", "quiet", "method", "data", "out"})
-    synset = distill(args.method, args.data, out=args.out, **options)
+    synset = distill(args.method, args.data, out=args.out, recipe=recipe and recipe.identity(), **options)
     say(f"wrote {len(synset)} images ({synset.ipc} per class) to {args.out}/synset; report: {args.out}/report.md")
     return 0
 
@@ -248,9 +262,9 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
+def bench_plan(args: argparse.Namespace, recipe: Recipe | None = None) -> BenchPlan:
+    """The validated plan of ``datadistill bench``'s parsed (and recipe-merged) arguments."""
     from .bench.plan import BenchPlan
-    from .bench.runner import bench
 
     crops = {}
     for item in args.crop:
@@ -280,8 +294,16 @@ def _cmd_bench(args) -> int:
         workers=args.workers,
         skip_corrupt=args.skip_corrupt,
         input_norm=args.input_norm,
+        first_seed=args.first_seed,
+        recipe=recipe and recipe.identity(),
     )
-    records = bench(plan, args.out)
+    return plan.validate()
+
+
+def _cmd_bench(args, recipe: Recipe | None) -> int:
+    from .bench.runner import bench
+
+    records = bench(bench_plan(args, recipe), args.out)
     say((Path(args.out) / layout.BENCH_SUMMARY).read_text())
     say(f"{len(records)} results of this plan in {args.out}/results.json (and results.csv)")
     return 0
@@ -348,34 +370,48 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def columns(rows: list[list[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart (the last column as it is), each line indented by two."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  " + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def _cmd_list(args) -> int:
     from .data import available_datasets
     from .evaluate import PROTOCOLS
     from .features.backbones import available_backbones
     from .methods import METHODS
 
-    if args.what in ("all", "datasets"):
-        print("datasets:")
-        for e in available_datasets():
-            print(f"  {e.name:16s} {'offline ' if e.offline else '        '}{e.description}  [get: {e.how_to_get}]")
-        print("  imagefolder:PATH  a folder with train/ (and test/ or val/) holding one sub-folder per class")
-        print("  hf:NAME           a Hugging Face dataset with an Image and a ClassLabel column")
-    if args.what in ("all", "backbones"):
-        print("backbones:")
-        for b in available_backbones():
-            print(
-                f"  {b.name:22s} {'offline ' if b.offline else 'hub/path'} {b.input_size}px F={b.feat_dim:<5d} "
-                f"{b.default_weights}"
-            )
-        print("  timm:ARCH              any timm model with pretrained weights (hub or --weights PATH)")
-    if args.what in ("all", "methods"):
-        print("methods:")
-        for name, algo in sorted(METHODS.items()):
-            print(f"  {name:12s} {algo.summary}")
-    if args.what in ("all", "protocols"):
-        print("protocols:")
-        for name, p in PROTOCOLS.items():
-            print(f"  {name:12s} {p.summary}")
+    sections = {
+        "datasets": [
+            *(
+                [e.name, "offline" if e.offline else "", f"{e.description}  [get: {e.how_to_get}]"]
+                for e in available_datasets()
+            ),
+            ["imagefolder:PATH", "", "a folder with train/ (and test/ or val/) holding one sub-folder per class"],
+            ["hf:NAME", "", "a Hugging Face dataset with an Image and a ClassLabel column"],
+        ],
+        "backbones": [
+            *(
+                [
+                    b.name,
+                    "offline" if b.offline else "hub/path",
+                    f"{b.input_size}px",
+                    f"F={b.feat_dim}",
+                    b.default_weights,
+                ]
+                for b in available_backbones()
+            ),
+            ["timm:ARCH", "hub/path", "", "", "any timm model with pretrained weights (hub or --weights PATH)"],
+        ],
+        "methods": [[name, algo.summary] for name, algo in sorted(METHODS.items())],
+        "protocols": [[name, p.summary] for name, p in PROTOCOLS.items()],
+    }
+    for what, rows in sections.items():
+        if args.what in ("all", what):
+            print(f"{what}:")
+            print(columns(rows))
     return 0
 
 
@@ -402,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DATADISTILL_PROGRESS"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        return COMMANDS[args.command](args)
+        recipe = apply_recipe(args)
+        command = COMMANDS[args.command]
+        return command(args, recipe) if args.command in ("distill", "bench") else command(args)
     except DatadistillError as exc:
         print(f"datadistill: error: {user_message(exc)}", file=sys.stderr)
         return 2

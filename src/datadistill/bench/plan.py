@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.config import EvalConfig
 from ..core.errors import ConfigError, DataError
 from ..core.options import fields_of
 from ..evaluate import get_protocol
@@ -31,6 +32,8 @@ class BenchPlan:
     workers: int | None = None  # processes decoding image files (None: one per available core)
     skip_corrupt: bool = False  # leave unreadable image files out instead of stopping
     input_norm: str | None = None  # the normalisation of file: sets of other projects' tensors, undone on reading
+    first_seed: int = EvalConfig().first_seed  # seed of the first evaluation run (run k: first_seed + k)
+    recipe: dict | None = None  # the recipe file the plan was read from (path, sha256); no part of any cell's identity
 
     def validate(self) -> BenchPlan:
         parse_input_norm(self.input_norm)

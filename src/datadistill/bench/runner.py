@@ -53,7 +53,7 @@ from pathlib import Path
 
 from ..api import distill, evaluate
 from ..core import dist
-from ..core.config import RESUME_FREE_FIELDS, DistillConfig, EvalConfig
+from ..core.config import RESUME_FREE_FIELDS, DistillConfig
 from ..core.errors import ConfigError
 from ..core.io import check_writable, hold_lock, write_json, write_text
 from ..core.options import build, fields_of, to_dict
@@ -203,7 +203,7 @@ class Bench:
         resolved = to_dict(build(get_protocol(name).Options, options, f"protocol '{protocol}'"))
         run = self.run_identity(spec, ipc, b_d) if spec else None
         evaluation = eval_settings(
-            name, resolved, self.plan.seeds, EvalConfig().first_seed, self.data_identity, run["options"] if run else {}
+            name, resolved, self.plan.seeds, self.plan.first_seed, self.data_identity, run["options"] if run else {}
         )
         settings = {"evaluation": evaluation}
         shown = {k: v for k, v in options.items() if k not in ("eval_backbone", "distill_backbone")}
@@ -342,6 +342,7 @@ class Bench:
             data=self.data,
             models=[self.model(n) for n in names],
             seeds=self.plan.seeds,
+            first_seed=self.plan.first_seed,
             device=self.plan.device,
             **c.options,
         )

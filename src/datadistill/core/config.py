@@ -13,6 +13,11 @@ from .errors import ConfigError
 from .options import option
 
 WORKERS_HELP = "processes decoding image files (default: one per available core; 0: in the main process)"
+FIRST_SEED_HELP = (
+    "seed of the first evaluation run; run k uses first_seed + k. Apart from the distillation seed (3407) "
+    "and from the seeds 0, 1, 2, ... that redraw Random baselines, so that no evaluation replays the random "
+    "draws that made the set it evaluates"
+)
 SKIP_CORRUPT_HELP = "leave unreadable image files out (one warning with their count) instead of stopping at the first"
 
 
@@ -66,12 +71,7 @@ class EvalConfig:
     """What every evaluation protocol shares."""
 
     seeds: int = option(3, "evaluation seeds (mean ± std over them)")
-    first_seed: int = option(
-        1000,
-        "seed of the first evaluation run; run k uses first_seed + k. Apart from the distillation seed (3407) "
-        "and from the seeds 0, 1, 2, ... that redraw Random baselines, so that no evaluation replays the random "
-        "draws that made the set it evaluates",
-    )
+    first_seed: int = option(1000, FIRST_SEED_HELP)
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
     workers: int | None = option(None, WORKERS_HELP)
     skip_corrupt: bool | None = option(None, SKIP_CORRUPT_HELP + " (default: as the run was distilled)")

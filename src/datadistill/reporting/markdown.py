@@ -149,6 +149,8 @@ def plan_summary(plan: dict, records: list[dict] | None = None, earlier: int = 0
             f"seeds {plan['seeds']}; crops {plan.get('crops') or 'backbone defaults'}; "
             f"settings {plan.get('settings') or 'defaults'}"
         )
+    if plan.get("recipe"):
+        text += f"; recipe {plan['recipe']['path']} (sha256 {plan['recipe']['sha256'][:12]})"
     if earlier:
         text += f"; not shown: {earlier} result{'s' if earlier > 1 else ''} of earlier plans kept in results.json"
     return text
