@@ -198,7 +198,7 @@ def test_tiny_bench_by_recipe_with_an_override(capsys, tmp_path, monkeypatch):
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a cell was evaluated again")
 
-    monkeypatch.setattr(datadistill.bench, "evaluate", no_evaluation)
+    monkeypatch.setattr(datadistill.bench.runner, "evaluate", no_evaluation)
     flags = ["--methods", "random", "--crop", "efficientnet_lite0=32", "--set", "epochs=10"]
     code, _, err = _cli(capsys, "bench", "--data", "digits", *flags, "--set", "views=2", "--seeds", "1", "--out", out)
     assert code == 0, err
