@@ -104,7 +104,8 @@ def main() -> None:
     probe = {"seeds": args.seeds, "first_seed": 3407, "epochs": args.epochs, "views": args.views, "crop": args.crop}
     centroids = dd.distill("centroids", args.data, dataset=data, model=bb, crop=args.crop)
     randoms = [
-        dd.distill("random", args.data, dataset=data, model=bb, crop=args.crop, seed=k) for k in range(args.seeds)
+        dd.distill("random", args.data, dataset=data, seed=k)
+        for k in range(args.seeds)  # real images: no backbone
     ]
     out["accuracy"] = {}
     for name, s in [("random", randoms), ("centroids", centroids), ("sfm", sfm)]:
