@@ -18,28 +18,22 @@ def progress_enabled() -> bool:
     return os.environ.get("DATADISTILL_PROGRESS", "1") != "0"
 
 
+def _bar_options(desc: str, total: int | None, initial: int) -> dict:
+    """One look for every bar: on stderr, hidden when progress is off, gone when done."""
+    return {
+        "desc": desc,
+        "total": total,
+        "initial": initial,
+        "disable": not progress_enabled(),
+        "file": sys.stderr,
+        "dynamic_ncols": True,
+        "leave": False,
+    }
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, initial: int = 0) -> Iterator[T]:
-    return iter(
-        tqdm(
-            iterable,
-            desc=desc,
-            total=total,
-            initial=initial,
-            disable=not progress_enabled(),
-            file=sys.stderr,
-            dynamic_ncols=True,
-            leave=False,
-        )
-    )
+    return iter(tqdm(iterable, **_bar_options(desc, total, initial)))
 
 
 def progress_bar(desc: str, total: int, initial: int = 0) -> tqdm:
-    return tqdm(
-        desc=desc,
-        total=total,
-        initial=initial,
-        disable=not progress_enabled(),
-        file=sys.stderr,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    return tqdm(**_bar_options(desc, total, initial))
