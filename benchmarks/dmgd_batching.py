@@ -37,7 +37,7 @@ def synchronize(device: torch.device) -> None:
 
 def generate(ctx, method: DMGD, template) -> tuple[float, int]:
     """Run every generation step of ``ctx`` on a fresh state sharing ``template``'s loaded sampler."""
-    from datadistill.methods.guided_ddpm import GenerationState
+    from datadistill.methods.guided_sampling import GenerationState
 
     synchronize(ctx.device)
     state = GenerationState(

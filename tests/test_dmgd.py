@@ -8,7 +8,7 @@ import torch
 from datadistill import api
 from datadistill.cli import main
 from datadistill.core.errors import ConfigError
-from datadistill.core.io import read_checkpoint
+from datadistill.core.io import read_checkpoint, save_checkpoint
 from datadistill.methods.dmgd import DMGD, DMGDOptions, OTGuidance, SemanticMatching, annealing
 from datadistill.sampling.ddpm import StepState
 from datadistill.sampling.diffusion import GaussianDiffusion
@@ -198,10 +198,17 @@ def test_dmgd_from_the_cli_then_resume_after_a_kill_equals_an_uninterrupted_run(
 
     monkeypatch.setattr(DMGD, "train_step", dying)
     assert main([*args, "--out", str(tmp_path / "killed")]) == 130
-    assert read_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"] == 2
+    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
+    saved = read_checkpoint(checkpoint)
+    assert saved["step"] == 2 and saved["optimizer"] is None  # sampling optimises nothing
+    # a checkpoint written when the sampling methods carried a placeholder optimizer still resumes
+    placeholder = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.0)
+    save_checkpoint(checkpoint, {**saved, "optimizer": placeholder.state_dict()})
     monkeypatch.setattr(DMGD, "train_step", real_step)
     assert main([*args, "--out", str(tmp_path / "killed")]) == 0
     torch.testing.assert_close(SyntheticSet.load(tmp_path / "killed").images, full.images)
+    log_text = (tmp_path / "killed" / "log.txt").read_text()
+    assert "at chunk 2" in log_text and "OT distance" in log_text
     assert main(["distill", "dmgd", "--data", "digits", "--out", str(tmp_path / "bad"), "--class-ids", "1,2"]) == 2
     assert "--class-ids lists 2 classes" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "bad2"), "--class-ids", ",".join(["99"] * 10)]) == 2
@@ -218,7 +225,7 @@ def test_ot_guidance_lowers_the_ot_distance_and_ablations_share_the_sampler(tmp_
 
 
 def test_mgd3_pulls_each_sample_to_its_mode(tmp_path, fast):
-    from datadistill.methods.guided_ddpm import load_sampler
+    from datadistill.methods.guided_sampling import load_sampler
 
     far = {}
     for scale in (0.0, 0.1):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .core import dist
+from .core import dist, layout
 from .core.config import DistillConfig, EvalConfig, check_val_fraction
 from .core.errors import ConfigError, DatadistillError, DataError, user_message
 from .core.io import check_creatable, hold_lock
@@ -24,28 +24,27 @@ from .evaluate.identity import data_identity, eval_key, eval_settings
 from .evaluate.linear_probe import check_compatible
 from .features.backbones import Backbone, load_backbone
 from .features.bank import FeatureBank, feature_bank
-from .methods import RunContext, get_method
+from .methods import Method, RunContext, get_method
 from .methods.base import BackboneOptions
 from .reporting.run_report import write_report
-from .run import layout
 from .run.device import resolve_device
 from .run.directory import RunDir, buffered_log
-from .run.loop import LoopState, optimise
+from .run.engine import execute
 from .run.timing import PhaseTimer
 from .synset.set import SyntheticSet
 from .synset.tensorfiles import export_meta, tensor_files
 from .training.pretrainers import get_pretrainer
 
 
-def make_config(method: str, data: str, ipc: int = 1, **values) -> DistillConfig:
+def make_config(method: str | Method, data: str, ipc: int = 1, **values) -> DistillConfig:
     """A validated config: common fields from ``values``, the rest checked against the method's options."""
-    algo = get_method(method)
+    algo = get_method(method) if isinstance(method, str) else method
     common, rest = split(values, DistillConfig)
     for reserved in ("method", "data", "options"):
         if reserved in common:
             raise ConfigError(f"'{reserved}' cannot be passed as an option")
-    opts = algo.resolve(build(algo.Options, rest, f"method '{method}'"))
-    fields = {"method": method, "data": data, "ipc": ipc, "options": to_dict(opts), **common}
+    opts = algo.resolve(build(algo.Options, rest, f"method '{algo.name}'"))
+    fields = {"method": algo.name, "data": data, "ipc": ipc, "options": to_dict(opts), **common}
     return build(DistillConfig, fields, "distill")
 
 
@@ -60,8 +59,11 @@ def _check_ipc(data: RealData, ipc: int) -> None:
         )
 
 
-def build_context(config: DistillConfig, data: RealData | None = None, model: Backbone | None = None) -> RunContext:
-    algo = get_method(config.method)
+def build_context(
+    config: DistillConfig, data: RealData | None = None, model: Backbone | None = None, method: Method | None = None
+) -> RunContext:
+    """The run context of ``config``: its method (``method``, or the one the config names), loaded data, device."""
+    algo = method or get_method(config.method)
     device = resolve_device(config.device)
     data = data or load_dataset(
         config.data,
@@ -95,12 +97,12 @@ def distill(
     sha256 of the recipe file the settings came from) is recorded in the run's config.json; it is no part of the
     run's identity, so the same settings by flags or by a recipe resume the same run.
     """
+    algo = get_method(method)
     if dataset is not None:
         options.setdefault("skip_corrupt", dataset.extras.get("skip_corrupt", False))
-    config = make_config(method, data, ipc, **options)
+    config = make_config(algo, data, ipc, **options)
     if dataset is not None and config.skip_corrupt != dataset.extras.get("skip_corrupt", False):
         raise ConfigError("skip_corrupt differs from the loaded dataset's; load it with the same setting")
-    algo = get_method(method)
     if out is not None:
         check_creatable(out)  # before the data is loaded, creating nothing
         finished = _finished_run(out, config)
@@ -109,7 +111,7 @@ def distill(
     # Everything that can refuse the input runs before the run folder exists, so a refusal leaves nothing behind.
     timer = PhaseTimer()
     with buffered_log() as earlier, timer.phase("load"):
-        ctx = build_context(config, dataset, model)
+        ctx = build_context(config, dataset, model, algo)
         timer.device = ctx.device
         _check_ipc(ctx.data, ipc)
         resolved = _resolved(ctx) | ({"recipe": recipe} if recipe else {})
@@ -118,37 +120,8 @@ def distill(
         if run is not None:
             resumed = run.claim(config, resolved)
             log.info("%s run in %s%s", method, run.path, " (resuming)" if resumed else "")
-        if algo.needs_stats:
-            with timer.phase("stats"):
-                _ = ctx.stats
-        loop: LoopState | None = None
-        with timer.phase("distill"):
-            if algo.optimises:
-                images, loop = optimise(algo, ctx, run)
-                synset = ctx.synset(images.cpu(), ctx.class_labels(), steps=algo.steps(ctx), **algo.synset_meta(ctx))
-            else:
-                synset = algo.select(ctx)
-        losses = loop.losses if loop is not None else []
-        if loop is not None and losses:
-            # A resumed run timed only the steps after its checkpoint.
-            phase = timer.phases["distill"]
-            phase["resumed_at_step"] = loop.resumed_at
-            if loop.step > loop.resumed_at:
-                phase["seconds_per_step"] = round(phase["seconds"] / (loop.step - loop.resumed_at), 4)
+        synset = execute(algo, ctx, run, timer)
         if run is not None and dist.is_main():
-            with timer.phase("save"):
-                synset.save(run.synset_path)
-            run.update_metrics(
-                distill={
-                    "complete": True,
-                    "method": method,
-                    "phases": timer.phases,
-                    "loss_first": losses[0] if losses else None,
-                    "loss_last": losses[-1] if losses else None,
-                    "losses": losses,
-                    "processes": dist.world(),
-                }
-            )
             write_report(run.path)
     dist.barrier()
     return synset

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core import layout
 from .core.errors import ConfigError, DatadistillError, user_message
 from .core.recipe import Recipe, apply_recipe, defer_defaults, ints, words
-from .run import layout
 
 if TYPE_CHECKING:
     from .bench.plan import BenchPlan

@@ -22,7 +22,7 @@ class BenchPlan:
     protocols: list[str] = field(default_factory=lambda: ["linear-probe"])  # NAME or NAME:KEY=VALUE[:KEY=VALUE]
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
     eval_backbones: list[str] | None = None  # default: the distillation backbones
-    ipcs: list[int] = field(default_factory=lambda: [1])
+    ipc: list[int] = field(default_factory=lambda: [1])  # images per class, one cell per value (--ipc)
     seeds: int = 3
     crops: dict[str, int] = field(default_factory=dict)  # input size per backbone
     settings: list[str] = field(default_factory=list)  # "[scope.]key=value", scope = a method or protocol
@@ -61,7 +61,7 @@ class BenchPlan:
                     f"--evaluate-with {spec}={'+'.join(chosen)}: each protocol must be one of "
                     f"--protocols ({', '.join(self.protocols)})"
                 )
-        if self.seeds < 1 or not self.ipcs or min(self.ipcs) < 1:
+        if self.seeds < 1 or not self.ipc or min(self.ipc) < 1:
             raise ConfigError("--seeds and every --ipc must be at least 1")
         parse_settings(self.settings, self.methods, self.protocols)
         return self

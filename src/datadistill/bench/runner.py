@@ -52,7 +52,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..api import distill, evaluate
-from ..core import dist
+from ..core import dist, layout
 from ..core.config import RESUME_FREE_FIELDS, DistillConfig
 from ..core.errors import ConfigError
 from ..core.io import check_writable, hold_lock, write_json, write_text
@@ -65,7 +65,6 @@ from ..features.backbones import Backbone, load_backbone
 from ..methods import get_method
 from ..reporting.markdown import given_summary
 from ..reporting.table import fmt_acc
-from ..run import layout
 from ..run.device import resolve_device
 from ..synset.set import SyntheticSet
 from ..synset.tensorfiles import reads_input_norm
@@ -166,10 +165,10 @@ class Bench:
         backbones (a set no backbone made, judged without one) appears once. A ``file:`` set has one IPC, its own."""
         cells = []
         ipc_of = {spec: self.file_set(spec).ipc for spec in self.plan.methods if is_file_spec(spec)}
-        for ipc in dict.fromkeys([*self.plan.ipcs, *ipc_of.values()]):
+        for ipc in dict.fromkeys([*self.plan.ipc, *ipc_of.values()]):
             for b_d in self.plan.backbones:
                 for spec in self.plan.methods:
-                    if ipc not in ([ipc_of[spec]] if spec in ipc_of else self.plan.ipcs):
+                    if ipc not in ([ipc_of[spec]] if spec in ipc_of else self.plan.ipc):
                         continue
                     for protocol in self.plan.protocols_for(spec):
                         name = protocol_spec(protocol)[0]
@@ -407,7 +406,7 @@ def summary_markdown(rows: list[dict], plan: BenchPlan) -> str:
         parts += ["Sets made elsewhere, evaluated as they are (the same set for every seed):", ""]
         parts += [f"- {m}: `{path}`" for m, path in sources.items()] + [""]
     labels = method_labels(plan.methods)
-    ipcs = dict.fromkeys([*plan.ipcs, *(r["ipc"] for r in rows if r["ipc"] is not None)])
+    ipcs = dict.fromkeys([*plan.ipc, *(r["ipc"] for r in rows if r["ipc"] is not None)])
     for ipc in ipcs:
         for b_d in plan.backbones:
             cells = {

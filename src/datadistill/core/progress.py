@@ -35,5 +35,5 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, initial
     return iter(tqdm(iterable, **_bar_options(desc, total, initial)))
 
 
-def progress_bar(desc: str, total: int, initial: int = 0) -> tqdm:
-    return tqdm(**_bar_options(desc, total, initial))
+def progress_bar(desc: str, total: int, initial: int = 0, unit: str = "it") -> tqdm:
+    return tqdm(**_bar_options(desc, total, initial), unit=unit)

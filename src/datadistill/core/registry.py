@@ -9,7 +9,7 @@ lazily, on the first lookup, so an installed but unused plugin costs nothing at 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar, overload
 
@@ -45,6 +45,11 @@ class Registry(Generic[T]):
             return lambda decorated: self.register(name, decorated)
         self._entries[name] = obj
         return obj
+
+    def register_each(self, entries: Iterable[T]) -> None:
+        """Add each entry under its own ``name`` attribute (a table of specs defined in one place)."""
+        for entry in entries:
+            self.register(entry.name, entry)
 
     def get(self, name: str) -> T:
         self._load_plugins()

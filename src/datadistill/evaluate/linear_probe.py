@@ -250,7 +250,7 @@ def _sequential(ip: bool) -> Mode:
     return run
 
 
-def run_probe(job: EvalJob, mode: str, train: Mode) -> EvalResult:
+def run_probe(job: EvalJob[ProbeOptions], mode: str, train: Mode) -> EvalResult:
     opts = job.opts
     data = job.data
     check_compatible(job.synsets, data)

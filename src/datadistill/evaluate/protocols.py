@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -31,13 +31,16 @@ class EvalBackboneOptions:
         at_least(self, 1, "crop")
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass
-class EvalJob:
-    """Everything a protocol run receives."""
+class EvalJob(Generic[OptionsT]):
+    """Everything a protocol run receives, typed by the protocol's options: ``EvalJob[ConvNetOptions]``."""
 
     synsets: list[SyntheticSet]  # one per seed (empty for protocols that train on real data only)
     data: RealData
-    opts: Any
+    opts: OptionsT
     common: EvalConfig
     device: torch.device
     run_config: dict = field(default_factory=dict)  # the distill config of the evaluated run, if any
@@ -87,7 +90,7 @@ class Protocol:
     name: str
     summary: str
     Options: type
-    run: Callable[[EvalJob], EvalResult]
+    run: Callable[[EvalJob[Any]], EvalResult]
     needs_synset: bool = True
     # Under torchrun the seeds are shared out over processes. A protocol that runs collective steps per seed
     # (e.g. one cached model per seed built by rank 0) must say False.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -82,10 +82,17 @@ class PixelOptions(BackboneOptions):
         positive(self, "lr")
 
 
+# Covariant: a RunContext[SFMOptions] is a RunContext[PixelOptions], so shared blocks take the options they read.
+ContextOptionsT = TypeVar("ContextOptionsT", covariant=True)
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass
-class RunContext:
+class RunContext(Generic[ContextOptionsT]):
+    """Everything one run of a method sees, typed by the method's options: ``RunContext[SFMOptions]``."""
+
     config: DistillConfig
-    opts: Any
+    opts: ContextOptionsT
     data: RealData
     device: torch.device
     method: Method
@@ -93,13 +100,13 @@ class RunContext:
     model: Backbone | None = None  # an already loaded backbone (API callers, the demo, benchmarks)
 
     @cached_property
-    def backbone(self) -> Backbone:
+    def backbone(self: RunContext[BackboneOptions]) -> Backbone:
         if self.model is not None and self.model.name == self.opts.backbone:
             return self.model.to(self.device)
         return load_backbone(self.opts.backbone, self.opts.weights, self.device)
 
     @property
-    def crop(self) -> int:
+    def crop(self: RunContext[BackboneOptions]) -> int:
         return self.opts.crop or self.backbone.input_size
 
     @property
@@ -107,7 +114,7 @@ class RunContext:
         return getattr(self.opts, "resolution", None) or self.method.default_resolution(self)
 
     @cached_property
-    def stats(self) -> FeatureBank:
+    def stats(self: RunContext[BackboneOptions]) -> FeatureBank:
         """Train-split features and class statistics through the distillation backbone (cached on disk)."""
         return feature_bank(self.data, self.backbone, "train", crop=self.crop, device=self.device)
 
@@ -127,7 +134,7 @@ class RunContext:
             meta.update(backbone=self.backbone.name, backbone_weights=self.backbone.weights, crop=self.crop)
         return SyntheticSet(images, labels, list(self.data.classes), meta)
 
-    def initial_param(self) -> ImageParam:
+    def initial_param(self: RunContext[PixelOptions]) -> ImageParam:
         """The parameterisation the options ask for, started from noise or from selected real images."""
         opts = self.opts
         init = None
@@ -156,46 +163,53 @@ class RunContext:
         return torch.arange(self.data.num_classes).repeat_interleave(self.config.ipc)
 
 
-class Method:
-    """Base class. Selection methods implement ``select``; optimisation methods ``init_param`` and ``loss``
-    (or ``train_step`` when one step is more than one loss and one optimizer update)."""
+class Method(Generic[OptionsT]):
+    """Base class, generic in its options type. Selection methods implement ``select``; step-wise methods
+    (``stepwise``: run by the engine's resumable loop) ``init_param`` and ``loss``, or ``train_step`` when one
+    step is more than one loss and one optimizer update."""
 
     name: str = ""
     summary: str = ""
-    Options: type = NoOptions
-    optimises: bool = False
+    Options: type[OptionsT] = NoOptions
+    stepwise: bool = False
     needs_stats: bool = False
+    step_unit: str = "step"  # what one engine step is, in logs and the progress bar
+    progress_name: str = "loss"  # what ``train_step`` returns, in logs, the progress bar and errors
 
-    def resolve(self, opts: Any) -> Any:
+    def resolve(self, opts: OptionsT) -> OptionsT:
         """Fill option defaults that depend on other inputs (saved resolved in the run's config)."""
         return opts
 
-    def default_resolution(self, ctx: RunContext) -> int:
-        if self.optimises and isinstance(ctx.opts, BackboneOptions):
+    def default_resolution(self, ctx: RunContext[OptionsT]) -> int:
+        if self.stepwise and isinstance(ctx.opts, BackboneOptions):
             return resize_for(ctx.crop)
         return ctx.data.native_size
 
-    def steps(self, ctx: RunContext) -> int:
+    def steps(self, ctx: RunContext[OptionsT]) -> int:
         return ctx.opts.steps
 
-    def synset_meta(self, ctx: RunContext) -> dict:
+    def synset_meta(self, ctx: RunContext[OptionsT]) -> dict:
         """What an evaluator needs to know about the optimised images, saved with the set (not the run)."""
         return {}
 
-    def select(self, ctx: RunContext) -> SyntheticSet:
+    def select(self, ctx: RunContext[OptionsT]) -> SyntheticSet:
         raise NotImplementedError
 
-    def init_param(self, ctx: RunContext) -> ImageParam:
+    def init_param(self, ctx: RunContext[OptionsT]) -> ImageParam:
         raise NotImplementedError
 
-    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
+    def make_optimizer(self, ctx: RunContext[OptionsT], param: ImageParam) -> torch.optim.Optimizer | None:
+        """The optimizer of the step-wise methods that optimise (None: nothing is optimised)."""
         return torch.optim.Adam(param.parameters(), lr=ctx.opts.lr)
 
-    def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+    def loss(self, ctx: RunContext[OptionsT], images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast: Any) -> float:
-        """One optimisation step; returns the loss value (the engine stops the run if it is not finite)."""
+    def train_step(
+        self, ctx: RunContext[OptionsT], param: ImageParam, optimizer: torch.optim.Optimizer | None, autocast: Any
+    ) -> float:
+        """One step; returns its value, a loss by default (the engine stops the run if it is not finite)."""
+        assert optimizer is not None, "the default step optimises: make_optimizer must return an optimizer"
         with autocast:
             loss = self.loss(ctx, param.render())
         value = float(loss.detach())

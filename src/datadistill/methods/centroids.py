@@ -8,13 +8,13 @@ from .base import BackboneOptions, Method, RunContext, register
 
 
 @register
-class Centroids(Method):
+class Centroids(Method[BackboneOptions]):
     name = "centroids"
     summary = "per class, the real images nearest the class mean (k-means centres for IPC > 1) in backbone features"
     Options = BackboneOptions
     needs_stats = True
 
-    def select(self, ctx: RunContext) -> SyntheticSet:
+    def select(self, ctx: RunContext[BackboneOptions]) -> SyntheticSet:
         bank, ipc = ctx.stats, ctx.config.ipc
         targets = bank.means if ipc == 1 else bank.kmeans(ipc, seed=ctx.config.seed)[0].flatten(0, 1)
         labels = ctx.class_labels()

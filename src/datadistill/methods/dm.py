@@ -70,13 +70,13 @@ class DMOptions(MatchOptions):
 
 
 @register
-class DM(Method):
+class DM(Method[DMOptions]):
     name = "dm"
     summary = "distribution matching: class feature means of real vs synthetic images through random ConvNets"
     Options = DMOptions
-    optimises = True
+    stepwise = True
 
-    def init_param(self, ctx: RunContext) -> ImageParam:
+    def init_param(self, ctx: RunContext[DMOptions]) -> ImageParam:
         opts = ctx.opts
         self.real = real_train(ctx)
         self.norm = norm_for(ctx)
@@ -92,13 +92,13 @@ class DM(Method):
             return RawPixelParam(images, self.norm.mean, self.norm.std)
         return RawPixelParam(images)
 
-    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
+    def make_optimizer(self, ctx: RunContext[DMOptions], param: ImageParam) -> torch.optim.Optimizer:
         return torch.optim.SGD(param.parameters(), lr=ctx.opts.lr, momentum=ctx.opts.momentum)
 
-    def synset_meta(self, ctx: RunContext) -> dict:
+    def synset_meta(self, ctx: RunContext[DMOptions]) -> dict:
         return {} if ctx.opts.clamp else {"unbounded": True}
 
-    def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+    def loss(self, ctx: RunContext[DMOptions], images: torch.Tensor) -> torch.Tensor:
         opts, c, mine = ctx.opts, ctx.data.num_classes, self.classes
         init_parameters_(self.net, ctx.generator)  # a fresh random network every iteration
         self.net.train()
@@ -117,7 +117,9 @@ class DM(Method):
         loss = (real_means - syn_means).pow(2).sum()
         return dist.sum_over_ranks(loss) if self.shares_classes else loss
 
-    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast) -> float:
+    def train_step(
+        self, ctx: RunContext[DMOptions], param: ImageParam, optimizer: torch.optim.Optimizer, autocast
+    ) -> float:
         if ctx.opts.clamp:
             param.project_()
         return super().train_step(ctx, param, optimizer, autocast)

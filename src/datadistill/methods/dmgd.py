@@ -33,7 +33,7 @@ from ..models.generative.dit import EmbeddingTransform
 from ..sampling.ddpm import SamplerHook, StepState
 from ..sampling.ot import ot_loss
 from .base import RunContext, register
-from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
+from .guided_sampling import DDPMOptions, GenerationState, GuidedSampling
 
 
 @dataclass
@@ -160,15 +160,15 @@ class OTGuidance(SamplerHook):
 
 
 @register
-class DMGD(GuidedDDPM):
+class DMGD(GuidedSampling[DMGDOptions]):
     name = "dmgd"
     summary = "training-free guided diffusion: semantic label annealing + Sinkhorn OT to k-means supports (DMGD)"
     Options = DMGDOptions
 
-    def supports_k(self, ctx: RunContext) -> int:
+    def supports_k(self, ctx: RunContext[DMGDOptions]) -> int:
         return ctx.opts.supports
 
-    def chunks(self, ctx: RunContext) -> list[list[tuple[int, int]]]:
+    def chunks(self, ctx: RunContext[DMGDOptions]) -> list[list[tuple[int, int]]]:
         c, ipc = ctx.data.num_classes, ctx.config.ipc
         if ctx.opts.batch == "one":
             return [[(k, n)] for k in range(c) for n in range(ipc)]
@@ -176,7 +176,7 @@ class DMGD(GuidedDDPM):
 
     def hooks(
         self,
-        ctx: RunContext,
+        ctx: RunContext[DMGDOptions],
         state: GenerationState,
         classes: torch.Tensor,
         slots: torch.Tensor,

@@ -65,13 +65,13 @@ class LGMOptions(PixelOptions):
 
 
 @register
-class LGM(Method):
+class LGM(Method[LGMOptions]):
     name = "lgm"
     summary = "linear gradient matching: match random linear-head gradients of real and synthetic features"
     Options = LGMOptions
-    optimises = True
+    stepwise = True
 
-    def init_param(self, ctx: RunContext) -> ImageParam:
+    def init_param(self, ctx: RunContext[LGMOptions]) -> ImageParam:
         opts = ctx.opts
         self.labels = ctx.class_labels().to(ctx.device)
         self.augment = StandardAugment(out_size=ctx.crop, noise_mean=opts.noise_mean)
@@ -79,7 +79,7 @@ class LGM(Method):
         self.head_gradient = HEAD_GRADIENTS[opts.grad]
         return ctx.initial_param()
 
-    def real_gradient(self, ctx: RunContext, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def real_gradient(self, ctx: RunContext[LGMOptions], weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Head gradient on a fresh uniform real batch (not class-balanced), one augmented view per image."""
         train = ctx.data.train
         indices = torch.randperm(len(train), generator=ctx.generator)[: self.real_batch]
@@ -98,7 +98,7 @@ class LGM(Method):
             z = dist.gather_parts(torch.cat(features), n)
         return self.head_gradient(z, train.targets[indices].to(ctx.device), weight, bias).detach()
 
-    def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+    def loss(self, ctx: RunContext[LGMOptions], images: torch.Tensor) -> torch.Tensor:
         opts = ctx.opts
         c, dim = ctx.data.num_classes, ctx.backbone.feat_dim
         weight = (torch.randn(c, dim, generator=ctx.generator) * opts.head_std).to(ctx.device)

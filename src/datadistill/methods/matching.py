@@ -62,7 +62,7 @@ class MatchOptions:
         return DSA(strategy, mode=self.dsa_mode)
 
 
-def real_train(ctx: RunContext) -> MemorySplit:
+def real_train(ctx: RunContext[MatchOptions]) -> MemorySplit:
     return in_memory(ctx.data.train, ctx.resolution, ctx.data.num_classes)
 
 
@@ -88,7 +88,7 @@ def sample_real(
     return split.batch(idx), split.labels[idx]
 
 
-def initial_images(ctx: RunContext, init: str, factor: int = 1) -> torch.Tensor:
+def initial_images(ctx: RunContext[MatchOptions], init: str, factor: int = 1) -> torch.Tensor:
     """IPC images per class (class-major) in [0, 1], with the real split's channels."""
     split = real_train(ctx)
     ipc, c = ctx.config.ipc, ctx.data.num_classes
@@ -119,5 +119,5 @@ def class_feature_means(
     return sums / counts.clamp(min=1)[:, None]
 
 
-def norm_for(ctx: RunContext) -> InputNorm:
+def norm_for(ctx: RunContext[MatchOptions]) -> InputNorm:
     return InputNorm.of(real_train(ctx))

@@ -19,7 +19,7 @@ from ..core.options import option
 from ..models.generative.latent import latent_bank
 from ..sampling.ddpm import SamplerHook, StepState
 from .base import RunContext, register
-from .guided_ddpm import DDPMOptions, GenerationState, GuidedDDPM
+from .guided_sampling import DDPMOptions, GenerationState, GuidedSampling
 
 
 @dataclass
@@ -54,15 +54,15 @@ class ModeGuidance(SamplerHook):
 
 
 @register
-class MGD3(GuidedDDPM):
+class MGD3(GuidedSampling[MGD3Options]):
     name = "mgd3"
     summary = "mode-guided diffusion: each sample pulled to one k-means mode (k = IPC) until a stop step (MGD3)"
     Options = MGD3Options
 
-    def supports_k(self, ctx: RunContext) -> int:
+    def supports_k(self, ctx: RunContext[MGD3Options]) -> int:
         return ctx.config.ipc
 
-    def init_param(self, ctx: RunContext) -> GenerationState:
+    def init_param(self, ctx: RunContext[MGD3Options]) -> GenerationState:
         state = super().init_param(ctx)
         s = state.sampler
         if ctx.opts.modes == "closest":
@@ -72,14 +72,14 @@ class MGD3(GuidedDDPM):
             s.supports = bank.tensor(bank.nearest(flat, labels)).view_as(s.supports).to(s.supports.device)
         return state
 
-    def chunks(self, ctx: RunContext) -> list[list[tuple[int, int]]]:
+    def chunks(self, ctx: RunContext[MGD3Options]) -> list[list[tuple[int, int]]]:
         pairs = [(c, n) for n in range(ctx.config.ipc) for c in range(ctx.data.num_classes)]
         b = ctx.opts.batch_size
         return [pairs[i : i + b] for i in range(0, len(pairs), b)]
 
     def hooks(
         self,
-        ctx: RunContext,
+        ctx: RunContext[MGD3Options],
         state: GenerationState,
         classes: torch.Tensor,
         slots: torch.Tensor,

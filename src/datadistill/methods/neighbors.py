@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import layout
 from ..core.errors import ConfigError, DataError
 from ..core.options import option
 from ..data import resize_center_crop
@@ -33,7 +34,7 @@ class NeighborsOptions(BackboneOptions):
 
 
 @register
-class Neighbors(Method):
+class Neighbors(Method[NeighborsOptions]):
     name = "neighbors"
     summary = "for each image of a distilled set (--source), the nearest same-class real image (cosine features)"
     Options = NeighborsOptions
@@ -49,7 +50,7 @@ class Neighbors(Method):
             return replace(opts, backbone=meta["backbone"], weights=weights, crop=opts.crop or meta.get("crop"))
         return opts
 
-    def select(self, ctx: RunContext) -> SyntheticSet:
+    def select(self, ctx: RunContext[NeighborsOptions]) -> SyntheticSet:
         source = SyntheticSet.load(ctx.opts.source)
         if list(source.classes) != list(ctx.data.classes):
             raise DataError(f"{ctx.opts.source} was not distilled from '{ctx.data.name}' (its classes differ)")
@@ -71,7 +72,7 @@ class Neighbors(Method):
 
 def _source_weights(source: Path) -> str | None:
     """The ``--weights`` a source run directory was distilled with (None for a set folder or default weights)."""
-    config = source / "config.json"
+    config = source / layout.RUN_CONFIG
     if not config.is_file():
         return None
     return json.loads(config.read_text()).get("distill", {}).get("options", {}).get("weights")

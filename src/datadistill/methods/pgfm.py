@@ -74,12 +74,12 @@ class PGFMOptions(LatentOptions, FlowOptions):
 
 
 @register
-class PGFM(Method):
+class PGFM(Method[PGFMOptions]):
     name = "pgfm"
     summary = "path-guided latent flow matching: few-step ODE sampling pulled to per-class k-means prototypes"
     Options = PGFMOptions
 
-    def select(self, ctx: RunContext) -> SyntheticSet:
+    def select(self, ctx: RunContext[PGFMOptions]) -> SyntheticSet:
         opts, data = ctx.opts, ctx.data
         if opts.mode in ("pgfm", "plain"):
             check_flow_spec(opts)  # a missing model fails before the latent space is trained
@@ -112,7 +112,7 @@ class PGFM(Method):
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return ctx.synset(images.clamp(0, 1), labels, **meta)
 
-    def prototypes(self, ctx: RunContext, bank, space: LatentSpace) -> torch.Tensor:
+    def prototypes(self, ctx: RunContext[PGFMOptions], bank, space: LatentSpace) -> torch.Tensor:
         """(C * IPC, C, h, w) prototypes, class-major: per-class k-means centres (k = IPC) of the train latents,
         or the real latents nearest to them."""
         centres, _ = bank.kmeans(ctx.config.ipc, seed=ctx.opts.kmeans_seed)
@@ -122,7 +122,7 @@ class PGFM(Method):
         return flat.view(-1, *space.latent_shape)
 
     def sample(
-        self, ctx: RunContext, space: LatentSpace, protos: torch.Tensor, labels: torch.Tensor, meta: dict
+        self, ctx: RunContext[PGFMOptions], space: LatentSpace, protos: torch.Tensor, labels: torch.Tensor, meta: dict
     ) -> torch.Tensor:
         opts = ctx.opts
         flow = flow_model_from(opts, opts, ctx.data, space, ctx.device, seed=ctx.config.seed)
@@ -183,7 +183,9 @@ class PGFM(Method):
             }
         return dist.gather_rows(torch.cat(out), mine, len(labels))
 
-    def coverage(self, ctx: RunContext, space: LatentSpace, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    def coverage(
+        self, ctx: RunContext[PGFMOptions], space: LatentSpace, images: torch.Tensor, labels: torch.Tensor
+    ) -> dict:
         """Mode coverage of the final images (encoded with the posterior mean) against K_eval k-means clusters
         of the validation split's latents."""
         k = ctx.opts.coverage_k or ctx.config.ipc

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..synset.set import SyntheticSet
-from .base import Method, RunContext, register
+from .base import Method, NoOptions, RunContext, register
 
 
 @register
-class RandomReal(Method):
+class RandomReal(Method[NoOptions]):
     name = "random"
     summary = "IPC real training images per class, drawn uniformly (redraw with --seed)"
 
-    def select(self, ctx: RunContext) -> SyntheticSet:
+    def select(self, ctx: RunContext[NoOptions]) -> SyntheticSet:
         g = torch.Generator().manual_seed(ctx.config.seed)
         targets = ctx.data.train.targets
         picks = []

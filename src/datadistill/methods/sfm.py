@@ -32,7 +32,9 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return sums / counts[:, None]
 
 
-def augmented_views(ctx: RunContext, images: torch.Tensor, augs: int, augment: StandardAugment) -> torch.Tensor:
+def augmented_views(
+    ctx: RunContext[PixelOptions], images: torch.Tensor, augs: int, augment: StandardAugment
+) -> torch.Tensor:
     """Backbone features of ``augs`` independently augmented views of every image: (augs * N) x F, view-major.
 
     Under torchrun every rank draws the parameters of every view and augments and embeds its share only; the
@@ -60,14 +62,14 @@ class SFMOptions(PixelOptions):
 
 
 @register
-class SFM(Method):
+class SFM(Method[SFMOptions]):
     name = "sfm"
     summary = "statistical flow matching: match the class-to-non-class flow of cached real class means"
     Options = SFMOptions
-    optimises = True
+    stepwise = True
     needs_stats = True
 
-    def init_param(self, ctx: RunContext) -> ImageParam:
+    def init_param(self, ctx: RunContext[SFMOptions]) -> ImageParam:
         opts = ctx.opts
         mu = ctx.stats.means.to(ctx.device)
         c = len(mu)
@@ -79,7 +81,7 @@ class SFM(Method):
         self.denominator = (c - 1) if opts.flow_norm == "classes" else (len(self.labels) - 1)
         return ctx.initial_param()
 
-    def loss(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+    def loss(self, ctx: RunContext[SFMOptions], images: torch.Tensor) -> torch.Tensor:
         opts = ctx.opts
         z = augmented_views(ctx, images, opts.augs, self.augment).view(opts.augs, len(images), -1).mean(dim=0)
         centres = class_means(z, self.labels, len(self.real_centres))

@@ -98,21 +98,21 @@ class TGDDOptions(MatchOptions, ExpertOptions):
 
 
 @register
-class TGDD(Method):
+class TGDD(Method[TGDDOptions]):
     name = "tgdd"
     summary = "trajectory-guided distribution matching + class separation through expert snapshots (pixels)"
     Options = TGDDOptions
-    optimises = True
+    stepwise = True
 
     def __init__(self, store: TrajectoryStore | None = None):
         self.store = store  # an already loaded store (benchmarks, tests); else read from the pretrain cache
 
-    def load_store(self, ctx: RunContext) -> TrajectoryStore:
+    def load_store(self, ctx: RunContext[TGDDOptions]) -> TrajectoryStore:
         opts = ctx.opts
         folder = train_experts(ctx.data, expert_options(opts, expert_resolution=ctx.resolution), ctx.device)
         return TrajectoryStore.load(folder, ctx.device)
 
-    def init_param(self, ctx: RunContext) -> ImageParam:
+    def init_param(self, ctx: RunContext[TGDDOptions]) -> ImageParam:
         opts = ctx.opts
         if self.store is None:
             self.store = self.load_store(ctx)
@@ -129,15 +129,17 @@ class TGDD(Method):
         self.alpha = opts.loss_alpha(ctx.config.ipc)
         return RawPixelParam(initial_images(ctx, opts.init, opts.factor))
 
-    def synset_meta(self, ctx: RunContext) -> dict:
+    def synset_meta(self, ctx: RunContext[TGDDOptions]) -> dict:
         # The stored images are f x f tiles: a set loaded on its own (no run config) must still decode them.
         return {"factor": ctx.opts.factor}
 
-    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
+    def make_optimizer(self, ctx: RunContext[TGDDOptions], param: ImageParam) -> torch.optim.Optimizer:
         lr = ctx.opts.image_lr(ctx.config.ipc, ctx.resolution)
         return torch.optim.SGD(param.parameters(), lr=lr, momentum=ctx.opts.momentum)
 
-    def train_step(self, ctx: RunContext, param: ImageParam, optimizer: torch.optim.Optimizer, autocast) -> float:
+    def train_step(
+        self, ctx: RunContext[TGDDOptions], param: ImageParam, optimizer: torch.optim.Optimizer, autocast
+    ) -> float:
         opts, g, store = ctx.opts, ctx.generator, self.store
         c, ipc = ctx.data.num_classes, ctx.config.ipc
         mine = rank_classes(c)

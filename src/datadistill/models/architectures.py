@@ -43,26 +43,27 @@ def _resnet(depth: int, norm: str, ap: bool = False):
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
-for _arch in [
-    Architecture(
-        "convnet",
-        "ConvNet-D, width 128, instance norm, ReLU, avg pool (depth from the resolution)",
-        _convnet("instance"),
-    ),
-    Architecture("convnet-bn", "ConvNet-D with batch norm", _convnet("batch")),
-    Architecture("convnet-nn", "ConvNet-D without normalisation", _convnet("none")),
-    Architecture("resnet10-bn", "ResNet-10, batch norm (cross-architecture)", _resnet(10, "batch")),
-    Architecture("resnet10-in", "ResNet-10, instance norm", _resnet(10, "instance")),
-    Architecture("resnet18-bn", "ResNet-18, batch norm (cross-architecture)", _resnet(18, "batch")),
-    Architecture("resnet18-in", "ResNet-18, instance norm", _resnet(18, "instance")),
-    Architecture(
-        "resnet10-ap",
-        "ResNet-10-AP: average-pool downsampling, instance norm (ImageNet-subset protocols)",
-        _resnet(10, "instance", ap=True),
-        resnet_ap_init_,
-    ),
-]:
-    ARCHITECTURES.register(_arch.name, _arch)
+ARCHITECTURES.register_each(
+    [
+        Architecture(
+            "convnet",
+            "ConvNet-D, width 128, instance norm, ReLU, avg pool (depth from the resolution)",
+            _convnet("instance"),
+        ),
+        Architecture("convnet-bn", "ConvNet-D with batch norm", _convnet("batch")),
+        Architecture("convnet-nn", "ConvNet-D without normalisation", _convnet("none")),
+        Architecture("resnet10-bn", "ResNet-10, batch norm (cross-architecture)", _resnet(10, "batch")),
+        Architecture("resnet10-in", "ResNet-10, instance norm", _resnet(10, "instance")),
+        Architecture("resnet18-bn", "ResNet-18, batch norm (cross-architecture)", _resnet(18, "batch")),
+        Architecture("resnet18-in", "ResNet-18, instance norm", _resnet(18, "instance")),
+        Architecture(
+            "resnet10-ap",
+            "ResNet-10-AP: average-pool downsampling, instance norm (ImageNet-subset protocols)",
+            _resnet(10, "instance", ap=True),
+            resnet_ap_init_,
+        ),
+    ]
+)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core import layout
 from ..core.errors import ConfigError, DataError
 from ..evaluate import PROTOCOLS
 from ..methods import METHODS
 from ..methods.base import BackboneOptions
-from ..run import layout
 
 
 @dataclass

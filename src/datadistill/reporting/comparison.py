@@ -4,11 +4,20 @@ distillation backbone, figures; ``markdown.py`` and ``html.py`` render the secti
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from ..core import layout
 from ..core.errors import ConfigError
-from ..core.io import write_text
-from ..run import layout
+from ..core.io import atomic_dir, check_writable, write_bytes, write_text
+from ..evaluate.identity import differences, evaluation_of
+from ..evaluate.ranking import model_of, score_records, trains_on_real
+from . import plots
+from .collect import collect
+from .html import render_html
 from .markdown import comparison_markdown
 from .table import Cell, Figure, Section, Table, fmt_acc, fmt_num, fmt_pct, fmt_stat
 
@@ -19,8 +28,6 @@ MAX_GRID_CLASSES = 20  # rows of a synthetic-image grid shown in a report (the r
 
 def evaluation_label(record: dict) -> str:
     """An evaluation as shown: ``linear-probe @ efficientnet_lite0 (64 px)``."""
-    from ..evaluate.ranking import model_of
-
     _, model, size = model_of(record)
     name = record["protocol"]
     label = name if model in (None, name.split(":")[0]) else f"{name} @ {model}"
@@ -30,8 +37,6 @@ def evaluation_label(record: dict) -> str:
 def column_labels(records: list[dict]) -> dict[str, str]:
     """Each record's column (by key): its evaluation label, followed by the settings that tell different
     evaluations sharing that label apart (``epochs=5`` / ``epochs=7``), so no evaluation hides another."""
-    from ..evaluate.identity import differences, evaluation_of
-
     base = {r["key"]: evaluation_label(r) for r in records}
     labels = dict(base)
     for label in dict.fromkeys(base.values()):
@@ -71,8 +76,6 @@ def _peak(phases: dict, key: str) -> float | None:
 
 def build_sections(collection) -> list[Section]:
     """Group a collection's records by (dataset, IPC, distillation backbone) and build every table."""
-    from ..evaluate.ranking import score_records, trains_on_real
-
     records = collection.records
     scores = score_records(records)
     synthetic = [r for r in records if not trains_on_real(r)]
@@ -96,8 +99,6 @@ def build_sections(collection) -> list[Section]:
 
 
 def _fill(s: Section, scores: dict, collection) -> None:
-    from ..evaluate.ranking import model_of
-
     columns = s.columns = list(dict.fromkeys(s.column_of[r["key"]] for r in s.records))
     cell = {(s.row_of[r["key"]], s.column_of[r["key"]]): r for r in s.records}
     best = {c: max(r["mean"] for (m, col), r in cell.items() if col == c) for c in columns}
@@ -244,10 +245,6 @@ def _slug(text: str) -> str:
 
 def grid_image(info, max_classes: int = MAX_GRID_CLASSES, max_width: int = 1600) -> tuple[bytes, list[str], str]:
     """A run's grid.png (one row per class) as PNG bytes, cut to ``max_classes`` rows and ``max_width`` pixels."""
-    import io
-
-    from PIL import Image
-
     img = Image.open(info.grid).convert("RGB")
     classes, rows, note = info.classes, info.grid_classes, ""
     if min(rows, len(classes)) > max_classes:
@@ -265,10 +262,6 @@ def grid_image(info, max_classes: int = MAX_GRID_CLASSES, max_width: int = 1600)
 
 def add_figures(s: Section) -> None:
     """Accuracy bars, loss curves, time and memory bars and the image grids of a section."""
-    import numpy as np
-
-    from . import plots
-
     slug = _slug(f"{s.data}-ipc{s.ipc}-{s.group}")
     columns = s.columns
     cell = {(s.row_of[r["key"]], s.column_of[r["key"]]): r for r in s.records}
@@ -312,10 +305,6 @@ def default_out(paths: list[str | Path]) -> Path:
 
 def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:
     """``datadistill report``: report.html (self-contained), report.md and report_files/ (PNGs) in ``out``."""
-    from ..core.io import atomic_dir, check_writable, write_bytes
-    from .collect import collect
-    from .html import render_html
-
     if not paths:
         raise ConfigError("give at least one bench or run directory")
     collection = collect(paths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..core.version import __version__
 from .table import Cell, Section, Table, fmt_acc
 
 
@@ -157,8 +158,6 @@ def plan_summary(plan: dict, records: list[dict] | None = None, earlier: int = 0
 
 
 def comparison_markdown(collection, sections: list[Section]) -> str:
-    from ..core.version import __version__
-
     datasets = ", ".join(dict.fromkeys(str(s.data) for s in sections))
     parts = [f"# Comparison on {datasets}", "", f"datadistill {__version__}. Inputs:", ""]
     for src in collection.sources:

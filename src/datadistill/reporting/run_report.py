@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core import layout
 from ..core.io import write_text
-from ..run import layout
+from .collect import RunInfo, run_records
 from .comparison import column_labels
 from .markdown import accuracy_table, phases_table
 
@@ -16,8 +17,6 @@ RUN_OPTIONS = (("steps", "steps"), ("lr", "lr"), ("augs", "views per step"), ("p
 
 def write_report(run: str | Path) -> Path:
     """The run directory's report.md: its config, phases, losses, every stored evaluation and the image grid."""
-    from .collect import RunInfo, run_records
-
     run = Path(run)
     config = json.loads((run / layout.RUN_CONFIG).read_text()) if layout.is_run_dir(run) else {}
     metrics = json.loads((run / layout.RUN_METRICS).read_text()) if (run / layout.RUN_METRICS).exists() else {}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..core import dist
+from ..core import dist, layout
 from ..core.config import RESUME_FREE_FIELDS, DistillConfig, flat_config
 from ..core.errors import ConfigError
 from ..core.io import (
@@ -18,7 +18,6 @@ from ..core.io import (
     write_json,
 )
 from ..core.progress import log
-from . import layout
 
 
 class RunDir:

@@ -1,5 +1,5 @@
-"""The shared optimisation loop of the pixel-space methods: one ``train_step`` per step, with growth, checkpoints
-and resume."""
+"""The engine's resumable step loop of the step-wise methods (pixel optimisation, chunked sampling): one
+``train_step`` per step, with growth, checkpoints and resume."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import dist
+from ..core import dist, layout
 from ..core.errors import DatadistillError, TrainingDiverged
 from ..core.io import (
     load_checkpoint,
     save_checkpoint,
 )
 from ..core.progress import log, progress_bar
-from . import layout
 from .directory import RunDir
 
 
@@ -26,11 +25,13 @@ class LoopState:
     resumed_at: int = 0  # the step this process started from (0 unless resumed), so timings count only its steps
 
 
-def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
-    """The shared optimisation loop: ``method.train_step`` per step, with growth, checkpoints and resume.
+def run_steps(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
+    """``method.train_step`` per step, with growth, checkpoints and resume; returns the rendered images.
 
-    A checkpoint holds the parameterisation, the optimizer, the RNG generator state, the step and the loss
-    history, written atomically every ``checkpoint_every`` steps; a killed run loses at most that many steps.
+    A checkpoint holds the parameterisation (or generation state), the optimizer if the method has one, the RNG
+    generator state, the step and the history of the step values (``method.progress_name``: a loss, or the
+    sampling methods' OT distance), written atomically every ``checkpoint_every`` steps; a killed run loses at
+    most that many steps.
     """
     cfg = ctx.config
     total = method.steps(ctx)
@@ -44,14 +45,16 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
         try:
             param.load_checkpoint_state(saved["param"])
             optimizer = method.make_optimizer(ctx, param)
-            optimizer.load_state_dict(saved["optimizer"])
+            if optimizer is not None:
+                optimizer.load_state_dict(saved["optimizer"])
             ctx.generator.set_state(saved["generator"])
             state = LoopState(step=int(saved["step"]), losses=list(saved["losses"]), resumed_at=int(saved["step"]))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise DatadistillError(f"checkpoint {source} cannot be resumed ({exc}); delete it to start over") from None
-        log.info("resumed from %s at step %d", source, state.step)
+        log.info("resumed from %s at %s %d", source, method.step_unit, state.step)
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda")
-    bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=total, initial=state.step)
+    bar = progress_bar(f"{cfg.method} {cfg.data} ipc={cfg.ipc}", total=total, initial=state.step, unit=method.step_unit)
+    value_name = method.progress_name
     for step in range(state.step + 1, total + 1):
         if param.maybe_grow(step):
             optimizer = method.make_optimizer(ctx, param)
@@ -60,26 +63,26 @@ def optimise(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]:
             last = state.step - state.step % cfg.checkpoint_every
             where = (f"; the last checkpoint is at step {last}" if last else "; no checkpoint yet") if run else ""
             raise TrainingDiverged(
-                f"{cfg.method} loss became {loss} at step {step}{where}. "
-                "Try a lower --lr or check the data for constant images"
+                f"{cfg.method} {value_name} became {loss} at {method.step_unit} {step}{where}."
+                + (" Try a lower --lr or check the data for constant images" if optimizer is not None else "")
             )
         state.step = step
         state.losses.append(round(loss, 6))
         bar.update(1)
-        bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+        bar.set_postfix({value_name: f"{state.losses[-1]:.4f}"})
         if ckpt is not None and dist.is_main() and (step % cfg.checkpoint_every == 0 or step == total):
             save_checkpoint(
                 ckpt,
                 {
                     "param": param.checkpoint_state(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "generator": ctx.generator.get_state(),
                     "step": step,
                     "losses": state.losses,
                 },
             )
         if step % max(1, total // 10) == 0:
-            log.info("step %d/%d loss %.5f", step, total, state.losses[-1])
+            log.info("%s %d/%d %s %.5f", method.step_unit, step, total, value_name, state.losses[-1])
     bar.close()
     with torch.no_grad():
         images = param.render().float()

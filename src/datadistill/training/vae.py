@@ -1,9 +1,8 @@
-"""The offline latent autoencoder: a small KL autoencoder trained on the real train split and cached
-(``datadistill pretrain vae --data D``). No VAE weights can be downloaded here, so the generative methods'
-offline default trains this one; with real weights, pass a diffusers AutoencoderKL folder instead.
+"""Training the offline latent autoencoder (the TinyVAE network of ``models/generative/vae.py``) on the real
+train split, cached (``datadistill pretrain vae --data D``). No VAE weights can be downloaded here, so the
+generative methods' offline default trains this one; with real weights, pass a diffusers AutoencoderKL folder
+instead.
 
-Architecture (per resolution level: a stride-2 conv then a residual block; mirrored with nearest upsampling in
-the decoder; GroupNorm + SiLU), downsampling factor ``2**levels`` (28 px -> 4 x 7 x 7 with the defaults).
 Loss: MSE in [-1,1] + ``kl_weight`` x KL to N(0, I), both per element. After training, the latents' mean and std
 over (at most 5000) training images give ``shift_factor`` and ``scaling_factor`` (unit-variance latents, as
 Stable Diffusion's 0.18215 was chosen).

@@ -1,4 +1,9 @@
-"""The offline latent autoencoder's network: a small KL autoencoder (TinyVAE) and its loader."""
+"""The offline latent autoencoder's network: a small KL autoencoder (TinyVAE) and its loader (its training is in
+``training/vae.py``).
+
+Architecture: per resolution level a stride-2 conv then a residual block, mirrored with nearest upsampling in the
+decoder, GroupNorm + SiLU; downsampling factor ``2**levels`` (28 px -> 4 x 7 x 7 with the defaults).
+"""
 
 from __future__ import annotations
 

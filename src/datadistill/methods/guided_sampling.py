@@ -2,11 +2,12 @@
 DDPM sampler with hooks (``sampling/ddpm.py``), per-class k-means supports in the shared latent
 space, and generation driven by the engine's resumable loop.
 
-No pixels are optimised: one engine "step" samples one chunk of (class, slot) pairs, writes the final latents
-into a ``GenerationState`` and reports a progress number (the entropic OT distance between the class's
-generated latents and its k-means supports). The state (latents so far, chunks done) and the RNG generator are
-checkpointed by the engine, so a killed run resumes where it stopped and equals an uninterrupted one.
-``render()`` decodes the latents into the synthetic images (class-major, IPC per class).
+Nothing is optimised. Each engine step samples one *chunk* of (class, slot) pairs, writes the final latents into
+a ``GenerationState`` and reports a progress number, the entropic OT distance between each sampled class's
+generated latents and its k-means supports (``progress_name``; it is no loss and nothing descends it). The state
+(latents so far, chunks done) and the RNG generator are checkpointed by the engine, so a killed run resumes where
+it stopped and equals an uninterrupted one. ``render()`` decodes the latents into the synthetic images
+(class-major, IPC per class).
 
 Subclasses give the chunk order (``chunks``) and the hooks of a chunk (``hooks``).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,9 @@ class DDPMOptions(LatentOptions):
         if self.cfg_scale < 0:
             raise ConfigError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
         at_least(self, 1, "resolution")
+
+
+SamplingOptionsT = TypeVar("SamplingOptionsT", bound=DDPMOptions)
 
 
 @dataclass
@@ -127,7 +131,7 @@ def model_class_ids(ids: list[int] | None, data_name: str, num_classes: int, mod
     return torch.tensor(ids)
 
 
-def load_sampler(ctx: RunContext, kmeans: int = 0) -> Sampler:
+def load_sampler(ctx: RunContext[DDPMOptions], kmeans: int = 0) -> Sampler:
     """Latent space, DiT (training the offline one if needed), respaced diffusion and k-means supports."""
     opts = ctx.opts
     given_ids = parse_class_ids(opts.class_ids, ctx.data.num_classes)
@@ -172,22 +176,24 @@ def class_ot_distance(
     return ot_loss(latents.flatten(2).float(), supports.float(), masses.float(), eps=eps, iters=iters)
 
 
-class GuidedDDPM(Method):
+class GuidedSampling(Method[SamplingOptionsT]):
     """Base of the sampling methods (not registered): see the module docstring."""
 
-    optimises = True
+    stepwise = True
+    step_unit = "chunk"
+    progress_name = "OT distance"
 
-    def supports_k(self, ctx: RunContext) -> int:
+    def supports_k(self, ctx: RunContext[SamplingOptionsT]) -> int:
         """k-means supports per class the method needs (0: none)."""
         return 0
 
-    def chunks(self, ctx: RunContext) -> list[list[tuple[int, int]]]:
+    def chunks(self, ctx: RunContext[SamplingOptionsT]) -> list[list[tuple[int, int]]]:
         """The (class, slot) pairs each step samples, in order."""
         raise NotImplementedError
 
     def hooks(
         self,
-        ctx: RunContext,
+        ctx: RunContext[SamplingOptionsT],
         state: GenerationState,
         classes: torch.Tensor,
         slots: torch.Tensor,
@@ -196,13 +202,13 @@ class GuidedDDPM(Method):
         """Guidance for the rows (classes, slots) sampled now; random draws come from ``generator``."""
         return []
 
-    def steps(self, ctx: RunContext) -> int:
+    def steps(self, ctx: RunContext[SamplingOptionsT]) -> int:
         return len(self.chunks(ctx))
 
-    def synset_meta(self, ctx: RunContext) -> dict:
+    def synset_meta(self, ctx: RunContext[SamplingOptionsT]) -> dict:
         return dict(getattr(self, "weights", {}))
 
-    def init_param(self, ctx: RunContext) -> GenerationState:
+    def init_param(self, ctx: RunContext[SamplingOptionsT]) -> GenerationState:
         sampler = load_sampler(ctx, self.supports_k(ctx))
         # the weights actually sampled with ("tiny" names a cached model trained here), saved with the set
         self.weights = {"diffusion_model": sampler.model.weights, "latent_space": sampler.space.weights}
@@ -210,13 +216,13 @@ class GuidedDDPM(Method):
             ctx.data.num_classes, ctx.config.ipc, sampler.space.latent_shape, sampler, ctx.resolution
         )
 
-    def make_optimizer(self, ctx: RunContext, param: ImageParam) -> torch.optim.Optimizer:
-        # Sampling optimises nothing; the engine's loop (checkpoints, resume, progress) still wants an optimizer.
-        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=0.0)
+    def make_optimizer(self, ctx: RunContext[SamplingOptionsT], param: ImageParam) -> None:
+        return None  # sampling optimises nothing
 
     def train_step(
-        self, ctx: RunContext, param: GenerationState, optimizer: torch.optim.Optimizer, autocast: Any
+        self, ctx: RunContext[SamplingOptionsT], param: GenerationState, optimizer: None, autocast: Any
     ) -> float:
+        """Sample the next chunk; returns its progress number (see ``progress_value``)."""
         chunk = self.chunks(ctx)[int(param.done)]
         classes = torch.tensor([c for c, _ in chunk])
         slots = torch.tensor([s for _, s in chunk])
@@ -249,7 +255,7 @@ class GuidedDDPM(Method):
         return self.progress_value(ctx, param, classes, slots)
 
     def progress_value(
-        self, ctx: RunContext, param: GenerationState, classes: torch.Tensor, slots: torch.Tensor
+        self, ctx: RunContext[SamplingOptionsT], param: GenerationState, classes: torch.Tensor, slots: torch.Tensor
     ) -> float:
         """Mean OT distance between each sampled class's latents so far and its supports (0 without supports)."""
         s = param.sampler
