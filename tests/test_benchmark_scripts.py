@@ -117,3 +117,19 @@ def test_class_scaling_smallest(tmp_path):
     assert rows[("report", 3)]["grid_rows_shown"] == [3, 3]
     assert rows[("report", 21)]["grid_rows_shown"] == [20, 20]
     assert rows[("sfm", 21)]["expected_ratio"] == 7 and rows[("lgm", 21)]["expected_ratio"] == 49
+
+
+def test_data_pipeline_smallest_reports_each_figure_at_its_best_round(tmp_path):
+    args = ["--classes", "3", "--images", "12", "--crops", "32", "--repeats", "2", "--batch-size", "4"]
+    r = run_script("data_pipeline.py", [*args, "--folder", str(tmp_path / "folder")], tmp_path)
+    (run,) = r["runs"]
+    assert (run["images"], run["classes"]) == (12, 3)
+    crop = run["crops"]["32"]
+    assert len(crop["rounds"]) == 2
+    for part in ("decode", "forward", "pass"):
+        assert crop[part]["images_per_s"] == max(round_[part] for round_ in crop["rounds"]) > 0
+    bound = 1 / (1 / crop["decode"]["images_per_s"] + 1 / crop["forward"]["images_per_s"])
+    assert crop["bound_images_per_s"] == pytest.approx(bound, abs=0.1)
+    assert crop["pass_over_bound"] == pytest.approx(crop["pass"]["images_per_s"] / bound, abs=1e-3)
+    per_round = [x["pass"] * (1 / x["decode"] + 1 / x["forward"]) for x in crop["rounds"]]
+    assert crop["round_pass_over_bound"] == pytest.approx(per_round, abs=1e-3)
