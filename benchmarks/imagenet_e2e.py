@@ -29,7 +29,8 @@ assumptions it prints with its table (and writes to the JSON): the GPU's forward
 (``--gpu-forward`` images/s over the measured forward ceiling), decoding on ``--cores-per-gpu`` cores per GPU at
 the measured per-core rate, SFM's step cost growing with the synthetic images per step (C x IPC x views), data-
 parallel shards for the statistics pass and SFM's views, an all-reduce of SFM's gradients at ``--bus-gbps``, and
-the probes' linear maps training on one CPU thread whatever the GPUs (as the toolkit trains them).
+the probes' linear maps training on one CPU thread whatever the GPUs (as the toolkit trains them; the full-dataset
+probe's head trains on the GPU, its rows read from the feature memory map at the rate measured here).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ from scale_tools import markdown_table, phase, write_out
 GPU_FORWARD_DEFAULT = 8709.74
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 VAL_FRACTION = 0.1  # the toolkit's default validation split, held out of train
+
+
+# the measured run's settings, which --from-json takes from the earlier file
+RUN_OPTIONS = ("classes", "per_class", "test_per_class", "crop", "ipc", "steps", "init", "augs", "epochs", "views")
+RUN_OPTIONS += ("full_epochs", "seeds", "view_sample", "ceiling_images", "batch_size", "workers")
 
 
 def parse() -> argparse.Namespace:
@@ -82,6 +88,13 @@ def parse() -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=None, help="loader processes (default: one per core)")
     run.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "datadistill-imagenet-e2e")
     run.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    run.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="measure nothing: extrapolate again from the measurements of an earlier --out file (its run's "
+        "settings are used; the extrapolation's options are this command's)",
+    )
     target = p.add_argument_group("the extrapolation")
     target.add_argument("--gpus", type=int, nargs="+", default=[1, 8], help="GPU counts to extrapolate to")
     target.add_argument("--target-classes", type=int, default=1000)
@@ -292,6 +305,8 @@ def extrapolate(m: dict, args: argparse.Namespace) -> dict:
     ci_step = trainings["ci"] / probe_steps(n0_syn, args.epochs, pb)
     full_steps0 = probe_steps(ph["full probe"]["train_images"], args.full_epochs, fb)
     full_step = ph["full probe"]["seconds"] / seeds / full_steps0
+    # of which reading the batch's rows from the memory map (the step less a head step on features in memory)
+    full_read = max(0.0, full_step - full_head[c0])
     train1 = round(args.target_train * (1 - VAL_FRACTION))
     pass_images = args.target_train + args.target_test
     probe_steps1 = probe_steps(n1_syn, args.target_epochs, pb)
@@ -309,7 +324,7 @@ def extrapolate(m: dict, args: argparse.Namespace) -> dict:
             "sfm s/step": step,
             "probe view pass": views1 * n1_syn * view_cpu / speedup,
             "linear-probe training": (probe_step + probe_head[c1] - probe_head[c0]) * probe_steps1,
-            "full probe (CI's classifier)": (full_step + full_head[c1] - full_head[c0]) * full_steps1,
+            "full probe (CI's classifier)": (full_read + full_head[c1] / speedup) * full_steps1,
             "ci training": ci_step * probe_steps1,
         }
 
@@ -332,8 +347,8 @@ def extrapolate(m: dict, args: argparse.Namespace) -> dict:
             f"{probe_head[c0]:.3g}) x {probe_steps1:,} (one CPU thread)"
         ),
         "full probe (CI's classifier)": (
-            f"(s/step(CPU, C0) + head(C1) - head(C0)) x epochs x ceil(train / {fb}) = ({full_step:.3g} + "
-            f"{full_head[c1]:.3g} - {full_head[c0]:.3g}) x {full_steps1:,} (one CPU thread, rank 0)"
+            f"(row reads + head(C1) / speed-up) x epochs x ceil(train / {fb}) = ({full_step:.3g} - "
+            f"{full_head[c0]:.3g} + {full_head[c1]:.3g} / {speedup:.1f}) x {full_steps1:,} (head on the GPU, rank 0)"
         ),
         "ci training": (
             f"projector s/step(CPU) x steps = {ci_step:.3g} x {probe_steps1:,} (F x F: no C; one CPU thread)"
@@ -384,10 +399,16 @@ def extrapolate(m: dict, args: argparse.Namespace) -> dict:
         f"{param_bytes / 1e9:.2f} GB in float32 at --bus-gbps {args.bus_gbps:g} GB/s); rendering the images and the "
         "Adam update run on every rank and are left out",
         "the probes' view pass runs on one GPU per evaluation seed (torchrun shares seeds out, not one seed's views)",
-        "the linear maps (probe head, CI projector, the full-dataset probe) train on one CPU thread in the toolkit, "
-        "so GPUs do not speed them up; a head's step at C1 is the measured step at C0 plus the difference of a "
-        f"synthetic head step at C1 and at C0 (head(C): the toolkit's fit on random features, {m['feat_dim']}-d), "
-        "CI's projector (F x F) does not grow with C; the full-dataset probe trains on rank 0",
+        "the probes' linear maps (probe head, CI projector) train on one CPU thread in the toolkit, so GPUs do not "
+        "speed them up; their step at C1 is the measured step at C0 plus the difference of a synthetic head step at "
+        f"C1 and at C0 (head(C): the toolkit's fit on random features, {m['feat_dim']}-d); CI's projector (F x F) "
+        "does not grow with C",
+        "the full-dataset probe trains its head on the evaluation device (rank 0), reading each batch's rows from the "
+        "feature memory map on the CPU: a step costs the rows' reading as measured here (the CPU step less a head "
+        "step on features in memory, the same per row whatever C) plus the head's step at C1 over the GPU speed-up",
+        f"SFM's step holds the backward's activations of its C x IPC x A views: peak RSS "
+        f"{ph['sfm']['peak_rss_mb']:,.0f} MB here at C = {c0}, so about x{c1 / c0:g} at the target on one device "
+        "(G devices hold 1/G each); the memory of a GPU at ImageNet-1k is gpu_scale.py's to measure",
         f"the feature cache holds (train + test) x {m['feat_dim']} float16 features: "
         f"{pass_images * m['feat_dim'] * 2 / 1e9:.1f} GB on disk, memory-mapped (the pass's memory does not grow "
         "with the dataset)",
@@ -426,17 +447,26 @@ def _hours(seconds: float, name: str) -> str:
 def main() -> None:
     args = parse()
     os.environ.setdefault("DATADISTILL_PROGRESS", "0")
-    shape = f"{args.classes}x{args.per_class}+{args.test_per_class}"
-    splits = {"train": args.classes * args.per_class, "test": args.classes * args.test_per_class}
-    folder = build_folder(args.folder / shape, args.classes, splits)
-    with tempfile.TemporaryDirectory(prefix="datadistill-imagenet-e2e-") as work:
-        os.environ["DATADISTILL_CACHE"] = str(Path(work) / "cache")  # a cold statistics pass
-        start = time.perf_counter()
-        measured = measure(args, folder, Path(work))
-        measured["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if args.from_json is not None:
+        earlier = json.loads(args.from_json.read_text())
+        measured = earlier["measured"]
+        for action in RUN_OPTIONS:  # the measured run's own settings
+            setattr(args, action, earlier["settings"][action])
+        machine = {"cores": earlier["cores"], "torch_threads": earlier["torch_threads"]}
+    else:
+        machine = {"cores": cores(), "torch_threads": torch.get_num_threads()}
+        shape = f"{args.classes}x{args.per_class}+{args.test_per_class}"
+        splits = {"train": args.classes * args.per_class, "test": args.classes * args.test_per_class}
+        folder = build_folder(args.folder / shape, args.classes, splits)
+        with tempfile.TemporaryDirectory(prefix="datadistill-imagenet-e2e-") as work:
+            os.environ["DATADISTILL_CACHE"] = str(Path(work) / "cache")  # a cold statistics pass
+            start = time.perf_counter()
+            measured = measure(args, folder, Path(work))
+            measured["wall_seconds"] = round(time.perf_counter() - start, 1)
     extrapolation = extrapolate(measured, args)
     tables = {"measured": measured_table(measured), "extrapolation": extrapolation_table(extrapolation, args.gpus)}
-    print(f"\n{args.classes} classes, {args.crop} px, {cores()} cores, torch threads {torch.get_num_threads()}")
+    threads = machine["torch_threads"]
+    print(f"\n{args.classes} classes, {args.crop} px, {machine['cores']} cores, torch threads {threads}")
     print(tables["measured"])
     print(f"\naccuracies (meaningless on this folder): {measured['accuracy_meaningless']}")
     print(f"\nextrapolation to {args.target_classes} classes (hours unless marked s):")
@@ -445,8 +475,7 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results = {
         "settings": settings,
-        "cores": cores(),
-        "torch_threads": torch.get_num_threads(),
+        **machine,
         "measured": measured,
         "extrapolation": extrapolation,
         "markdown": tables,

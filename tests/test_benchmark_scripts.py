@@ -95,6 +95,18 @@ def test_imagenet_e2e_smallest(tmp_path):
     total = sum(v["1"] for name, v in rows.items() if name != "sfm s/step")
     assert x["total_seconds"]["1"] == pytest.approx(total)
     assert math.isclose(x["speedup"], speedup, rel_tol=0.01)
+    # the full-dataset probe: its head on the GPU, its rows read at the CPU run's rate (its step less a head step)
+    heads = m["head_steps"]["full"]
+    full_step = phases["full probe"]["seconds"] / math.ceil(15 / heads["batch"])  # 1 epoch, 1 seed
+    reads = max(0.0, full_step - heads["seconds"]["3"])
+    steps = 100 * math.ceil(round(1_281_167 * 0.9) / heads["batch"])
+    expected_full = (reads + heads["seconds"]["1000"] / speedup) * steps
+    assert rows["full probe (CI's classifier)"]["1"] == pytest.approx(expected_full, rel=1e-3)
+    # extrapolating again from the saved measurements gives the same table, and takes other targets
+    again = run_script("imagenet_e2e.py", ["--from-json", str(tmp_path / "out.json"), "--gpus", "1", "2"], tmp_path)
+    assert again["measured"] == m and again["settings"]["steps"] == 2
+    again_rows = {row["phase"]: row["seconds_by_gpus"] for row in again["extrapolation"]["rows"]}
+    assert again_rows["sfm"]["1"] == pytest.approx(rows["sfm"]["1"]) and "2" in again_rows["sfm"]
 
 
 def test_class_scaling_smallest(tmp_path):

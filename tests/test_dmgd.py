@@ -209,6 +209,8 @@ def test_dmgd_from_the_cli_then_resume_after_a_kill_equals_an_uninterrupted_run(
     torch.testing.assert_close(SyntheticSet.load(tmp_path / "killed").images, full.images)
     log_text = (tmp_path / "killed" / "log.txt").read_text()
     assert "at chunk 2" in log_text and "OT distance" in log_text
+    assert "OT distance: " in (tmp_path / "killed" / "report.md").read_text()
+    assert "at the first chunk" in (tmp_path / "killed" / "report.md").read_text()
     assert main(["distill", "dmgd", "--data", "digits", "--out", str(tmp_path / "bad"), "--class-ids", "1,2"]) == 2
     assert "--class-ids lists 2 classes" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "bad2"), "--class-ids", ",".join(["99"] * 10)]) == 2

@@ -99,3 +99,11 @@ def test_the_scan_covers_the_user_facing_files() -> None:
     names = {str(p.relative_to(ROOT)) for p in scanned_files()}
     assert {"README.md", "BENCHMARKS.md", "CHANGELOG.md", "benchmarks/README.md", "docs/index.md"} <= names
     assert "src/datadistill/cli.py" in names and "benchmarks/sfm_fashion.py" in names
+
+
+def test_benchmarks_document_stays_a_short_results_document():
+    """Results first and at most 40 kB: superseded numbers live in the file's history, raw records in results/."""
+    text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert len(text.encode("utf-8")) <= 40_000
+    first_section = re.search(r"^## (.+)$", text, re.MULTILINE).group(1)
+    assert first_section == "Summary"  # the results tables come before any experiment's section

@@ -124,6 +124,8 @@ def test_run_report_shows_the_values_of_the_run(tmp_path, random_run, capsys):
     weights = json.loads((run / "config.json").read_text())["resolved"]["backbone_weights"]
     assert f"- backbone: `efficientnet_lite0` ({weights})" in report and "ImageNet" in weights
     assert "steps 3, lr 0.05, views per step 1, parameterisation pyramid, crop 16" in report
+    losses = json.loads((run / "metrics.json").read_text())["distill"]["losses"]
+    assert f"Loss: {losses[0]:.4f} at the first step, {losses[-1]:.4f} at the last." in report
     assert "None" not in report
     plain = (random_run / "report.md").read_text()  # Random has no backbone, no steps, no learning rate
     assert "backbone" not in plain and "steps" not in plain and "lr " not in plain and "None" not in plain

@@ -276,7 +276,7 @@ def add_figures(s: Section) -> None:
         ),
         (
             "losses",
-            "Distillation loss per step (one panel per method that optimises)",
+            "Distillation loss per step (one panel per step-wise method; DMGD and MGD3: OT distance per chunk)",
             plots.loss_curves([(m, s.runs[m].losses) for m in s.methods if m in s.runs]),
         ),
         (

@@ -42,7 +42,13 @@ def write_report(run: str | Path) -> Path:
     if dist.get("phases"):
         parts += ["## Time and memory", "", phases_table(dist["phases"]), ""]
         if dist.get("loss_first") is not None:
-            parts += [f"Loss: {dist['loss_first']:.4f} at the first step, {dist['loss_last']:.4f} at the last.", ""]
+            # runs written before the names were recorded are optimisation runs: a loss per step
+            name, unit = dist.get("progress_name", "loss"), dist.get("step_unit", "step")
+            parts += [
+                f"{name[0].upper()}{name[1:]}: {dist['loss_first']:.4f} at the first {unit}, "
+                f"{dist['loss_last']:.4f} at the last.",
+                "",
+            ]
     records = run_records(RunInfo(run, config, metrics))
     if records:
         labels = column_labels(records)

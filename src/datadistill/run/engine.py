@@ -41,7 +41,9 @@ def execute(method: Method, ctx: RunContext, run: RunDir | None, timer: PhaseTim
                 "phases": timer.phases,
                 "loss_first": values[0] if values else None,
                 "loss_last": values[-1] if values else None,
-                "losses": values,
+                "losses": values,  # the step values, whatever they are: progress_name says
+                "progress_name": method.progress_name,
+                "step_unit": method.step_unit,
                 "processes": dist.world(),
             }
         )
