@@ -61,9 +61,10 @@ def run_steps(method, ctx, run: RunDir | None) -> tuple[torch.Tensor, LoopState]
         loss = method.train_step(ctx, param, optimizer, autocast)
         if not math.isfinite(loss):
             last = state.step - state.step % cfg.checkpoint_every
-            where = (f"; the last checkpoint is at step {last}" if last else "; no checkpoint yet") if run else ""
+            unit = method.step_unit
+            where = (f"; the last checkpoint is at {unit} {last}" if last else "; no checkpoint yet") if run else ""
             raise TrainingDiverged(
-                f"{cfg.method} {value_name} became {loss} at {method.step_unit} {step}{where}."
+                f"{cfg.method} {value_name} became {loss} at {unit} {step}{where}."
                 + (" Try a lower --lr or check the data for constant images" if optimizer is not None else "")
             )
         state.step = step
