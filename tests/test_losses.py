@@ -55,7 +55,7 @@ class _Views:
 
 
 def _sfm_loss(flow_norm: str, decouple_alpha: float | None, augs: int = 1, augment=None) -> float:
-    opts = SimpleNamespace(flow_norm=flow_norm, decouple_alpha=decouple_alpha, augs=augs, noise_mean=0.0)
+    opts = SimpleNamespace(flow_norm=flow_norm, decouple_alpha=decouple_alpha, augs=augs, noise_mean=0.0, view_chunk=0)
     ctx = SimpleNamespace(
         opts=opts,
         stats=SimpleNamespace(means=MU),

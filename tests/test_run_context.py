@@ -4,6 +4,7 @@ once, and the step loop names what a method's steps are."""
 import typing
 
 import pytest
+import torch
 
 from datadistill import api
 from datadistill.methods import METHODS, Method, RunContext
@@ -52,3 +53,35 @@ def test_sampling_methods_have_no_optimizer_and_say_chunks_and_ot_distance():
         assert (method.step_unit, method.progress_name) == ("chunk", "OT distance")
     sfm = METHODS.get("sfm")()
     assert (sfm.step_unit, sfm.progress_name) == ("step", "loss")
+
+
+@pytest.mark.parametrize("name", ["sfm", "lgm"])
+def test_view_chunks_give_the_loss_and_image_gradient_of_one_batch(name, digits, lite0):
+    """Activation checkpointing in chunks of views (the last one short) changes memory, not the step."""
+    results = {}
+    for chunk in (0, 7):
+        config = api.make_config(name, "digits", 1, crop=32, augs=2, init="real", view_chunk=chunk)
+        ctx = api.build_context(config, digits, lite0)
+        param = ctx.method.init_param(ctx)
+        ctx.generator.manual_seed(11)
+        loss = ctx.method.loss(ctx, param.render())
+        (grad,) = torch.autograd.grad(loss, list(param.parameters())[:1])
+        results[chunk] = (loss.detach(), grad)
+    (loss_one, grad_one), (loss_chunked, grad_chunked) = results[0], results[7]
+    torch.testing.assert_close(loss_chunked, loss_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_chunked, grad_one, rtol=1e-4, atol=1e-7)
+    assert grad_one.abs().sum() > 0
+
+
+def test_view_chunk_is_no_part_of_a_runs_identity(tmp_path):
+    from datadistill.core.errors import ConfigError
+    from datadistill.run.directory import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.claim(api.make_config("sfm", "digits", 1, crop=32, steps=2, view_chunk=0), {})
+    (run.path / "checkpoints").mkdir(exist_ok=True)
+    (run.path / "checkpoints" / "last.pt").write_bytes(b"progress")
+    assert run.has_progress()
+    assert run.claim(api.make_config("sfm", "digits", 1, crop=32, steps=2, view_chunk=8), {})  # resumes
+    with pytest.raises(ConfigError, match="different config"):
+        run.claim(api.make_config("sfm", "digits", 1, crop=32, steps=3), {})

@@ -275,9 +275,10 @@ class Bench:
             options = self.method_options(spec, ipc, b_d)
             if source:
                 options["source"] = digest(self.run_identity(source, ipc, b_d))
-            resolved = to_dict(build(get_method(name).Options, options, f"method '{name}'"))
-            config = DistillConfig(method=name, data=self.plan.data, ipc=ipc, options=resolved).to_dict()
             free = RESUME_FREE_FIELDS | ({"seed"} if name == "random" else set())
+            resolved = to_dict(build(get_method(name).Options, options, f"method '{name}'"))
+            resolved = {k: v for k, v in resolved.items() if k not in free}
+            config = DistillConfig(method=name, data=self.plan.data, ipc=ipc, options=resolved).to_dict()
             self._identities[key] = {**{k: v for k, v in config.items() if k not in free}, "data": self.data_identity}
         return self._identities[key]
 

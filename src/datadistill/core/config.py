@@ -62,8 +62,9 @@ def flat_config(d: dict) -> dict:
     return {**common, **d.get("options", {})}
 
 
-# Fields that may change between a killed run and its resumption without changing the result.
-RESUME_FREE_FIELDS = {"checkpoint_every", "device", "root", "workers"}
+# Fields (common or method options) that may change between a killed run and its resumption without changing the
+# result; they are no part of a run's identity.
+RESUME_FREE_FIELDS = {"checkpoint_every", "device", "root", "workers", "view_chunk"}
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..core import dist
 from ..core.errors import ConfigError
@@ -39,13 +40,25 @@ def augmented_views(
 
     Under torchrun every rank draws the parameters of every view and augments and embeds its share only; the
     features are gathered with autograd (the backward pass then needs ``dist.average_gradients``, done by the
-    engine's step).
+    engine's step). With ``--view-chunk K`` the share is augmented and embedded K views at a time under activation
+    checkpointing, so the backward holds one chunk's activations, not all of them.
     """
     n = augs * len(images)
     draw = augment.draw(n, ctx.generator)
     share = dist.part(n)
-    views = augment.apply(images.repeat(augs, 1, 1, 1)[share], draw[share])
-    return dist.gather_parts(ctx.backbone(views), n)
+    inputs, mine = images.repeat(augs, 1, 1, 1)[share], draw[share]
+    chunk = ctx.opts.view_chunk
+
+    def embed(x: torch.Tensor, rows: slice) -> torch.Tensor:
+        return ctx.backbone(augment.apply(x, mine[rows]))
+
+    if not chunk or len(inputs) <= chunk or not torch.is_grad_enabled():
+        return dist.gather_parts(embed(inputs, slice(None)), n)
+    parts = [
+        checkpoint(embed, inputs[i : i + chunk], slice(i, i + chunk), use_reentrant=False)
+        for i in range(0, len(inputs), chunk)
+    ]
+    return dist.gather_parts(torch.cat(parts), n)
 
 
 @dataclass
