@@ -240,7 +240,8 @@ def _decode_in_spare_time(_worker: int) -> None:
     """Lowest priority for a decoding worker. On a CPU the forward's threads wait for one another at every
     operation, so a worker that preempts one of them stalls all; at the lowest priority the workers decode in the
     time the forward leaves, and still get the cores whenever the forward waits for data. Measured on 2 cores at
-    crop 32: the pass at 0.94 of its bound instead of 0.65-0.87, the same at crop 224 (benchmarks/data_pipeline.py)."""
+    crop 32: the pass at 0.82-0.96 of its bound per round instead of 0.65-0.87; at crop 224 at the bound either way
+    (benchmarks/data_pipeline.py)."""
     if hasattr(os, "nice"):
         os.nice(19)
 
